@@ -1,0 +1,401 @@
+"""The training loop: set up data, models, state and checkpoints, then step, log, evaluate, save.
+
+`train_and_evaluate(config, workdir)` is the whole run; starting it again with the same workdir
+resumes from the newest readable checkpoint. SIGTERM saves a checkpoint and returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from kd_jax import config as config_lib
+from kd_jax import data as data_lib
+from kd_jax import methods
+from kd_jax import models
+from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax.train import metrics as metrics_lib
+from kd_jax.train import state as state_lib
+from kd_jax.train import step as step_lib
+
+PyTree = Any
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainingError(RuntimeError):
+  """The run cannot continue (e.g. too many consecutive non-finite steps)."""
+
+
+class TeacherError(ValueError):
+  """The teacher checkpoint is missing or does not fit the configured teacher."""
+
+
+@dataclasses.dataclass
+class RunResult:
+  step: int
+  final: dict[str, float]
+  best_top1: float
+  preempted: bool
+
+
+# ---------------------------------------------------------------------------------------
+# Set-up helpers.
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+  n = config.num_devices or jax.device_count()
+  if n > jax.device_count():
+    raise config_lib.ConfigError(f"config.num_devices={n} but only {jax.device_count()} "
+                                 f"devices are available")
+  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails at start, not after an hour, when the workdir cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"workdir {workdir!r} cannot be written ({e.strerror or e}); choose a "
+                  f"writable --workdir") from None
+
+
+def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host value that every process holds in full (multi-host safe)."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _image_size(config) -> int:
+  return 224 if config.dataset == "imagenet2012" else 32
+
+
+def _abstract_variables(module, image_size: int) -> PyTree:
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  return jax.eval_shape(lambda: module.init(
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, train=False))
+
+
+def _check_like(variables: PyTree, abstract: PyTree, what: str) -> None:
+  """Same tree structure and shapes as the model expects, or a TeacherError naming the leaf."""
+  got = {jax.tree_util.keystr(p): np.shape(v)
+         for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  want = {jax.tree_util.keystr(p): tuple(v.shape)
+          for p, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  missing = sorted(set(want) - set(got))
+  unexpected = sorted(set(got) - set(want))
+  if missing or unexpected:
+    raise TeacherError(f"{what}: parameters do not fit the configured teacher; missing "
+                       f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
+                       f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+  for k in sorted(want):
+    if tuple(got[k]) != want[k]:
+      raise TeacherError(f"{what}: {k} has shape {tuple(got[k])}, the configured teacher "
+                         f"expects {want[k]} (wrong architecture or class count?)")
+
+
+def load_teacher(config) -> tuple[Any, PyTree]:
+  """The frozen teacher module and its variables, from config.teacher_checkpoint."""
+  dtype = _DTYPES[config.teacher_dtype]
+  module = models.create(config.teacher, config.num_classes, dtype=dtype)
+  abstract = _abstract_variables(module, _image_size(config))
+  source = config.teacher_checkpoint
+  if source.startswith("random:"):
+    seed = int(source.split(":", 1)[1] or 0)
+    x = jnp.zeros((1, _image_size(config), _image_size(config), 3), jnp.float32)
+    variables = jax.jit(lambda k: module.init({"params": k}, x, train=False))(
+        jax.random.PRNGKey(seed))
+    return module, jax.tree.map(np.asarray, dict(variables))
+  if not os.path.exists(source):
+    raise TeacherError(f"config.teacher_checkpoint={source!r} does not exist; expected a "
+                       f"PyTorch .pth file or a kd_jax run workdir")
+  if os.path.isdir(source):
+    try:
+      variables, read_from = ckpt_lib.restore_variables(source)
+    except ckpt_lib.CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise TeacherError(f"teacher checkpoint {source!r} could not be read: {e!r:.300}") from None
+    _check_like(variables, abstract, f"teacher checkpoint {read_from}")
+  else:
+    variables = models.import_torch_checkpoint(source, config.teacher, config.num_classes)
+    _check_like(variables, abstract, f"teacher file {source}")
+  return module, variables
+
+
+# ---------------------------------------------------------------------------------------
+# Data.
+
+
+@dataclasses.dataclass
+class _Data:
+  in_memory: bool
+  steps_per_epoch: int
+  train: Any                       # (images, labels) global arrays, or a host iterator factory
+  eval_iter: Callable[[], Any]     # fresh iterator of padded host batches
+  mean: tuple
+  std: tuple
+
+
+def _setup_data(config, mesh) -> _Data:
+  data_dir = config.data_dir or None
+  if config.dataset in config_lib.IN_MEMORY_DATASETS:
+    train = data_lib.load_in_memory(config.dataset, "train", data_dir=data_dir,
+                                    num_examples=config.train_examples or None)
+    test = data_lib.load_in_memory(config.dataset, config.eval_split, data_dir=data_dir,
+                                   num_examples=config.eval_examples or None)
+    if train.num_classes != config.num_classes:
+      raise config_lib.ConfigError(f"dataset {config.dataset!r} has {train.num_classes} "
+                                   f"classes but config.num_classes={config.num_classes}")
+    n = len(train.labels)
+    if n < config.batch_size:
+      raise config_lib.ConfigError(f"config.batch_size={config.batch_size} exceeds the "
+                                   f"{n} training examples")
+    repl = NamedSharding(mesh, P())
+    arrays = (_global_array(train.images, repl), _global_array(train.labels, repl))
+    return _Data(True, n // config.batch_size, arrays,
+                 lambda: data_lib.eval_batches(test, config.eval_batch_size),
+                 data_lib.CIFAR_MEAN, data_lib.CIFAR_STD)
+  # Streaming (ImageNet): each process reads its own shard.
+  pc, pi = jax.process_count(), jax.process_index()
+  num_train = data_lib.num_examples(config.dataset, "train", data_dir=data_dir)
+  spe = num_train // config.batch_size
+
+  def train_iter(start_step):
+    return data_lib.imagenet_train(
+        data_dir, batch_size=config.batch_size // pc, seed=config.seed, start_step=start_step,
+        process_index=pi, process_count=pc, name=config.dataset)
+
+  def eval_iter():
+    return data_lib.imagenet_eval(
+        data_dir, batch_size=config.eval_batch_size // pc, process_index=pi,
+        process_count=pc, name=config.dataset)
+
+  return _Data(False, spe, train_iter, eval_iter, data_lib.IMAGENET_MEAN,
+               data_lib.IMAGENET_STD)
+
+
+def _to_global_batch(batch: dict, mesh, axis: int = 0) -> dict:
+  """Host batch (this process's part) -> global array sharded on the data axis."""
+  spec = P(*([None] * axis + ["data"]))
+  sharding = NamedSharding(mesh, spec)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def evaluate(eval_fn, variables, data: _Data, mesh, num_classes: int) -> dict[str, float]:
+  """Exact top-1/top-5/loss over every example of the eval split (padded, masked batches)."""
+  sums = None
+  first = True
+  for batch in data.eval_iter():
+    if first and data.in_memory:
+      data_lib.validate_batch(batch, num_classes=num_classes,
+                              image_shape=tuple(np.shape(batch["image"])[1:]))
+      first = False
+    out = eval_fn(variables, _to_global_batch(batch, mesh))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  count = max(float(sums["count"]), 1.0)
+  return {"top1": float(sums["top1"]) / count, "top5": float(sums["top5"]) / count,
+          "loss": float(sums["loss"]) / count, "count": int(sums["count"])}
+
+
+# ---------------------------------------------------------------------------------------
+# The run.
+
+
+class _Preemption:
+  """SIGTERM -> save a checkpoint at the next step boundary and return."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _meta(step, best, elapsed, config) -> dict:
+  return {"step": int(step), "best_top1": best[0], "best_epoch": best[1],
+          "elapsed_s": float(elapsed), "student": config.student, "method": config.method}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+  """Trains and evaluates the configured student; resumes from `workdir` if it holds a run."""
+  t_start = time.time()
+  mesh = make_mesh(config)
+  num_devices = mesh.devices.size
+  config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
+  check_workdir(workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  data = _setup_data(config, mesh)
+  spe = data.steps_per_epoch
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else config.num_epochs * spe)
+  loss_spec = methods.LossSpec.from_config(config)
+
+  teacher, teacher_vars = None, {}
+  if loss_spec.needs_teacher:
+    teacher, teacher_vars = load_teacher(config)
+  repl = NamedSharding(mesh, P())
+  teacher_vars = jax.tree.map(lambda x: _global_array(x, repl), teacher_vars)
+
+  student = models.create(config.student, config.num_classes,
+                          aux_head=config.aux_head or None, dtype=_DTYPES[config.dtype])
+  schedule = state_lib.learning_rate_schedule(config, spe, total_steps)
+  tx = state_lib.make_optimizer(config, schedule)
+  rng = jax.random.PRNGKey(config.seed)
+  image_size = _image_size(config)
+  names = step_lib.metric_names(loss_spec)
+
+  def init_state():
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = student.init({"params": jax.random.fold_in(rng, 10 ** 6),
+                              "dropout": jax.random.fold_in(rng, 10 ** 6 + 1)}, x, train=False)
+    return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
+                                  rng, names)
+
+  state = jax.jit(init_state, out_shardings=repl)()
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+  writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps)
+  best = (-1.0, 0)
+  elapsed_before = 0.0
+  restored = checkpointer.restore_latest(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state))
+  if restored is not None:
+    state, meta = restored
+    best = (meta.get("best_top1", -1.0), meta.get("best_epoch", 0))
+    elapsed_before = meta.get("elapsed_s", 0.0)
+    step0 = int(jax.device_get(state.step))
+    writer.truncate_after(step0)
+    print(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})", flush=True)
+  step = int(jax.device_get(state.step))
+
+  spec = step_lib.StepSpec(
+      student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
+      steps_per_epoch=spe, batch_size=config.batch_size, seed=config.seed,
+      in_memory=data.in_memory, mean=tuple(data.mean), std=tuple(data.std),
+      max_bad_steps=config.max_bad_steps, mesh=mesh)
+  train_fns: dict[int, Callable] = {}
+  eval_fn = step_lib.make_eval_fn(student, spec.mean, spec.std, mesh, data.in_memory)
+
+  if step == 0 and teacher is not None:
+    t_eval = evaluate(step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh,
+                                            data.in_memory),
+                      teacher_vars, data, mesh, config.num_classes)
+    writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
+    print(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}", flush=True)
+
+  host_iter = None if data.in_memory else data.train(step)
+  window_start, window_step = time.time(), step
+  run_start, run_start_step = time.time(), step
+  last_eval: dict[str, float] = {}
+  preempted = False
+
+  def elapsed():
+    return elapsed_before + time.time() - t_start
+
+  def boundary(s: int, every: int) -> int:
+    return (s // every + 1) * every
+
+  eval_every = config.eval_every_epochs * spe
+  with _Preemption() as preemption:
+    while step < total_steps:
+      target = min(total_steps, boundary(step, config.log_every_steps),
+                   boundary(step, config.checkpoint_every_steps), boundary(step, eval_every))
+      n = min(config.steps_per_dispatch, target - step)
+      if n not in train_fns:
+        train_fns[n] = step_lib.make_train_fn(spec, n)
+      if data.in_memory:
+        batch_data = data.train
+      else:
+        stacked = [next(host_iter) for _ in range(n)]
+        if step == 0:
+          data_lib.validate_batch(stacked[0], num_classes=config.num_classes,
+                                  image_shape=(image_size, image_size, 3))
+        batch_data = _to_global_batch(
+            {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
+      state = train_fns[n](state, teacher_vars, batch_data)
+      step += n
+
+      if step % config.log_every_steps == 0 or step == total_steps:
+        sums, count, bad, skipped = jax.device_get(
+            (state.metric_sums, state.metric_count, state.bad_streak, state.skipped))
+        now = time.time()
+        ips = (step - window_step) * config.batch_size / max(now - window_start, 1e-9)
+        scalars = {f"train/{k}" if k != "loss" else "train/loss": float(v) / max(int(count), 1)
+                   for k, v in sums.items()}
+        scalars.update({"epoch": step / spe, "lr": float(schedule(step - 1)),
+                        "images_per_sec": ips, "elapsed_s": elapsed(),
+                        "skipped_steps": int(skipped)})
+        if int(count) > 0:
+          writer.write(step, scalars)
+        rate = (step - run_start_step) / max(now - run_start, 1e-9)
+        writer.print_progress(step, scalars, (total_steps - step) / rate if rate else None)
+        state = state.replace(
+            metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
+            metric_count=jnp.zeros_like(state.metric_count))
+        window_start, window_step = time.time(), step
+        if int(bad) >= config.max_bad_steps:
+          checkpointer.wait()
+          raise TrainingError(
+              f"{int(bad)} consecutive non-finite training steps at step {step} "
+              f"(config.max_bad_steps={config.max_bad_steps}); updates were skipped and the "
+              f"last good checkpoint in {os.path.join(workdir, 'checkpoints')} is kept. Lower "
+              f"config.learning_rate or check the data/teacher.")
+
+      if step % eval_every == 0 or step == total_steps:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        last_eval = evaluate(eval_fn, variables, data, mesh, config.num_classes)
+        epoch = math.ceil(step / spe)
+        writer.write(step, {"epoch": step / spe, "eval/top1": last_eval["top1"],
+                            "eval/top5": last_eval["top5"], "eval/loss": last_eval["loss"],
+                            "elapsed_s": elapsed()})
+        writer.print_progress(step, {"epoch": step / spe, "eval/top1": last_eval["top1"],
+                                     "eval/top5": last_eval["top5"]}, None)
+        if last_eval["top1"] > best[0]:
+          best = (last_eval["top1"], epoch)
+          checkpointer.save_best(step, jax.device_get(variables),
+                                 {"step": step, "epoch": epoch, "eval_top1": best[0]})
+
+      if (step % config.checkpoint_every_steps == 0 or step == total_steps
+          or preemption.requested):
+        checkpointer.save(step, state, _meta(step, best, elapsed(), config))
+      if preemption.requested and step < total_steps:
+        preempted = True
+        print(f"SIGTERM received: checkpoint saved at step {step}; run the same command "
+              f"again to resume", flush=True)
+        break
+
+  checkpointer.wait()
+  checkpointer.close()
+  writer.close()
+  return RunResult(step=step, final=last_eval, best_top1=best[0], preempted=preempted)

@@ -1,0 +1,87 @@
+"""Run outputs: WORKDIR/metrics.jsonl (one JSON object per line), TensorBoard events, terminal lines.
+
+Only process 0 writes. On resume the file is cut back to the restored step, so a resumed run's
+file reads exactly like an unbroken one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Optional
+
+import jax
+
+
+def _jsonable(value: Any) -> Any:
+  if hasattr(value, "item"):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+class MetricWriter:
+  """Appends metric lines to metrics.jsonl and TensorBoard; prints progress."""
+
+  def __init__(self, workdir: str, *, total_steps: int, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.total_steps = total_steps
+    self._tb = None
+    if self.enabled and tensorboard:
+      try:
+        from flax.metrics import tensorboard as flax_tb  # needs tensorflow
+        self._tb = flax_tb.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:
+        self._tb = None
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines logged after `step` (they belong to work lost by an interruption)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    kept = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill mid-write
+        if record.get("step", 0) <= step:
+          kept.append(json.dumps(record))
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write("".join(k + "\n" for k in kept))
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, scalars: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step)}
+    record.update({k: _jsonable(v) for k, v in scalars.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.scalar(k, v, step)
+      self._tb.flush()
+
+  def print_progress(self, step: int, scalars: dict[str, Any], eta_s: Optional[float]) -> None:
+    if not self.enabled:
+      return
+    parts = [f"step {step}/{self.total_steps}"]
+    for key in ("epoch", "train/loss", "train/top1", "eval/top1", "eval/top5", "lr",
+                "images_per_sec"):
+      if key in scalars:
+        v = _jsonable(scalars[key])
+        parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
+    if eta_s is not None:
+      parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))}")
+    print(" | ".join(parts), flush=True)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,65 @@
+"""Training state, optimizer and learning-rate schedules.
+
+The state is one pytree (checkpointed whole): student params and BatchNorm statistics, optimizer
+state, step, the run's base RNG, metric sums since the last log, and the non-finite-step counters.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array                 # int32 scalar: steps taken (and batches consumed)
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  rng: jax.Array                  # base key; step keys are fold_in(rng, step)
+  metric_sums: dict[str, jax.Array]   # sums of per-step metrics since the last log
+  metric_count: jax.Array         # number of (finite) steps in metric_sums
+  bad_streak: jax.Array           # consecutive non-finite steps
+  skipped: jax.Array              # total skipped (non-finite) steps
+
+
+def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """Per-epoch multi-step decay (lr(e) = base * decay^#{m : e > m}) or cosine, in steps.
+
+  Boundaries fall on the first step of epoch m + 1, as the references apply the LR per epoch.
+  An optional linear warm-up over `lr_warmup_epochs` precedes either.
+  """
+  base = config.learning_rate
+  if config.schedule == "multistep":
+    boundaries = {int(m) * steps_per_epoch: config.lr_decay for m in config.lr_milestones}
+    main = optax.piecewise_constant_schedule(base, boundaries)
+  else:
+    main = optax.cosine_decay_schedule(base, max(total_steps, 1))
+  warm = int(config.lr_warmup_epochs * steps_per_epoch)
+  if not warm:
+    return main
+  ramp = optax.linear_schedule(0.0, base, warm)
+  return optax.join_schedules([ramp, lambda s: main(s + warm)], [warm])
+
+
+def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """torch.optim.SGD semantics: coupled L2 decay on all params, then momentum, then the LR."""
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
+
+
+def create_state(params: PyTree, batch_stats: PyTree, tx: optax.GradientTransformation,
+                 rng: jax.Array, metric_names: tuple[str, ...]) -> TrainState:
+  zero = jnp.zeros((), jnp.float32)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params), rng=rng,
+      metric_sums={name: zero for name in metric_names},
+      metric_count=jnp.zeros((), jnp.int32), bad_streak=jnp.zeros((), jnp.int32),
+      skipped=jnp.zeros((), jnp.int32))

@@ -1,0 +1,200 @@
+"""Pure train and eval steps: teacher forward, student forward/backward, update, in one jit.
+
+`make_train_fn` returns a function of (state, teacher_vars, data) that runs `n` steps in one
+`lax.scan`; the batch comes from device-resident data (CIFAR: gather + augmentation on device)
+or from host batches stacked on a leading axis (ImageNet). Non-finite steps are skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from kd_jax import data as data_lib
+from kd_jax import losses
+from kd_jax import methods
+from kd_jax.train.state import TrainState
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """Everything static a step needs."""
+  student: nn.Module
+  teacher: Optional[nn.Module]
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  loss: methods.LossSpec
+  steps_per_epoch: int
+  batch_size: int
+  seed: int
+  in_memory: bool
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  max_bad_steps: int
+  mesh: jax.sharding.Mesh
+
+
+def metric_names(loss: methods.LossSpec) -> tuple[str, ...]:
+  """Names of the per-step metrics summed in the state (loss terms, loss, top1)."""
+  dummy = jnp.zeros((2, 3), jnp.float32)
+  labels = jnp.zeros((2,), jnp.int32)
+  teacher = dummy if loss.needs_teacher else None
+  aux = dummy if loss.method == "dhkd" else None
+  terms = jax.eval_shape(lambda: methods.loss_terms(
+      dataclasses.replace(loss, rank_top_k=0), dummy, labels, teacher, aux,
+      jnp.ones((), jnp.int32)))
+  return tuple(sorted(terms)) + ("loss", "top1")
+
+
+def _batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def _tree_where(pred, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _project_conflict(g_task: PyTree, g_distill: PyTree) -> PyTree:
+  """DHKD gradient alignment: if <g2, g1> < 0, g2 <- g2 - <g2,g1>/||g1||^2 g1; returns g1 + g2'.
+
+  One global dot product over all flattened student parameters (methods.md section 6).
+  """
+  v1, unravel = ravel_pytree(g_task)
+  v2, _ = ravel_pytree(g_distill)
+  dot = jnp.vdot(v2, v1)
+  norm = jnp.vdot(v1, v1)
+  coef = jnp.where(dot < 0, dot / jnp.where(norm > 0, norm, 1.0), 0.0)
+  return unravel(v1 + v2 - coef * v1)
+
+
+def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: jax.Array,
+              labels: jax.Array) -> TrainState:
+  """One training step on a global batch of normalized float images [B,H,W,3] and labels [B]."""
+  epoch = state.step // spec.steps_per_epoch + 1
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  teacher_logits = None
+  if spec.teacher is not None:
+    teacher_logits = jax.lax.stop_gradient(
+        spec.teacher.apply(teacher_vars, images, train=False)).astype(jnp.float32)
+
+  def forward(params):
+    out, new_vars = spec.student.apply(
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+        mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(step_rng, 1)})
+    logits, aux = out if isinstance(out, tuple) else (out, None)
+    terms = methods.loss_terms(spec.loss, logits, labels, teacher_logits, aux, epoch)
+    return terms, (new_vars["batch_stats"], logits)
+
+  if spec.loss.grad_align:
+    def grouped(params):
+      terms, extra = forward(params)
+      return methods.split_for_grad_align(terms), (terms, extra)
+    _, vjp_fn, (terms, (new_stats, logits)) = jax.vjp(grouped, state.params, has_aux=True)
+    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
+    (g_task,) = vjp_fn((one, zero))
+    (g_distill,) = vjp_fn((zero, one))
+    grads = _project_conflict(g_task, g_distill)
+  else:
+    def total(params):
+      terms, extra = forward(params)
+      return sum(terms.values()), (terms, extra)
+    (_, (terms, (new_stats, logits))), grads = jax.value_and_grad(total, has_aux=True)(
+        state.params)
+
+  loss = sum(terms.values())
+  updates, new_opt_state = spec.tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_stats)
+  top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+  step_metrics = dict(terms, loss=loss, top1=top1)
+  metric_sums = {k: v + jnp.where(finite, step_metrics[k].astype(jnp.float32), 0.0)
+                 for k, v in state.metric_sums.items()}
+  return state.replace(
+      step=state.step + 1,
+      params=_tree_where(finite, new_params, state.params),
+      batch_stats=_tree_where(finite, new_stats, state.batch_stats),
+      opt_state=_tree_where(finite, new_opt_state, state.opt_state),
+      metric_sums=metric_sums,
+      metric_count=state.metric_count + finite.astype(jnp.int32),
+      bad_streak=jnp.where(finite, 0, state.bad_streak + 1),
+      skipped=state.skipped + (~finite).astype(jnp.int32))
+
+
+def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all):
+  """CIFAR: the step's batch from the device-resident split, augmented on device."""
+  images, labels = data_lib.cifar_train_batch(
+      images_u8, labels_all, seed=spec.seed, step=state.step, batch_size=spec.batch_size)
+  aug_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
+  images = data_lib.augment_cifar(aug_rng, images, mean=spec.mean, std=spec.std)
+  sharding = _batch_sharding(spec.mesh)
+  return (jax.lax.with_sharding_constraint(images, sharding),
+          jax.lax.with_sharding_constraint(labels, sharding))
+
+
+def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
+  """jit-compiled `fn(state, teacher_vars, data) -> state` running `num_steps` steps.
+
+  data: (images_u8 [N,H,W,3], labels [N]) replicated, for in-memory datasets; or a dict with
+  'image' [num_steps, B, H, W, 3] float32 and 'label' [num_steps, B] for streamed ones.
+  The state is donated; stepping stops early (no-op steps) once `max_bad_steps` consecutive
+  steps were non-finite, so the loop can report it at the next host sync.
+  """
+  def body(carry, xs, teacher_vars, data):
+    state = carry
+    if spec.in_memory:
+      images, labels = _in_memory_batch(spec, state, *data)
+    else:
+      images, labels = xs["image"], xs["label"]
+    stopped = state.bad_streak >= spec.max_bad_steps
+    new_state = _one_step(spec, state, teacher_vars, images, labels)
+    return _tree_where(stopped, state, new_state), None
+
+  def run(state, teacher_vars, data):
+    xs = None if spec.in_memory else data
+    state, _ = jax.lax.scan(functools.partial(body, teacher_vars=teacher_vars, data=data),
+                            state, xs, length=num_steps)
+    return state
+
+  repl = NamedSharding(spec.mesh, P())
+  data_sharding = repl if spec.in_memory else NamedSharding(spec.mesh, P(None, "data"))
+  return jax.jit(run, in_shardings=(repl, repl, data_sharding), out_shardings=repl,
+                 donate_argnums=(0,))
+
+
+def make_eval_fn(model: nn.Module, spec_mean, spec_std, mesh, in_memory: bool):
+  """jit-compiled `fn(variables, batch) -> sums` over a padded, masked batch.
+
+  Returns the sums (correct top-1, correct top-5, CE loss, count) over unmasked examples, so
+  the caller adds them up and every example of the split counts exactly once.
+  """
+  def run(variables, batch):
+    images = batch["image"]
+    if in_memory:
+      images = data_lib.normalize(images, spec_mean, spec_std)
+    out = model.apply(variables, images, train=False)
+    logits = (out[0] if isinstance(out, tuple) else out).astype(jnp.float32)
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    k = min(5, logits.shape[-1])
+    topk = jax.lax.top_k(logits, k)[1]
+    correct5 = jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
+    correct1 = (topk[:, 0] == labels).astype(jnp.float32)
+    ce = losses.cross_entropy(logits, labels)
+    return {"top1": jnp.sum(correct1 * mask), "top5": jnp.sum(correct5 * mask),
+            "loss": jnp.sum(ce * mask), "count": jnp.sum(mask)}
+
+  repl = NamedSharding(mesh, P())
+  return jax.jit(run, in_shardings=(repl, _batch_sharding(mesh)), out_shardings=repl)
