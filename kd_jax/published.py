@@ -47,14 +47,18 @@ class Published:
   source: str      # tag(s) exactly as in results.md, e.g. 'R:md,R:ls'
   convention: str  # a key of CONVENTIONS
   note: str = ""
+  epochs: Optional[int] = None  # training length behind the number (None: released weights)
 
 
 def _c(method, teacher, student, top1, source, convention, note=""):
-  return Published("cifar100", method, teacher, student, top1, source, convention, note)
+  """CIFAR-100, 240 epochs (recipes.md section 1.1)."""
+  return Published("cifar100", method, teacher, student, top1, source, convention, note, 240)
 
 
 def _i(method, teacher, student, top1, source, convention, note=""):
-  return Published("imagenet2012", method, teacher, student, top1, source, convention, note)
+  """ImageNet, 100 epochs (recipes.md section 2); released weights carry no epoch count."""
+  return Published("imagenet2012", method, teacher, student, top1, source, convention, note,
+                   None if convention == "weights" else 100)
 
 
 _KD_FROM_CRD = "the CRD paper's last-epoch KD baseline, reprinted by the other READMEs"

@@ -324,10 +324,16 @@ def _median(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def _compare(p: published_lib.Published, row: dict[str, Any]) -> dict[str, Any]:
-  """A published entry beside our mean under the same convention (best or last epoch)."""
+  """A published entry beside our mean under the same convention (best or last epoch).
+
+  No delta when the training lengths differ (a 2-epoch run against a 240-epoch number).
+  """
   ours = row["best_top1" if p.convention == "best" else "final_top1"]["mean"]
+  epochs = row["num_epochs"]
+  comparable = p.epochs is None or (epochs is not None and abs(epochs - p.epochs) < 1e-6)
   return {"top1": p.top1, "source": p.source, "convention": p.convention, "note": p.note,
-          "ours": ours, "delta": None if ours is None else ours - p.top1}
+          "epochs": p.epochs, "ours": ours, "comparable": comparable,
+          "delta": None if ours is None or not comparable else ours - p.top1}
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,7 +381,10 @@ def _published_cells(row: dict[str, Any]) -> tuple[str, str]:
   pub, delta = [], []
   for p in row["published"]:
     pub.append(f"{p['top1']:g} `{p['source']}` {p['convention']}")
-    delta.append("–" if p["delta"] is None else f"{p['delta']:+.2f} ({p['convention']})")
+    if not p["comparable"]:
+      delta.append(f"n/a ({_epoch(row['num_epochs'])} vs {p['epochs']} epochs)")
+    else:
+      delta.append("–" if p["delta"] is None else f"{p['delta']:+.2f} ({p['convention']})")
   return "<br>".join(pub), "<br>".join(delta)
 
 
@@ -400,7 +409,7 @@ def _header(runs: Sequence[Run], rows: Sequence[dict[str, Any]]) -> str:
       "- **Published numbers come in two conventions: best-epoch (mdistiller lineage: DKD, "
       "LS, RLD) and last-epoch (RepDistiller/CRD, and the KD baselines reprinted from it).** "
       "Δ = ours − published with ours taken under the published number's convention "
-      "(best against best, last against last).",
+      "(best against best, last against last); n/a when the epoch counts differ.",
   ]
   for c in conventions:
     lines.append(f"  - *{c}*: {published_lib.CONVENTIONS[c]}")

@@ -232,13 +232,14 @@ def test_non_finite_values_give_strict_json(tmp_path):
 
 
 def test_published_numbers_beside_matching_settings(tmp_path):
-  dirs = [
-      _write(tmp_path, "kd", _config(), _lines(_top1s(0))),
-      _write(tmp_path, "dkd", _config(method="dkd"), _lines(_top1s(1))),
-      _write(tmp_path, "kdls", _config(standardize=True), _lines(_top1s(2))),
-      _write(tmp_path, "rkkd", _config(method="rkkd", base_method="dkd"), _lines(_top1s(3))),
-      _write(tmp_path, "ce", _config(method="ce", teacher=""), _lines(_top1s(4))),
-  ]
+  last5 = list(range(236, 241))  # complete 240-epoch runs (only the last epochs logged)
+
+  def write(name, seed, **kw):
+    return _write(tmp_path, name, _config(num_epochs=240, **kw), _lines(_top1s(seed),
+                                                                        epochs=last5))
+  dirs = [write("kd", 0), write("dkd", 1, method="dkd"), write("kdls", 2, standardize=True),
+          write("rkkd", 3, method="rkkd", base_method="dkd"),
+          write("ce", 4, method="ce", teacher="")]
   out = tmp_path / "out"
   assert report.main(dirs + ["--out", str(out)]) == 0
   summary = json.loads((out / "summary.json").read_text())
@@ -258,6 +259,16 @@ def test_published_numbers_beside_matching_settings(tmp_path):
     assert f"{mine - top1:+.2f} ({conv})" in line
   assert _setting_row(summary, "rkkd(dkd)")["published"] == []
   assert "`" not in _md_row(md, "rkkd(dkd)", "resnet32x4", "resnet8x4")
+
+
+def test_published_number_without_delta_for_shorter_runs(tmp_path):
+  d = _write(tmp_path, "short", _config(method="dkd", num_epochs=5), _lines(_top1s(0)))
+  out = tmp_path / "out"
+  assert report.main([d, "--out", str(out)]) == 0
+  (pub,) = _setting_row(json.loads((out / "summary.json").read_text()), "dkd")["published"]
+  assert (pub["top1"], pub["comparable"], pub["delta"]) == (76.32, False, None)
+  line = _md_row((out / "report.md").read_text(), "dkd", "resnet32x4", "resnet8x4")
+  assert "76.32 `R` best" in line and "n/a (5 vs 240 epochs)" in line
 
 
 def test_settings_split_by_loss_hyperparameters(tmp_path):
@@ -369,3 +380,13 @@ def test_published_vanilla_and_imagenet_match_results_md():
       model = teacher if method == "teacher" else student
       entry = published.lookup("imagenet2012", method, teacher, model)[0]
       assert (entry.top1, entry.source) in tagged and entry.top1 == value
+
+
+def test_report_module_does_not_import_jax():
+  """The notebook renders reports in its kernel next to a TPU run: no JAX there."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = "import sys, kd_jax.report; print('jax' in sys.modules, 'matplotlib' in sys.modules)"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.stdout.split() == ["False", "False"]
