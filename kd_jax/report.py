@@ -299,7 +299,7 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
         "num_epochs": stats[0]["num_epochs"],
         "hparams": hparams.get(setting, ""),
         "loss": first.loss,
-        "runs": [s["name"] for s in used],
+        "runs": [s["workdir"] for s in used],
         "seeds": [s["seed"] for s in used],
         "n": len(used),
         "n_runs": len(stats),
@@ -435,7 +435,8 @@ def render_markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]],
         f"{_ms(r['best_top5'])} / {_ms(r['final_top5'])}", _wall(r["wall_s"]),
         _ips(r["images_per_sec"]), r["status"], pub, delta])
   per_run = []
-  for r in sorted(runs, key=lambda r: tuple(str(x) for x in r.setting) + (r.workdir,)):
+  ordered = sorted(runs, key=lambda r: tuple(str(x) for x in r.setting) + (r.workdir,))
+  for r, label in zip(ordered, run_labels(ordered)):
     s = run_summary(r)
     notes = []
     if s["skipped_steps"]:
@@ -443,7 +444,7 @@ def render_markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]],
     if s["warnings"]:
       notes.append(f"{len(s['warnings'])} metric line(s) skipped")
     per_run.append([
-        s["name"], s["method"], f"{s['teacher'] or '–'} → {s['student']}", s["dataset"],
+        label, s["method"], f"{s['teacher'] or '–'} → {s['student']}", s["dataset"],
         s["seed"], f"{_epoch(s['epochs_done'])} / {_epoch(s['num_epochs'])}",
         _f(s["final_top1"]), f"{_f(s['best_top1'])} ({_epoch(s['best_epoch'])})",
         f"{_f(s['best_top5'])} / {_f(s['final_top5'])}", _f(s["teacher_top1"]),

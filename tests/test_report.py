@@ -390,3 +390,12 @@ def test_report_module_does_not_import_jax():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert out.stdout.split() == ["False", "False"]
+
+
+def test_runs_with_equal_names_get_distinct_labels(tmp_path):
+  dirs = [_write(tmp_path / m, "seed0", _config(method=m), _lines(_top1s(0)))
+          for m in ("kd", "dkd")]
+  out = tmp_path / "out"
+  assert report.main(dirs + ["--out", str(out)]) == 0
+  md = (out / "report.md").read_text()
+  assert "| kd/seed0 | kd |" in md and "| dkd/seed0 | dkd |" in md
