@@ -1,0 +1,117 @@
+"""Refined Logit Distillation: sample confidence (SCD) and masked correlation (MCD) parts.
+
+Spec: methods.md §5 (zju-SWJ/RLD `RLD.py`, mask `>=`); per-example outputs, the caller averages.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from kd_jax.losses import common
+
+Array = jax.Array
+
+
+def _check_inputs(student_logits, teacher_logits, labels, temperature, name="temperature"):
+  s, t = common.check_pair(student_logits, teacher_logits)
+  labels = common.check_labels(labels, s.shape[0])
+  common.check_positive(temperature, name)
+  return s, t, labels
+
+
+def _scd(s: Array, t: Array, labels: Array, temperature) -> Array:
+  top1 = jnp.argmax(t, axis=-1)  # first maximal index on ties, as torch.argmax
+  log_bs = common.binary_log_split(s / temperature, labels)
+  log_bt = common.binary_log_split(t / temperature, top1)
+  return temperature ** 2 * common.kl_log_space(log_bt, log_bs)
+
+
+def _mcd(s: Array, t: Array, labels: Array, temperature) -> Array:
+  t_y = common.take_class(t, labels)
+  masked = t >= t_y[:, None]  # y and every class ranked at or above it (ties included)
+  log_qs = jax.nn.log_softmax(jnp.where(masked, common.NEG_MASK, s / temperature), axis=-1)
+  log_qt = jax.nn.log_softmax(jnp.where(masked, common.NEG_MASK, t / temperature), axis=-1)
+  return temperature ** 2 * common.kl_log_space(log_qt, log_qs)
+
+
+def scd(student_logits: Array, teacher_logits: Array, labels: Array, *,
+        temperature: float = 4.0, standardize: bool = False) -> Array:
+  """Sample confidence distillation: scd_i = tau^2 * KL(b_t || b_s).
+
+  b_s = [p_s[y], sum_{c != y} p_s[c]] (student around the ground truth y) and
+  b_t = [p_t[k], sum_{c != k} p_t[c]] (teacher around its own top-1 k = argmax t, first index on
+  ties), p = softmax(z / tau). `temperature` is RLD's tau_a (config `RLD.ALPHA_T`). Log-space
+  binary split as for TCKD (methods.md §3, §5); teacher under stop_gradient.
+
+  Args:
+    student_logits: [B, C] floating logits, C >= 2.
+    teacher_logits: [B, C] floating logits.
+    labels: [B] integer class indices.
+    temperature: tau_a > 0.
+    standardize: z-score both sides per row first (LS).
+
+  Returns:
+    [B] per-example losses; the caller takes the mean.
+  """
+  s, t, labels = _check_inputs(student_logits, teacher_logits, labels, temperature)
+  s, t = common.prepare_pair(s, t, standardize)
+  return _scd(s, t, labels, temperature)
+
+
+def mcd(student_logits: Array, teacher_logits: Array, labels: Array, *,
+        temperature: float = 4.0, standardize: bool = False) -> Array:
+  """Masked correlation distillation: mcd_i = T^2 * KL(q_t || q_s).
+
+  M = {c : t[c] >= t[y]} (on the possibly standardized teacher logits, before /T);
+  q = softmax(where(M, -1e9, z / T)) on both sides (zju-SWJ/RLD `RLD.py`, methods.md §5). When
+  every class is masked (y is the teacher's lowest logit, or all logits tie with t[y]) both
+  masked vectors are constant and mcd is exactly 0, never NaN. Masked student entries get no
+  gradient; the teacher gets none at all.
+
+  Args:
+    student_logits: [B, C] floating logits, C >= 2.
+    teacher_logits: [B, C] floating logits.
+    labels: [B] integer class indices.
+    temperature: T > 0.
+    standardize: z-score both sides per row first (LS).
+
+  Returns:
+    [B] per-example losses; the caller takes the mean.
+  """
+  s, t, labels = _check_inputs(student_logits, teacher_logits, labels, temperature)
+  s, t = common.prepare_pair(s, t, standardize)
+  return _mcd(s, t, labels, temperature)
+
+
+def rld(student_logits: Array, teacher_logits: Array, labels: Array, *, alpha: float = 1.0,
+        beta: float = 8.0, temperature: float = 4.0, alpha_temperature: Optional[float] = None,
+        standardize: bool = False) -> Array:
+  """Refined Logit Distillation: rld_i = alpha * scd_i(tau_a) + beta * mcd_i(T).
+
+  Sun et al., arXiv 2408.07703, zju-SWJ/RLD `RLD.py` (methods.md §5), without CE and warm-up.
+  tau_a = alpha_temperature defaults to T (the README's `--same-t`); then, for a correct untied
+  teacher, rld equals dkd exactly. Rows whose mask covers every class have mcd = 0 exactly, so
+  they contribute alpha * scd only (0 with alpha = 0), never NaN.
+
+  Args:
+    student_logits: [B, C] floating logits, C >= 2.
+    teacher_logits: [B, C] floating logits.
+    labels: [B] integer class indices.
+    alpha: SCD weight (scalar, may be traced).
+    beta: MCD weight (scalar, may be traced).
+    temperature: MCD temperature T > 0.
+    alpha_temperature: SCD temperature tau_a > 0; None means T.
+    standardize: z-score both sides per row first (LS).
+
+  Returns:
+    [B] per-example losses; the caller takes the mean.
+  """
+  s, t, labels = _check_inputs(student_logits, teacher_logits, labels, temperature)
+  tau_a = temperature if alpha_temperature is None else alpha_temperature
+  common.check_positive(tau_a, "alpha_temperature")
+  common.check_scalar(alpha, "alpha")
+  common.check_scalar(beta, "beta")
+  s, t = common.prepare_pair(s, t, standardize)
+  return alpha * _scd(s, t, labels, tau_a) + beta * _mcd(s, t, labels, temperature)
