@@ -1,0 +1,341 @@
+"""ImageNet inputs: streaming tf.data pipelines over TFDS, one shard per process.
+
+Training batches are deterministic in (seed, step) and resumable; eval batches are padded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from kd_jax.data import common
+from kd_jax.data.common import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_SCALE = (0.08, 1.0)       # torchvision RandomResizedCrop defaults.
+_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_ATTEMPTS = 10
+_CROP_FRACTION = 0.875     # Resize(256) + CenterCrop(224).
+_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
+                   start_step: int = 0, image_size: int = 224,
+                   process_index: int = 0, process_count: int = 1,
+                   name: str = "imagenet2012", split: str = "train",
+                   shuffle_buffer: int = 10_000) -> Iterator[dict]:
+  """Endless per-process stream {'image': float32 [b,s,s,3] normalised, 'label': int32 [b]}.
+
+  RandomResizedCrop (scale 0.08-1, log-uniform ratio 3/4-4/3, 10 tries then a
+  centre crop, bilinear) + flip p=0.5. Each epoch reads this process's shard
+  (tfds.split_for_jax_process, remainder dropped) with a (seed, epoch)-seeded file
+  and buffer shuffle and keeps N // batch_size full batches; per-example crops use
+  stateless seeds (seed, epoch, process, position). So the stream from start_step
+  equals the unbroken stream with start_step batches skipped.
+  """
+  _check_positive(batch_size=batch_size, image_size=image_size,
+                  process_count=process_count, shuffle_buffer=shuffle_buffer)
+  if start_step < 0:
+    raise DataError(f"start_step={start_step}; accepted: a non-negative integer.")
+  tfds = common.import_tfds()
+  builder = _open_builder(name, data_dir, process_index, process_count)
+  # Equal shares (remainder dropped) keep the processes' step counts in lockstep.
+  subsplit = tfds.split_for_jax_process(split, process_index=process_index,
+                                        process_count=process_count,
+                                        drop_remainder=True)
+  ds = _read(builder, subsplit, data_dir=data_dir, shuffle_seed=None)
+  n = common.split_size(ds, f"dataset {name!r} split {subsplit}")
+  spe = n // batch_size
+  if spe == 0:
+    raise DataError(f"batch_size={batch_size} exceeds the {n} examples of process "
+                    f"{process_index}'s shard of {name!r} {split!r}; accepted: "
+                    f"batch_size <= {n}.")
+
+  def stream():
+    epoch, skip_batches = divmod(start_step, spe)
+    while True:
+      epoch_ds = _train_epoch(builder, subsplit, data_dir=data_dir, seed=seed,
+                              epoch=epoch, process_index=process_index,
+                              steps=spe, skip_batches=skip_batches,
+                              batch_size=batch_size, image_size=image_size,
+                              shuffle_buffer=shuffle_buffer)
+      yield from epoch_ds.as_numpy_iterator()
+      epoch, skip_batches = epoch + 1, 0
+
+  return stream()
+
+
+def imagenet_eval(data_dir: str | None, *, batch_size: int, image_size: int = 224,
+                  process_index: int = 0, process_count: int = 1,
+                  name: str = "imagenet2012",
+                  split: str = "validation") -> Iterator[dict]:
+  """This process's share of the split, each example once, in file order.
+
+  Resize the shorter side to round(image_size / 0.875) (256 for 224), centre
+  crop image_size, normalise. Yields {'image', 'label', 'mask'}; the last batch
+  is padded (mask False), and every process yields the same number of batches
+  (extra all-masked batches where its shard is shorter) so hosts stay in step.
+  """
+  _check_positive(batch_size=batch_size, image_size=image_size,
+                  process_count=process_count)
+  tf = common.import_tf()
+  tfds = common.import_tfds()
+  builder = _open_builder(name, data_dir, process_index, process_count)
+  subsplit = tfds.even_splits(split, n=process_count)[process_index]  # Keeps remainder.
+  full = _read(builder, split, data_dir=data_dir, shuffle_seed=None)
+  total = common.split_size(full, f"dataset {name!r} split {split!r}")
+  num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
+  ds = _read(builder, subsplit, data_dir=data_dir, shuffle_seed=None)
+  resize = int(round(image_size / _CROP_FRACTION))
+
+  def preprocess(ex):
+    image = _decode_full(ex["image"])
+    image = resize_shorter_center_crop(image, resize_size=resize, crop_size=image_size)
+    return {"image": _normalize_tf(image),
+            "label": tf.cast(ex["label"], tf.int32)}
+
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  shape = (batch_size, image_size, image_size, 3)
+
+  def stream():
+    emitted = 0
+    for batch in ds.as_numpy_iterator():
+      yield common.pad_batch(batch, batch_size)
+      emitted += 1
+    for _ in range(num_batches - emitted):
+      yield {"image": np.zeros(shape, np.float32),
+             "label": np.zeros((batch_size,), np.int32),
+             "mask": np.zeros((batch_size,), bool)}
+
+  return stream()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _check_positive(**values: int) -> None:
+  for key, value in values.items():
+    if not isinstance(value, (int, np.integer)) or value <= 0:
+      raise DataError(f"{key}={value!r}; accepted: a positive integer.")
+
+
+def _open_builder(name: str, data_dir: str | None, process_index: int,
+                  process_count: int):
+  """The TFDS builder, after checking that process_index is in range."""
+  if not 0 <= process_index < process_count:
+    raise DataError(f"process_index={process_index} with process_count="
+                    f"{process_count}; accepted: 0 <= process_index < process_count.")
+  return common.tfds_builder(name, data_dir)
+
+
+def _read(builder, split, *, data_dir: str | None, shuffle_seed: int | None):
+  """Raw records (image bytes undecoded), optionally file-shuffled with a seed."""
+  tfds = common.import_tfds()
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+  ds = common.open_split(builder, split, shuffle_files=shuffle_seed is not None,
+                         read_config=read_config,
+                         decoders={"image": tfds.decode.SkipDecoding()})
+  if ds is None:
+    raise DataError(_not_prepared_message(builder, data_dir))
+  return ds
+
+
+def _not_prepared_message(builder, data_dir: str | None) -> str:
+  root = common.resolved_data_dir(data_dir)
+  name = builder.name
+  if name != "imagenet2012":
+    return (f"TFDS dataset {name!r} is not prepared in data_dir {root!r} (looked for "
+            f"{builder.data_dir}). Build it with `tfds build {name} "
+            f"--data_dir={root}`.")
+  manual = os.path.join(root, "downloads", "manual")
+  present = [f for f in _MANUAL_FILES if os.path.exists(os.path.join(manual, f))]
+  state = (f"found {present} there, so only the build step is missing" if present
+           else "neither archive is there yet")
+  return (
+      f"ImageNet ('imagenet2012') is not prepared in data_dir {root!r} (looked for "
+      f"{builder.data_dir}). It cannot be downloaded automatically: get "
+      f"{' and '.join(_MANUAL_FILES)} from https://image-net.org (login required) "
+      f"into the TFDS manual_dir {manual} ({state}), then run once (about 150 GB "
+      "for the archives plus as much for the records; hours of CPU):\n"
+      f"  tfds build imagenet2012 --data_dir={root} --manual_dir={manual}\n"
+      "See docs/data.md.")
+
+
+def _seed_int(*parts: int) -> int:
+  """A deterministic non-negative int63 from integer parts."""
+  return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(
+      1, np.uint64)[0] >> np.uint64(1))
+
+
+def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
+                 process_index: int, steps: int, skip_batches: int, batch_size: int,
+                 image_size: int, shuffle_buffer: int):
+  """One epoch of augmented batches, with the first skip_batches skipped undecoded."""
+  tf = common.import_tf()
+  shuffle_seed = _seed_int(seed, epoch, 0)
+  aug_seed = _seed_int(seed, epoch, process_index, 1)
+  ds = _read(builder, subsplit, data_dir=data_dir, shuffle_seed=shuffle_seed)
+  ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+  ds = ds.take(steps * batch_size).enumerate()
+  ds = ds.skip(skip_batches * batch_size)
+
+  def preprocess(index, ex):
+    example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(example_seed, num=2))
+    image = _decode_random_crop(ex["image"], crop_seed)
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear",
+                            antialias=True)
+    flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    return {"image": _normalize_tf(image), "label": tf.cast(ex["label"], tf.int32)}
+
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------- image ops
+
+
+def random_resized_crop_window(shape, seed):
+  """torchvision RandomResizedCrop box [y, x, h, w] (int32) for an image of `shape`.
+
+  10 tries of area ~ U(0.08, 1) * H * W and log-ratio ~ U(log 3/4, log 4/3);
+  the first that fits is placed uniformly; otherwise a ratio-clamped centre crop.
+  """
+  tf = common.import_tf()
+  height = tf.cast(shape[0], tf.float32)
+  width = tf.cast(shape[1], tf.float32)
+  s_area, s_ratio, s_y, s_x = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=4))
+  area = tf.random.stateless_uniform([_ATTEMPTS], seed=s_area, minval=_SCALE[0],
+                                     maxval=_SCALE[1]) * height * width
+  log_ratio = tf.random.stateless_uniform([_ATTEMPTS], seed=s_ratio,
+                                          minval=math.log(_RATIO[0]),
+                                          maxval=math.log(_RATIO[1]))
+  ratio = tf.exp(log_ratio)
+  ws = tf.round(tf.sqrt(area * ratio))
+  hs = tf.round(tf.sqrt(area / ratio))
+  fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32))
+  # Fallback (no attempt fits): clamp the aspect ratio, centre the crop.
+  in_ratio = width / height
+  fb_w = tf.where(in_ratio < _RATIO[0], width,
+                  tf.where(in_ratio > _RATIO[1], tf.round(height * _RATIO[1]), width))
+  fb_h = tf.where(in_ratio < _RATIO[0], tf.round(width / _RATIO[0]), height)
+  any_fit = tf.reduce_any(fits)
+  crop_h = tf.where(any_fit, tf.gather(hs, first), fb_h)
+  crop_w = tf.where(any_fit, tf.gather(ws, first), fb_w)
+  u_y = tf.random.stateless_uniform([], seed=s_y)
+  u_x = tf.random.stateless_uniform([], seed=s_x)
+  y = tf.where(any_fit, tf.floor(u_y * (height - crop_h + 1)),
+               tf.floor((height - crop_h) / 2))
+  x = tf.where(any_fit, tf.floor(u_x * (width - crop_w + 1)),
+               tf.floor((width - crop_w) / 2))
+  y = tf.minimum(y, height - crop_h)  # Guards u == 1.0 rounding.
+  x = tf.minimum(x, width - crop_w)
+  return tf.cast(tf.stack([y, x, crop_h, crop_w]), tf.int32)
+
+
+def _decode_random_crop(image_bytes, seed):
+  """Decodes only the random-resized-crop window (JPEG fast path, any format)."""
+  tf = common.import_tf()
+
+  def jpeg():
+    window = random_resized_crop_window(tf.io.extract_jpeg_shape(image_bytes), seed)
+    return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+  def other():
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    y, x, h, w = tf.unstack(random_resized_crop_window(tf.shape(image), seed))
+    return image[y:y + h, x:x + w]
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _decode_full(image_bytes):
+  tf = common.import_tf()
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def resize_shorter_center_crop(image, *, resize_size: int, crop_size: int):
+  """torchvision Resize(resize_size) (shorter side, bilinear) + CenterCrop(crop_size)."""
+  tf = common.import_tf()
+  shape = tf.shape(image)
+  h, w = shape[0], shape[1]
+  short = tf.minimum(h, w)
+  long_side = tf.cast(tf.maximum(h, w) * resize_size, tf.float32) / tf.cast(
+      short, tf.float32)
+  long_side = tf.cast(tf.floor(long_side + 1e-4), tf.int32)  # int() as in torchvision.
+  new_h = tf.where(h <= w, resize_size, long_side)
+  new_w = tf.where(h <= w, long_side, resize_size)
+  image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear",
+                          antialias=True)
+  top = tf.cast(tf.round(tf.cast(new_h - crop_size, tf.float32) / 2.0), tf.int32)
+  left = tf.cast(tf.round(tf.cast(new_w - crop_size, tf.float32) / 2.0), tf.int32)
+  image = image[top:top + crop_size, left:left + crop_size]
+  image.set_shape([crop_size, crop_size, 3])
+  return image
+
+
+def _normalize_tf(image, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD):
+  """float pixels in [0, 255] -> (x / 255 - mean) / std, float32."""
+  tf = common.import_tf()
+  image = tf.cast(image, tf.float32) / 255.0
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+# ----------------------------------------------------------------------------- test helper
+
+
+def build_fake_imagenet(data_dir: str, *, name: str = "fake_imagenet",
+                        num_train: int = 48, num_validation: int = 20,
+                        num_classes: int | None = None, min_size: int = 20,
+                        max_size: int = 64, seed: int = 0) -> str:
+  """Writes a tiny ImageNet-like TFDS dataset (JPEG images, 'train'/'validation').
+
+  Example i of a split has label i % num_classes (default: one class per train
+  example, so labels identify examples) and a constant colour derived from i,
+  with random height/width in [min_size, max_size]. Returns data_dir; load it
+  with name=name, data_dir=data_dir.
+  """
+  tfds = common.import_tfds()
+  num_classes = num_classes or max(num_train, num_validation)
+  rng = np.random.default_rng(seed)
+
+  def examples(split: str, n: int):
+    out = []
+    for i in range(n):
+      h, w = rng.integers(min_size, max_size + 1, size=2)
+      colour = np.array([(37 * i + 11) % 256, (91 * i + 50) % 256, (53 * i + 200) % 256],
+                        np.uint8)
+      image = np.broadcast_to(colour, (int(h), int(w), 3)).copy()
+      out.append((f"{split}_{i}", {"image": image, "label": i % num_classes,
+                                    "file_name": f"{split}_{i:05d}.JPEG"}))
+    return out
+
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "label": tfds.features.ClassLabel(num_classes=num_classes),
+      "file_name": tfds.features.Text(),
+  })
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name=name, version="1.0.0", features=features, data_dir=data_dir,
+      split_datasets={"train": examples("train", num_train),
+                      "validation": examples("validation", num_validation)},
+      disable_shuffling=False)
+  return data_dir
