@@ -305,28 +305,29 @@ def _normalize_tf(image, mean: Sequence[float] = IMAGENET_MEAN,
 def build_fake_imagenet(data_dir: str, *, name: str = "fake_imagenet",
                         num_train: int = 48, num_validation: int = 20,
                         num_classes: int | None = None, min_size: int = 20,
-                        max_size: int = 64, seed: int = 0) -> str:
+                        max_size: int = 64, noise: int = 0, seed: int = 0) -> str:
   """Writes a tiny ImageNet-like TFDS dataset (JPEG images, 'train'/'validation').
 
   Example i of a split has label i % num_classes (default: one class per train
-  example, so labels identify examples) and a constant colour derived from i,
-  with random height/width in [min_size, max_size]. Returns data_dir; load it
-  with name=name, data_dir=data_dir.
+  example, so labels identify examples) and a constant colour derived from i
+  (plus uniform noise in [-noise, noise], e.g. to make JPEG decoding cost
+  realistic in benchmarks), with random height/width in [min_size, max_size].
+  Examples are generated lazily. Returns data_dir; read it with name=name.
   """
   tfds = common.import_tfds()
   num_classes = num_classes or max(num_train, num_validation)
-  rng = np.random.default_rng(seed)
 
-  def examples(split: str, n: int):
-    out = []
+  def examples(split: str, n: int, stream: int):
+    rng = np.random.default_rng([seed, stream])
     for i in range(n):
-      h, w = rng.integers(min_size, max_size + 1, size=2)
-      colour = np.array([(37 * i + 11) % 256, (91 * i + 50) % 256, (53 * i + 200) % 256],
-                        np.uint8)
-      image = np.broadcast_to(colour, (int(h), int(w), 3)).copy()
-      out.append((f"{split}_{i}", {"image": image, "label": i % num_classes,
-                                    "file_name": f"{split}_{i:05d}.JPEG"}))
-    return out
+      h, w = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+      colour = np.array([(37 * i + 11) % 256, (91 * i + 50) % 256, (53 * i + 200) % 256])
+      image = np.broadcast_to(colour, (h, w, 3))
+      if noise:
+        image = image + rng.integers(-noise, noise + 1, size=(h, w, 3))
+      yield (f"{split}_{i}", {"image": np.clip(image, 0, 255).astype(np.uint8),
+                              "label": i % num_classes,
+                              "file_name": f"{split}_{i:05d}.JPEG"})
 
   features = tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
@@ -335,7 +336,7 @@ def build_fake_imagenet(data_dir: str, *, name: str = "fake_imagenet",
   })
   tfds.dataset_builders.store_as_tfds_dataset(
       name=name, version="1.0.0", features=features, data_dir=data_dir,
-      split_datasets={"train": examples("train", num_train),
-                      "validation": examples("validation", num_validation)},
+      split_datasets={"train": examples("train", num_train, 0),
+                      "validation": examples("validation", num_validation, 1)},
       disable_shuffling=False)
   return data_dir
