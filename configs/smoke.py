@@ -14,7 +14,7 @@ def get_config(arg=None):
   config = kdc.method_defaults(kdc.base_config(), method, base_method=base)
   config.dataset = "synthetic"
   config.num_classes = 100
-  config.train_examples = 1024
+  config.train_examples = 960
   config.eval_examples = 200
   config.student = "resnet8"
   if method not in ("ce", "teacher"):
@@ -23,12 +23,12 @@ def get_config(arg=None):
   config.batch_size = 16
   config.eval_batch_size = 64
   config.num_epochs = 1
-  config.num_train_steps = 64
+  config.num_train_steps = 60
   config.learning_rate = 0.02
   config.lr_milestones = (2, 3)
   config.loss.warmup_epochs = min(config.loss.warmup_epochs, 1)
-  config.steps_per_dispatch = 4
-  config.log_every_steps = 8
+  config.steps_per_dispatch = 5
+  config.log_every_steps = 10
   config.checkpoint_every_steps = 10
   config.eval_every_epochs = 1
   config.keep_checkpoints = 2

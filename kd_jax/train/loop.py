@@ -58,7 +58,8 @@ def make_mesh(config) -> jax.sharding.Mesh:
   if n > jax.device_count():
     raise config_lib.ConfigError(f"config.num_devices={n} but only {jax.device_count()} "
                                  f"devices are available")
-  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def check_workdir(workdir: str) -> None:
@@ -85,9 +86,9 @@ def _image_size(config) -> int:
 
 
 def _abstract_variables(module, image_size: int) -> PyTree:
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   return jax.eval_shape(lambda: module.init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, train=False))
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+      jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False))
 
 
 def _check_like(variables: PyTree, abstract: PyTree, what: str) -> None:

@@ -1,0 +1,200 @@
+"""End-to-end training tests on synthetic data: every method, 1 vs 8 simulated devices, resume.
+
+The 8 simulated CPU devices come from tests/conftest.py (XLA_FLAGS host device count).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax import config as kdc
+from kd_jax.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def tiny_config(method: str, num_devices: int, steps: int = 8):
+  config = smoke.get_config(method)
+  config.train_examples = 128
+  config.eval_examples = 40
+  config.num_train_steps = steps
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 4
+  config.steps_per_dispatch = 4
+  config.eval_batch_size = 16
+  config.num_devices = num_devices
+  return config
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def last_with(records, key):
+  return [r for r in records if key in r][-1]
+
+
+METHODS = ["ce", "teacher", "kd", "dkd", "rld", "dhkd", "rkkd"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_on_1_and_8_devices_identically(method, tmp_path):
+  assert jax.device_count() == 8, "conftest must simulate 8 CPU devices"
+  results = {}
+  for n in (1, 8):
+    workdir = str(tmp_path / f"d{n}")
+    result = loop.train_and_evaluate(tiny_config(method, n), workdir)
+    assert result.step == 8
+    records = read_metrics(workdir)
+    train = last_with(records, "train/loss")
+    ev = last_with(records, "eval/top1")
+    assert train["step"] == 8 and ev["step"] == 8
+    assert np.isfinite(train["train/loss"])
+    terms = [k for k in train if k.startswith("train/") and k not in ("train/loss", "train/top1")]
+    # The logged terms add up to the loss.
+    np.testing.assert_allclose(sum(train[k] for k in terms), train["train/loss"], rtol=1e-5)
+    assert 0.0 <= ev["eval/top1"] <= ev["eval/top5"] <= 1.0
+    cfg = json.load(open(os.path.join(workdir, "config.json")))
+    assert cfg["method"] == method
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "8"))
+    results[n] = (records, terms)
+  (rec1, terms1), (rec8, terms8) = results[1], results[8]
+  assert terms1 == terms8
+  expected_terms = {"ce": {"ce"}, "teacher": {"ce"}, "kd": {"ce", "kd"},
+                    "dkd": {"ce", "tckd", "nckd"}, "rld": {"ce", "scd", "mcd"},
+                    "dhkd": {"ce", "bkln"}, "rkkd": {"ce", "tckd", "nckd", "rank"}}[method]
+  assert {t.split("/", 1)[1] for t in terms1} == expected_terms
+  # Sharded over 8 devices: same losses and same model (eval) as one device.
+  for a, b in zip([r for r in rec1 if "train/loss" in r], [r for r in rec8 if "train/loss" in r]):
+    for k in terms1 + ["train/loss"]:
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5)
+  np.testing.assert_allclose(last_with(rec1, "eval/loss")["eval/loss"],
+                             last_with(rec8, "eval/loss")["eval/loss"], rtol=2e-4)
+
+
+def test_resume_after_interruption_gives_identical_metrics(tmp_path):
+  unbroken = str(tmp_path / "unbroken")
+  loop.train_and_evaluate(tiny_config("kd", 8, steps=12), unbroken)
+  broken = str(tmp_path / "broken")
+  first = tiny_config("kd", 8, steps=12)
+  first.num_train_steps = 12
+  # Stop after 8 steps by running a shorter run in the same workdir, then continue to 12.
+  partial = tiny_config("kd", 8, steps=8)
+  loop.train_and_evaluate(partial, broken)
+  loop.train_and_evaluate(first, broken)
+  a, b = read_metrics(unbroken), read_metrics(broken)
+  for key in ("train/loss", "eval/top1", "eval/loss"):
+    assert last_with(a, key)[key] == last_with(b, key)[key], key
+
+
+def _launch(workdir, *overrides, wait=True):
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config=" +
+         os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}",
+         "--config.train_examples=256", "--config.eval_examples=40",
+         "--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
+         "--config.log_every_steps=10", *overrides]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONUNBUFFERED="1")
+  if wait:
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env)
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=300):
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+      return
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.2)
+  raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_launch_killed_then_relaunched_matches_unbroken_run(sig, tmp_path):
+  unbroken = str(tmp_path / "unbroken")
+  res = _launch(unbroken)
+  assert res.returncode == 0, res.stderr[-3000:]
+  broken = str(tmp_path / "broken")
+  proc = _launch(broken, wait=False)
+  _wait_for_checkpoint(broken, proc)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=300)
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM" in out or "Done" in out
+  res = _launch(broken)
+  assert res.returncode == 0, res.stderr[-3000:]
+  a, b = read_metrics(unbroken), read_metrics(broken)
+  for key in ("train/loss", "eval/top1"):
+    assert last_with(a, key)[key] == last_with(b, key)[key], key
+  assert last_with(b, "train/loss")["step"] == 40
+
+
+def test_bad_config_fails_fast_naming_the_key(tmp_path):
+  t0 = time.time()
+  res = _launch(str(tmp_path / "bad"), "--config.student=resnet9000")
+  assert res.returncode != 0
+  assert "config.student='resnet9000'" in res.stderr and "resnet8x4" in res.stderr
+  assert "Traceback" not in res.stderr
+  assert time.time() - t0 < 120
+
+
+@pytest.mark.parametrize("override,needle", [
+    ({"method": "dkd", "base_method": "kd"}, "config.base_method"),
+    ({"batch_size": 12}, "not divisible by the 8 devices"),
+    ({"dataset": "imagenet2012"}, "config.num_classes=100"),
+    ({"aux_head": "linear"}, "config.aux_head='linear'"),
+    ({"teacher_checkpoint": ""}, "config.teacher_checkpoint"),
+    ({"loss.temperature": -1.0}, "config.loss.temperature=-1.0"),
+    ({"schedule": "linear"}, "config.schedule='linear'"),
+])
+def test_validate_names_bad_key(override, needle):
+  config = smoke.get_config("kd")
+  for k, v in override.items():
+    node = config
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  with pytest.raises(kdc.ConfigError, match=None) as e:
+    kdc.validate(config, model_names=["resnet8", "resnet8x4"], num_devices=8)
+  assert needle in str(e.value)
+
+
+def test_unknown_key_rejected():
+  config = smoke.get_config("kd")
+  config.unlock()
+  config.lerning_rate = 0.1
+  with pytest.raises(kdc.ConfigError, match="lerning_rate"):
+    kdc.validate(config, model_names=["resnet8"], num_devices=1)
+
+
+def test_pair_presets():
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import dkd, kd, rld  # pylint: disable=g-import-not-at-top,multiple-imports
+  c = dkd.get_config("resnet56,resnet20")
+  assert (c.teacher, c.student, c.loss.beta, c.learning_rate) == ("resnet56", "resnet20", 2.0,
+                                                                  0.05)
+  c = dkd.get_config("resnet32x4,ShuffleV2")
+  assert (c.loss.beta, c.learning_rate) == (8.0, 0.01)
+  c = kd.get_config("resnet32x4,resnet8x4,ls")
+  assert (c.loss.standardize, c.loss.temperature, c.loss.kd_weight) == (True, 2.0, 9.0)
+  c = dkd.get_config("vgg13,vgg8,ls")
+  assert (c.loss.alpha, c.loss.beta, c.loss.temperature) == (15.0, 30.0, 2.0)
+  c = rld.get_config("imagenet_resnet34,imagenet_resnet18")
+  assert (c.dataset, c.num_classes, c.batch_size, c.loss.temperature, c.loss.beta,
+          c.loss.warmup_epochs) == ("imagenet2012", 1000, 512, 1.0, 0.5, 1)
+  with pytest.raises(ValueError, match="unknown teacher/student pair"):
+    dkd.get_config("resnet8,resnet8")
