@@ -364,7 +364,9 @@ def _wall(s: Optional[float]) -> str:
 
 
 def _ips(x: Optional[float]) -> str:
-  return "–" if x is None else f"{x:,.0f}"
+  if x is None:
+    return "–"
+  return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
 
 
 def _cell(x: Any) -> str:
