@@ -202,8 +202,8 @@ def network_reachable(urls: Iterable[str], timeout: float = 4.0) -> tuple[bool, 
       for host, port in targets:
         socket.create_connection((host, port), timeout=timeout).close()
       result["ok"] = True
-    except OSError as e:
-      result["error"] = str(e)
+    except Exception as e:  # pylint: disable=broad-except  # Reported, never raised.
+      result["error"] = str(e) or type(e).__name__
 
   thread = threading.Thread(target=probe, daemon=True)
   thread.start()
