@@ -1,0 +1,174 @@
+"""Times the project's real jitted KD train step on synthetic device-resident CIFAR-like data.
+
+Builds the run exactly as kd_jax/train/loop.py does; prints one JSON line (images/s, step ms).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Any, Sequence
+
+# Runnable as `python benchmarks/train_step.py` from the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
+
+from kd_jax import config as config_lib  # pylint: disable=wrong-import-position
+from kd_jax import data as data_lib  # pylint: disable=wrong-import-position
+from kd_jax import methods  # pylint: disable=wrong-import-position
+from kd_jax import models  # pylint: disable=wrong-import-position
+from kd_jax.train import loop  # pylint: disable=wrong-import-position
+from kd_jax.train import state as state_lib  # pylint: disable=wrong-import-position
+from kd_jax.train import step as step_lib  # pylint: disable=wrong-import-position
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_config(args: argparse.Namespace) -> Any:
+  """The run config: base_config + method_defaults (rkkd on base 'kd'), synthetic data."""
+  config = config_lib.base_config()
+  config_lib.method_defaults(config, args.method,
+                             base_method="kd" if args.method == "rkkd" else args.method)
+  config.dataset = "synthetic"
+  config.num_classes = config_lib.NUM_CLASSES["synthetic"]
+  config.student = args.student
+  if config_lib.needs_teacher(config):
+    config.teacher = args.teacher
+    config.teacher_checkpoint = "random:0"
+  config.dtype = config.teacher_dtype = args.dtype
+  config.batch_size = args.batch_size
+  config.steps_per_dispatch = args.steps_per_dispatch
+  config.num_train_steps = (args.warmup + args.steps) * args.repeats + args.steps_per_dispatch
+  config.num_devices = args.num_devices
+  return config
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Builds state, teacher and jitted train fn as loop.train_and_evaluate does, then times it."""
+  config = build_config(args)
+  mesh = loop.make_mesh(config)
+  num_devices = mesh.devices.size
+  config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
+  repl = NamedSharding(mesh, P())
+
+  # Synthetic CIFAR-shaped split, device-resident and replicated like loop._setup_data.
+  rng = np.random.default_rng(args.seed)
+  n = max(args.num_examples, config.batch_size)
+  images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, config.num_classes, size=(n,), dtype=np.int32)
+  data = (jax.device_put(images, repl), jax.device_put(labels, repl))
+  spe = n // config.batch_size
+  total_steps = config.num_train_steps
+
+  loss_spec = methods.LossSpec.from_config(config)
+  teacher, teacher_vars = None, {}
+  if loss_spec.needs_teacher:
+    teacher, teacher_vars = loop.load_teacher(config)
+  teacher_vars = jax.device_put(teacher_vars, repl)
+  student = models.create(config.student, config.num_classes,
+                          aux_head=config.aux_head or None, dtype=_DTYPES[config.dtype])
+  schedule = state_lib.learning_rate_schedule(config, spe, total_steps)
+  tx = state_lib.make_optimizer(config, schedule)
+  key = jax.random.PRNGKey(config.seed)
+  names = step_lib.metric_names(loss_spec)
+
+  def init_state():
+    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    variables = student.init({"params": jax.random.fold_in(key, 10 ** 6),
+                              "dropout": jax.random.fold_in(key, 10 ** 6 + 1)}, x, train=False)
+    return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
+                                  key, names)
+
+  state = jax.jit(init_state, out_shardings=repl)()
+  spec = step_lib.StepSpec(
+      student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
+      steps_per_epoch=spe, batch_size=config.batch_size, seed=config.seed, in_memory=True,
+      mean=tuple(data_lib.CIFAR_MEAN), std=tuple(data_lib.CIFAR_STD),
+      max_bad_steps=config.max_bad_steps, mesh=mesh)
+  k = config.steps_per_dispatch
+  train_fn = step_lib.make_train_fn(spec, k)
+
+  jax.block_until_ready((state, teacher_vars, data))
+  t0 = time.perf_counter()
+  compiled = train_fn.lower(state, teacher_vars, data).compile()
+  compile_s = time.perf_counter() - t0
+
+  dispatches = max(1, math.ceil(args.steps / k))
+  warm = max(1, math.ceil(args.warmup / k))
+  for _ in range(warm):
+    state = compiled(state, teacher_vars, data)
+  jax.block_until_ready(state)
+  windows = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    for _ in range(dispatches):
+      state = compiled(state, teacher_vars, data)
+    jax.block_until_ready(state)
+    windows.append(time.perf_counter() - t0)
+
+  sums, count, skipped = jax.device_get((state.metric_sums, state.metric_count, state.skipped))
+  steps = dispatches * k
+  seconds = statistics.median(windows)
+  dev = jax.devices()[0]
+  return {
+      "impl": "jax",
+      "method": args.method, "teacher": config.teacher or None, "student": args.student,
+      "batch_size": args.batch_size, "dtype": args.dtype, "steps": steps,
+      "repeats": args.repeats, "steps_per_dispatch": k,
+      "images_per_sec": args.batch_size * steps / seconds,
+      "step_ms": 1000.0 * seconds / steps,
+      "step_ms_runs": [1000.0 * w / steps for w in windows],
+      "compile_s": compile_s,
+      "final_loss": float(sums["loss"]) / max(int(count), 1),
+      "skipped_steps": int(skipped),
+      "device": f"{dev.platform}:{dev.device_kind} x{num_devices}",
+      "jax": jax.__version__,
+  }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--teacher", default="resnet32x4")
+  p.add_argument("--student", default="resnet8x4")
+  p.add_argument("--method", default="kd",
+                 choices=[m for m in config_lib.METHODS if m != "teacher"])
+  p.add_argument("--batch-size", type=int, default=64, help="global batch")
+  p.add_argument("--steps", type=int, default=20,
+                 help="timed steps per repeat (rounded up to whole dispatches)")
+  p.add_argument("--dtype", default="float32", choices=list(config_lib.DTYPES))
+  p.add_argument("--steps-per-dispatch", type=int, default=1,
+                 help="steps fused in one jitted lax.scan call (config.steps_per_dispatch)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="timed windows of --steps steps; the median is reported")
+  p.add_argument("--num-examples", type=int, default=50000,
+                 help="size of the synthetic device-resident training split (CIFAR: 50000)")
+  p.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  for name in ("batch_size", "steps", "steps_per_dispatch", "repeats", "num_examples"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name.replace('_', '-')} must be >= 1")
+  if args.warmup < 0:
+    p.error("--warmup must be >= 0")
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  result = run(parse_args(argv))
+  if result["skipped_steps"] or not math.isfinite(result["final_loss"]):
+    print(f"warning: {result['skipped_steps']} non-finite steps were skipped", file=sys.stderr)
+  print(json.dumps(result), flush=True)
+  return result
+
+
+if __name__ == "__main__":
+  main()
