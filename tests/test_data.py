@@ -4,7 +4,9 @@ TFDS datasets are mocked (tfds.testing.mock_data) or generated tiny on disk; not
 """
 
 import functools
+import io
 import os
+import tarfile
 import socket
 import time
 
@@ -107,6 +109,7 @@ def test_not_prepared_offline_fails_fast(tmp_path, monkeypatch, download):
   assert time.monotonic() - start < 10
   message = str(info.value)
   assert empty in message and f"tfds build cifar100 --data_dir={empty}" in message
+  assert f"tfds.builder('cifar100', data_dir='{empty}').download_and_prepare()" in message
   assert ("download=False" in message) == (not download)
   error = info.value  # One message, no chained traceback wall.
   assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
@@ -420,6 +423,7 @@ def test_imagenet_not_prepared_explains_manual_download(tmp_path):
     message = str(info.value)
     assert "ILSVRC2012_img_train.tar" in message and manual in message
     assert f"tfds build imagenet2012 --data_dir={root} --manual_dir={manual}" in message
+    assert f"DownloadConfig(manual_dir='{manual}')" in message
     assert "neither archive" in message
   os.makedirs(manual)
   open(os.path.join(manual, "ILSVRC2012_img_val.tar"), "w").close()
@@ -427,3 +431,46 @@ def test_imagenet_not_prepared_explains_manual_download(tmp_path):
     data.imagenet_eval(root, batch_size=8)
   with pytest.raises(data.DataError, match="'no_such_dataset'"):
     data.imagenet_eval(root, batch_size=8, name="no_such_dataset")
+
+
+def _add_to_tar(tar, name, payload):
+  info = tarfile.TarInfo(name)
+  info.size = len(payload)
+  tar.addfile(info, io.BytesIO(payload))
+
+
+def _jpeg(value, shape=(40, 50, 3)):
+  return tf.io.encode_jpeg(tf.constant(np.full(shape, value, np.uint8))).numpy()
+
+
+def test_imagenet2012_built_from_manual_archives(tmp_path):
+  """The real imagenet2012 builder on tiny ILSVRC-layout tars, as docs/data.md says."""
+  root, manual = str(tmp_path), str(tmp_path / "downloads" / "manual")
+  os.makedirs(manual)
+  synsets = ["n01440764", "n01443537"]  # Labels 0 and 1 in TFDS's labels.txt.
+  with tarfile.open(os.path.join(manual, "ILSVRC2012_img_train.tar"), "w") as outer:
+    for synset in synsets:
+      inner_bytes = io.BytesIO()
+      with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
+        for i in range(4):
+          _add_to_tar(inner, f"{synset}_{i}.JPEG", _jpeg(40 * i))
+      _add_to_tar(outer, f"{synset}.tar", inner_bytes.getvalue())
+  with tarfile.open(os.path.join(manual, "ILSVRC2012_img_val.tar"), "w") as val:
+    for i in range(1, 6):
+      _add_to_tar(val, f"ILSVRC2012_val_{i:08d}.JPEG", _jpeg(30 * i))
+  with pytest.raises(data.DataError, match="found.*ILSVRC2012_img_train.tar"):
+    data.imagenet_eval(root, batch_size=4)
+  # The command the DataError prints (without the tfds CLI, which needs apache-beam).
+  tfds.builder("imagenet2012", data_dir=root).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  train = _take(data.imagenet_train(root, batch_size=4, seed=0, image_size=32), 2)
+  labels = np.concatenate([b["label"] for b in train])
+  np.testing.assert_array_equal(np.sort(labels), [0, 0, 0, 0, 1, 1, 1, 1])
+  evals = list(data.imagenet_eval(root, batch_size=4, image_size=32))
+  assert len(evals) == 2 and sum(int(b["mask"].sum()) for b in evals) == 5
+  names = tfds.builder("imagenet2012", data_dir=root).info.features["label"].names
+  with open(os.path.join(os.path.dirname(tfds.__file__), "datasets", "imagenet2012",
+                         "validation_labels.txt")) as f:
+    expected = sorted(names.index(line.strip()) for line in f.readlines()[:5])
+  seen = sorted(int(lab) for b in evals for lab in b["label"][b["mask"]])
+  assert seen == expected

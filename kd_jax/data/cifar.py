@@ -128,7 +128,7 @@ def _not_prepared_message(name: str, data_dir: str | None, builder, reason: str)
   return (
       f"TFDS dataset {name!r} is not prepared in data_dir {root!r} (looked for "
       f"{builder.data_dir}) and {reason}. Prepare it once on a machine with "
-      f"network access:\n  tfds build {name} --data_dir={root}\n"
+      f"network access:\n{common.prepare_commands(name, root)}"
       f"(or run once with download=True and network), then copy {root}/{name} "
       "here. For an offline smoke test use name='synthetic'.")
 

@@ -150,6 +150,24 @@ def resolved_data_dir(data_dir: str | None) -> str:
                         os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
+def prepare_commands(name: str, root: str, manual_dir: str | None = None) -> str:
+  """Two equivalent ways to build a TFDS dataset into `root`, indented for messages.
+
+  The `tfds` CLI of tensorflow-datasets 4.9.10 imports apache_beam at start-up,
+  which requirements.txt does not pin; the Python one-liner needs nothing more.
+  """
+  config = ""
+  cli_manual = ""
+  if manual_dir is not None:
+    config = (f", download_config=tfds.download.DownloadConfig("
+              f"manual_dir={manual_dir!r})")
+    cli_manual = f" --manual_dir={manual_dir}"
+  return (f"  python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}, "
+          f"data_dir={root!r}).download_and_prepare({config.lstrip(', ')})\"\n"
+          f"or, with apache-beam installed (the tfds CLI imports it):\n"
+          f"  tfds build {name} --data_dir={root}{cli_manual}\n")
+
+
 def tfds_builder(name: str, data_dir: str | None):
   """tfds.builder with unknown names turned into a DataError."""
   tfds = import_tfds()
