@@ -21,11 +21,12 @@ from kd_jax.data.imagenet import build_fake_imagenet
 from kd_jax.data.imagenet import IMAGENET_MEAN
 from kd_jax.data.imagenet import IMAGENET_STD
 from kd_jax.data.imagenet import imagenet_eval
+from kd_jax.data.imagenet import imagenet_steps_per_epoch
 from kd_jax.data.imagenet import imagenet_train
 
 __all__ = [
     "ACCEPTED_NAMES", "augment_cifar", "build_fake_imagenet", "cifar_augment_params",
     "CIFAR_MEAN", "CIFAR_STD", "cifar_train_batch", "crop_and_flip", "DataError",
-    "eval_batches", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_eval", "imagenet_train",
+    "eval_batches", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_eval", "imagenet_steps_per_epoch", "imagenet_train",
     "InMemoryData", "load_in_memory", "normalize", "steps_per_epoch", "validate_batch",
 ]

@@ -339,3 +339,23 @@ def build_fake_imagenet(data_dir: str, *, name: str = "fake_imagenet",
                       "validation": examples("validation", num_validation, 1)},
       disable_shuffling=False)
   return data_dir
+
+
+def imagenet_steps_per_epoch(data_dir: str | None, *, global_batch_size: int,
+                             process_count: int = 1, name: str = "imagenet2012",
+                             split: str = "train") -> int:
+  """Training steps per epoch of `imagenet_train` streams: shard size // per-process batch.
+
+  Raises DataError (with the preparation instructions) when the dataset is not prepared.
+  """
+  tfds = common.import_tfds()
+  builder = _open_builder(name, data_dir, 0, process_count)
+  subsplit = tfds.split_for_jax_process(split, process_index=0, process_count=process_count,
+                                        drop_remainder=True)
+  ds = _read(builder, subsplit, data_dir=data_dir, shuffle_seed=None)
+  n = common.split_size(ds, f"dataset {name!r} split {subsplit}")
+  per_process = global_batch_size // process_count
+  if n < per_process:
+    raise DataError(f"batch_size={global_batch_size} exceeds the {n * process_count} "
+                    f"examples of {name!r} {split!r}")
+  return n // per_process

@@ -173,8 +173,8 @@ def _setup_data(config, mesh) -> _Data:
                  data_lib.CIFAR_MEAN, data_lib.CIFAR_STD)
   # Streaming (ImageNet): each process reads its own shard.
   pc, pi = jax.process_count(), jax.process_index()
-  num_train = data_lib.num_examples(config.dataset, "train", data_dir=data_dir)
-  spe = num_train // config.batch_size
+  spe = data_lib.imagenet_steps_per_epoch(data_dir, global_batch_size=config.batch_size,
+                                          process_count=pc, name=config.dataset)
 
   def train_iter(start_step):
     return data_lib.imagenet_train(
