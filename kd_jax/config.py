@@ -85,6 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_examples = 0          # 0 = the whole split (smaller values for smoke runs)
   c.eval_examples = 0
   c.eval_split = "test"
+  c.image_size = 0              # 0 = the dataset's (32 CIFAR, 224 ImageNet)
+  c.tfds_name = ""              # streamed datasets: TFDS name if not `dataset` (e.g. a subset)
   # Models.
   c.student = "resnet8x4"
   c.aux_head = ""               # '' | 'linear' | 'nonlinear' (DHKD)
@@ -348,7 +350,7 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
               "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
               "max_bad_steps", "eval_every_epochs"):
     _positive(config, key)
-  for key in ("weight_decay", "momentum", "loss.ce_weight", "loss.kd_weight", "loss.alpha",
+  for key in ("image_size", "weight_decay", "momentum", "loss.ce_weight", "loss.kd_weight", "loss.alpha",
               "loss.beta", "loss.alpha_temperature", "loss.warmup_epochs",
               "loss.label_smoothing", "loss.bkln_weight", "loss.bkln_until_epoch",
               "loss.rank_weight", "loss.rank_top_k", "lr_warmup_epochs",

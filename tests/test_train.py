@@ -198,3 +198,27 @@ def test_pair_presets():
           c.loss.warmup_epochs) == ("imagenet2012", 1000, 512, 1.0, 0.5, 1)
   with pytest.raises(ValueError, match="unknown teacher/student pair"):
     dkd.get_config("resnet8,resnet8")
+
+
+def test_streamed_imagenet_path_trains_and_resumes(tmp_path):
+  """The tf.data (ImageNet) path on a generated ImageNet-format TFDS dataset, small images."""
+  from kd_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / "tfds")
+  data_lib.build_fake_imagenet(data_dir, num_train=64, num_validation=20, num_classes=1000)
+
+  def config(steps):
+    c = tiny_config("kd", 8, steps=steps)
+    c.dataset, c.tfds_name, c.data_dir = "imagenet2012", "fake_imagenet", data_dir
+    c.num_classes, c.image_size, c.eval_split = 1000, 32, "validation"
+    return c
+
+  unbroken = str(tmp_path / "unbroken")
+  loop.train_and_evaluate(config(6), unbroken)
+  broken = str(tmp_path / "broken")
+  loop.train_and_evaluate(config(4), broken)
+  loop.train_and_evaluate(config(6), broken)
+  a, b = read_metrics(unbroken), read_metrics(broken)
+  ev = last_with(a, "eval/top1")
+  assert ev["step"] == 6 and 0.0 <= ev["eval/top1"] <= 1.0
+  for key in ("train/loss", "eval/loss"):
+    assert last_with(a, key)[key] == last_with(b, key)[key], key

@@ -82,7 +82,7 @@ def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def _image_size(config) -> int:
-  return 224 if config.dataset == "imagenet2012" else 32
+  return config.image_size or (224 if config.dataset == "imagenet2012" else 32)
 
 
 def _abstract_variables(module, image_size: int) -> PyTree:
@@ -173,18 +173,20 @@ def _setup_data(config, mesh) -> _Data:
                  data_lib.CIFAR_MEAN, data_lib.CIFAR_STD)
   # Streaming (ImageNet): each process reads its own shard.
   pc, pi = jax.process_count(), jax.process_index()
+  name = config.tfds_name or config.dataset
+  size = _image_size(config)
   spe = data_lib.imagenet_steps_per_epoch(data_dir, global_batch_size=config.batch_size,
-                                          process_count=pc, name=config.dataset)
+                                          process_count=pc, name=name)
 
   def train_iter(start_step):
     return data_lib.imagenet_train(
         data_dir, batch_size=config.batch_size // pc, seed=config.seed, start_step=start_step,
-        process_index=pi, process_count=pc, name=config.dataset)
+        image_size=size, process_index=pi, process_count=pc, name=name)
 
   def eval_iter():
     return data_lib.imagenet_eval(
-        data_dir, batch_size=config.eval_batch_size // pc, process_index=pi,
-        process_count=pc, name=config.dataset)
+        data_dir, batch_size=config.eval_batch_size // pc, image_size=size, process_index=pi,
+        process_count=pc, name=name, split=config.eval_split)
 
   return _Data(False, spe, train_iter, eval_iter, data_lib.IMAGENET_MEAN,
                data_lib.IMAGENET_STD)
