@@ -53,10 +53,11 @@ def check_logits(logits: Any, name: str, *, min_classes: int = 2) -> Array:
   return logits
 
 
-def check_pair(student_logits: Any, teacher_logits: Any) -> tuple[Array, Array]:
+def check_pair(student_logits: Any, teacher_logits: Any, *,
+               min_classes: int = 2) -> tuple[Array, Array]:
   """Validates a student/teacher logit pair: both floating [B, C] with identical shapes."""
-  student_logits = check_logits(student_logits, "student_logits")
-  teacher_logits = check_logits(teacher_logits, "teacher_logits")
+  student_logits = check_logits(student_logits, "student_logits", min_classes=min_classes)
+  teacher_logits = check_logits(teacher_logits, "teacher_logits", min_classes=min_classes)
   if student_logits.shape != teacher_logits.shape:
     raise ValueError("student_logits and teacher_logits must have the same [batch, classes] "
                      f"shape, got {tuple(student_logits.shape)} and "

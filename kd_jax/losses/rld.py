@@ -8,6 +8,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from kd_jax.losses import common
 
@@ -21,16 +22,28 @@ def _check_inputs(student_logits, teacher_logits, labels, temperature, name="tem
   return s, t, labels
 
 
-def _scd(s: Array, t: Array, labels: Array, temperature) -> Array:
-  top1 = jnp.argmax(t, axis=-1)  # first maximal index on ties, as torch.argmax
+def _teacher_top1(t: Array) -> Array:
+  """Teacher top-1, first maximal index on ties (as torch.argmax)."""
+  return jnp.argmax(lax.stop_gradient(t), axis=-1)
+
+
+def _teacher_mask(t: Array, labels: Array) -> Array:
+  """M = {c : t[c] >= t[y]}: y and every class ranked at or above it, ties included.
+
+  y is added explicitly: under jit, XLA may evaluate t[y] and t in different fusions, and a
+  last-bit difference must never leave y unmasked.
+  """
+  t = lax.stop_gradient(t)
+  return (t >= common.take_class(t, labels)[:, None]) | common.class_mask(labels, t.shape[-1])
+
+
+def _scd(s: Array, t: Array, labels: Array, top1: Array, temperature) -> Array:
   log_bs = common.binary_log_split(s / temperature, labels)
   log_bt = common.binary_log_split(t / temperature, top1)
   return temperature ** 2 * common.kl_log_space(log_bt, log_bs)
 
 
-def _mcd(s: Array, t: Array, labels: Array, temperature) -> Array:
-  t_y = common.take_class(t, labels)
-  masked = t >= t_y[:, None]  # y and every class ranked at or above it (ties included)
+def _mcd(s: Array, t: Array, masked: Array, temperature) -> Array:
   log_qs = jax.nn.log_softmax(jnp.where(masked, common.NEG_MASK, s / temperature), axis=-1)
   log_qt = jax.nn.log_softmax(jnp.where(masked, common.NEG_MASK, t / temperature), axis=-1)
   return temperature ** 2 * common.kl_log_space(log_qt, log_qs)
@@ -42,7 +55,7 @@ def scd(student_logits: Array, teacher_logits: Array, labels: Array, *,
 
   b_s = [p_s[y], sum_{c != y} p_s[c]] (student around the ground truth y) and
   b_t = [p_t[k], sum_{c != k} p_t[c]] (teacher around its own top-1 k = argmax t, first index on
-  ties), p = softmax(z / tau). `temperature` is RLD's tau_a (config `RLD.ALPHA_T`). Log-space
+  ties; taken on the raw teacher logits, which LS does not reorder), p = softmax(z / tau). `temperature` is RLD's tau_a (config `RLD.ALPHA_T`). Log-space
   binary split as for TCKD (methods.md §3, §5); teacher under stop_gradient.
 
   Args:
@@ -56,19 +69,22 @@ def scd(student_logits: Array, teacher_logits: Array, labels: Array, *,
     [B] per-example losses; the caller takes the mean.
   """
   s, t, labels = _check_inputs(student_logits, teacher_logits, labels, temperature)
+  top1 = _teacher_top1(t)
   s, t = common.prepare_pair(s, t, standardize)
-  return _scd(s, t, labels, temperature)
+  return _scd(s, t, labels, top1, temperature)
 
 
 def mcd(student_logits: Array, teacher_logits: Array, labels: Array, *,
         temperature: float = 4.0, standardize: bool = False) -> Array:
   """Masked correlation distillation: mcd_i = T^2 * KL(q_t || q_s).
 
-  M = {c : t[c] >= t[y]} (on the possibly standardized teacher logits, before /T);
+  M = {c : t[c] >= t[y]}, always containing y;
   q = softmax(where(M, -1e9, z / T)) on both sides (zju-SWJ/RLD `RLD.py`, methods.md §5). When
   every class is masked (y is the teacher's lowest logit, or all logits tie with t[y]) both
   masked vectors are constant and mcd is exactly 0, never NaN. Masked student entries get no
-  gradient; the teacher gets none at all.
+  gradient; the teacher gets none at all. M is taken on the raw teacher logits: LS preserves
+  the order, so the set is the reference's (which masks after LS) without LS's rounding, which
+  could split exact ties.
 
   Args:
     student_logits: [B, C] floating logits, C >= 2.
@@ -81,8 +97,9 @@ def mcd(student_logits: Array, teacher_logits: Array, labels: Array, *,
     [B] per-example losses; the caller takes the mean.
   """
   s, t, labels = _check_inputs(student_logits, teacher_logits, labels, temperature)
+  masked = _teacher_mask(t, labels)
   s, t = common.prepare_pair(s, t, standardize)
-  return _mcd(s, t, labels, temperature)
+  return _mcd(s, t, masked, temperature)
 
 
 def rld(student_logits: Array, teacher_logits: Array, labels: Array, *, alpha: float = 1.0,
@@ -113,5 +130,6 @@ def rld(student_logits: Array, teacher_logits: Array, labels: Array, *, alpha: f
   common.check_positive(tau_a, "alpha_temperature")
   common.check_scalar(alpha, "alpha")
   common.check_scalar(beta, "beta")
+  top1, masked = _teacher_top1(t), _teacher_mask(t, labels)
   s, t = common.prepare_pair(s, t, standardize)
-  return alpha * _scd(s, t, labels, tau_a) + beta * _mcd(s, t, labels, temperature)
+  return alpha * _scd(s, t, labels, top1, tau_a) + beta * _mcd(s, t, masked, temperature)
