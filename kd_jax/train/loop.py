@@ -6,18 +6,16 @@ resumes from the newest readable checkpoint. SIGTERM saves a checkpoint and retu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import config as config_lib
@@ -217,6 +215,48 @@ def evaluate(eval_fn, variables, data: _Data, mesh, num_classes: int) -> dict[st
           "loss": float(sums["loss"]) / count, "count": int(sums["count"])}
 
 
+@dataclasses.dataclass
+class Trainer:
+  """The pieces of a run that the loop and the benchmarks share."""
+  spec: step_lib.StepSpec
+  schedule: Any
+  teacher_vars: PyTree            # replicated global arrays ({} without a teacher)
+  init_state: Callable[[], state_lib.TrainState]   # a fresh, replicated state
+
+
+def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_memory: bool,
+                  mean: tuple, std: tuple) -> Trainer:
+  """Student, teacher (loaded), optimizer, schedule and the static step spec of `config`."""
+  loss_spec = methods.LossSpec.from_config(config)
+  teacher, teacher_vars = None, {}
+  if loss_spec.needs_teacher:
+    teacher, teacher_vars = load_teacher(config)
+  repl = NamedSharding(mesh, P())
+  teacher_vars = jax.tree.map(lambda x: _global_array(x, repl), teacher_vars)
+  student = models.create(config.student, config.num_classes,
+                          aux_head=config.aux_head or None, dtype=_DTYPES[config.dtype])
+  schedule = state_lib.learning_rate_schedule(config, steps_per_epoch, total_steps)
+  tx = state_lib.make_optimizer(config, schedule)
+  rng = jax.random.PRNGKey(config.seed)
+  image_size = _image_size(config)
+  names = step_lib.metric_names(loss_spec)
+
+  def init_state():
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = student.init({"params": jax.random.fold_in(rng, 10 ** 6),
+                              "dropout": jax.random.fold_in(rng, 10 ** 6 + 1)}, x, train=False)
+    return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
+                                  rng, names)
+
+  spec = step_lib.StepSpec(
+      student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
+      steps_per_epoch=steps_per_epoch, batch_size=config.batch_size, seed=config.seed,
+      in_memory=in_memory, mean=tuple(mean), std=tuple(std),
+      max_bad_steps=config.max_bad_steps, mesh=mesh)
+  return Trainer(spec=spec, schedule=schedule, teacher_vars=teacher_vars,
+                 init_state=jax.jit(init_state, out_shardings=repl))
+
+
 # ---------------------------------------------------------------------------------------
 # The run.
 
@@ -263,30 +303,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   spe = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * spe)
-  loss_spec = methods.LossSpec.from_config(config)
-
-  teacher, teacher_vars = None, {}
-  if loss_spec.needs_teacher:
-    teacher, teacher_vars = load_teacher(config)
-  repl = NamedSharding(mesh, P())
-  teacher_vars = jax.tree.map(lambda x: _global_array(x, repl), teacher_vars)
-
-  student = models.create(config.student, config.num_classes,
-                          aux_head=config.aux_head or None, dtype=_DTYPES[config.dtype])
-  schedule = state_lib.learning_rate_schedule(config, spe, total_steps)
-  tx = state_lib.make_optimizer(config, schedule)
-  rng = jax.random.PRNGKey(config.seed)
   image_size = _image_size(config)
-  names = step_lib.metric_names(loss_spec)
-
-  def init_state():
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = student.init({"params": jax.random.fold_in(rng, 10 ** 6),
-                              "dropout": jax.random.fold_in(rng, 10 ** 6 + 1)}, x, train=False)
-    return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
-                                  rng, names)
-
-  state = jax.jit(init_state, out_shardings=repl)()
+  trainer = build_trainer(config, mesh, steps_per_epoch=spe, total_steps=total_steps,
+                          in_memory=data.in_memory, mean=data.mean, std=data.std)
+  spec, schedule, teacher_vars = trainer.spec, trainer.schedule, trainer.teacher_vars
+  student, teacher = spec.student, spec.teacher
+  state = trainer.init_state()
+  repl = NamedSharding(mesh, P())
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
   writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps)
   best = (-1.0, 0)
@@ -302,11 +325,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     print(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})", flush=True)
   step = int(jax.device_get(state.step))
 
-  spec = step_lib.StepSpec(
-      student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
-      steps_per_epoch=spe, batch_size=config.batch_size, seed=config.seed,
-      in_memory=data.in_memory, mean=tuple(data.mean), std=tuple(data.std),
-      max_bad_steps=config.max_bad_steps, mesh=mesh)
   train_fns: dict[int, Callable] = {}
   eval_fn = step_lib.make_eval_fn(student, spec.mean, spec.std, mesh, data.in_memory)
 

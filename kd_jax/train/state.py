@@ -56,10 +56,10 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
 
 def create_state(params: PyTree, batch_stats: PyTree, tx: optax.GradientTransformation,
                  rng: jax.Array, metric_names: tuple[str, ...]) -> TrainState:
-  zero = jnp.zeros((), jnp.float32)
+  # Distinct buffers per leaf, so the state can be donated even when built outside jit.
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params), rng=rng,
-      metric_sums={name: zero for name in metric_names},
+      metric_sums={name: jnp.zeros((), jnp.float32) for name in metric_names},
       metric_count=jnp.zeros((), jnp.int32), bad_streak=jnp.zeros((), jnp.int32),
       skipped=jnp.zeros((), jnp.int32))

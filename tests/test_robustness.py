@@ -1,0 +1,215 @@
+"""Fault injection: bad teachers, non-finite steps, damaged checkpoints, unwritable workdirs.
+
+Each test injects one fault and asserts the message and that nothing was lost.
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from kd_jax import methods
+from kd_jax import models
+from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax.train import loop
+from kd_jax.train import state as state_lib
+from kd_jax.train import step as step_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def tiny(method="kd", steps=8, **overrides):
+  config = smoke.get_config(method)
+  config.train_examples = 128
+  config.eval_examples = 32
+  config.num_train_steps = steps
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.steps_per_dispatch = 2
+  config.eval_batch_size = 16
+  config.num_devices = 1
+  for k, v in overrides.items():
+    node = config
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return config
+
+
+def saved_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def restore_params(workdir, step):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return out["state"]
+
+
+# --- Numerical faults --------------------------------------------------------------------
+
+
+def _step_spec(config):
+  mesh = loop.make_mesh(config)
+  student = models.create(config.student, config.num_classes)
+  teacher = models.create(config.teacher, config.num_classes)
+  schedule = state_lib.learning_rate_schedule(config, 8, 8)
+  tx = state_lib.make_optimizer(config, schedule)
+  loss = methods.LossSpec.from_config(config)
+  spec = step_lib.StepSpec(student=student, teacher=teacher, tx=tx, schedule=schedule,
+                           loss=loss, steps_per_epoch=8, batch_size=4, seed=0, in_memory=False,
+                           mean=(0.5,) * 3, std=(0.25,) * 3, max_bad_steps=3, mesh=mesh)
+  x = jnp.zeros((1, 32, 32, 3))
+  sv = student.init(jax.random.PRNGKey(0), x)
+  tv = teacher.init(jax.random.PRNGKey(1), x)
+  state = state_lib.create_state(sv["params"], sv["batch_stats"], tx, jax.random.PRNGKey(2),
+                                 step_lib.metric_names(loss))
+  return spec, state, tv
+
+
+def test_non_finite_step_is_skipped_and_counted():
+  spec, state, teacher_vars = _step_spec(tiny())
+  fn = step_lib.make_train_fn(spec, 1)
+  rng = np.random.default_rng(0)
+  good = {"image": rng.normal(size=(1, 4, 32, 32, 3)).astype(np.float32),
+          "label": np.array([[1, 2, 3, 4]], np.int32)}
+  bad = {"image": good["image"].copy(), "label": good["label"]}
+  bad["image"][0, 1, 3, 3, 0] = np.nan
+  params_before = jax.device_get(state.params)
+  state = fn(state, teacher_vars, bad)
+  assert int(state.step) == 1 and int(state.skipped) == 1 and int(state.bad_streak) == 1
+  assert int(state.metric_count) == 0
+  jax.tree.map(np.testing.assert_array_equal, params_before, jax.device_get(state.params))
+  state = fn(state, teacher_vars, good)
+  assert int(state.step) == 2 and int(state.skipped) == 1 and int(state.bad_streak) == 0
+  assert int(state.metric_count) == 1
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), params_before,
+                         jax.device_get(state.params))
+  assert any(jax.tree.leaves(changed))
+
+
+def test_consecutive_bad_steps_stop_the_run_keeping_good_checkpoints(tmp_path):
+  workdir = str(tmp_path / "run")
+  # A learning rate this large makes the weights blow up within a few steps.
+  config = tiny("ce", steps=40, learning_rate=1e30, max_bad_steps=3)
+  with pytest.raises(loop.TrainingError, match="consecutive non-finite training steps"):
+    loop.train_and_evaluate(config, workdir)
+  steps = saved_steps(workdir)
+  assert steps, "the checkpoints before the fault must be kept"
+  for s in steps:
+    restored = restore_params(workdir, s)
+    for leaf in jax.tree.leaves(restored["params"]):
+      assert np.all(np.isfinite(leaf)), f"non-finite state saved at step {s}"
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert max(r.get("skipped_steps", 0) for r in records) >= 1
+
+
+def test_checkpointer_refuses_non_finite_state(tmp_path):
+  spec, state, _ = _step_spec(tiny())
+  del spec
+  state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+  with pytest.raises(ckpt_lib.CheckpointError, match="non-finite"):
+    ck.save(1, state, {})
+  ck.wait()
+  assert not ck.latest.all_steps()
+
+
+# --- Checkpoint faults -------------------------------------------------------------------
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=6), workdir)
+  steps = saved_steps(workdir)
+  assert steps[-2:] == [4, 6]
+  # Damage every file of the newest checkpoint.
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "6", "**"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"\x00garbage")
+  result = loop.train_and_evaluate(tiny("kd", steps=8), workdir)
+  out = capsys.readouterr().out
+  assert "step 6" in out and "unreadable" in out and "Resuming from step 4" in out
+  assert result.step == 8
+
+
+def test_interrupted_save_leaves_no_partial_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=4), workdir)
+  # What a SIGKILL in the middle of writing step 6 leaves behind: Orbax's temporary dir.
+  tmp_dir = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-1234")
+  shutil.copytree(os.path.join(workdir, "checkpoints", "4"), tmp_dir)
+  result = loop.train_and_evaluate(tiny("kd", steps=6), workdir)
+  assert result.step == 6
+  assert not os.path.exists(tmp_dir)
+  assert saved_steps(workdir)[-1] == 6
+
+
+def test_unwritable_workdir_fails_at_start(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(OSError, match="cannot be written"):
+    loop.train_and_evaluate(tiny("kd"), str(blocker / "run"))
+
+
+# --- Teacher loading ---------------------------------------------------------------------
+
+
+def test_missing_teacher_file_is_named(tmp_path):
+  missing = str(tmp_path / "nope.pth")
+  with pytest.raises(loop.TeacherError, match="nope.pth"):
+    loop.train_and_evaluate(tiny("kd", teacher_checkpoint=missing), str(tmp_path / "run"))
+
+
+def test_teacher_run_with_other_class_count_is_rejected(tmp_path):
+  teacher_dir = str(tmp_path / "teacher")
+  loop.train_and_evaluate(tiny("teacher", steps=2, student="resnet8"), teacher_dir)
+  config = tiny("kd", teacher_checkpoint=teacher_dir)
+  loop.train_and_evaluate(config, str(tmp_path / "ok"))  # same class count: loads
+  wrong = tiny("kd", teacher_checkpoint=teacher_dir, teacher="resnet20")
+  with pytest.raises(loop.TeacherError, match="configured teacher"):
+    loop.train_and_evaluate(wrong, str(tmp_path / "wrong_arch"))
+
+
+def test_teacher_pth_of_wrong_architecture_and_truncated_file(tmp_path):
+  torch = pytest.importorskip("torch")
+  import torch_twins_a  # pylint: disable=g-import-not-at-top
+  del torch_twins_a
+  good = str(tmp_path / "resnet20.pth")
+  net = models.create("resnet20", 100)
+  variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  del variables
+  # A resnet20 file offered as a resnet8 teacher: the error names a key and the file.
+  from tests_support import torch_state_dict  # pylint: disable=g-import-not-at-top
+  torch.save({"model": torch_state_dict("resnet20", 100)}, good)
+  with pytest.raises(Exception, match="resnet20.pth") as e:
+    loop.train_and_evaluate(tiny("kd", teacher_checkpoint=good), str(tmp_path / "a"))
+  assert "layer" in str(e.value)
+  truncated = str(tmp_path / "cut.pth")
+  with open(good, "rb") as src, open(truncated, "wb") as dst:
+    dst.write(src.read()[:1000])
+  with pytest.raises(Exception, match="cut.pth"):
+    loop.train_and_evaluate(tiny("kd", teacher_checkpoint=truncated), str(tmp_path / "b"))
+
+
+def test_launcher_prints_one_line_for_user_errors(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  res = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch.py"),
+       "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd",
+       f"--workdir={tmp_path / 'run'}", f"--config.teacher_checkpoint={tmp_path / 'x.pth'}"],
+      capture_output=True, text=True, env=env, timeout=300)
+  assert res.returncode == 2
+  assert "x.pth" in res.stderr and "Traceback" not in res.stderr
