@@ -186,14 +186,9 @@ def test_teacher_run_with_other_class_count_is_rejected(tmp_path):
 def test_teacher_pth_of_wrong_architecture_and_truncated_file(tmp_path):
   torch = pytest.importorskip("torch")
   import torch_twins_a  # pylint: disable=g-import-not-at-top
-  del torch_twins_a
+  # A resnet20 file offered as a resnet8 teacher: the error names the file and a key.
   good = str(tmp_path / "resnet20.pth")
-  net = models.create("resnet20", 100)
-  variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-  del variables
-  # A resnet20 file offered as a resnet8 teacher: the error names a key and the file.
-  from tests_support import torch_state_dict  # pylint: disable=g-import-not-at-top
-  torch.save({"model": torch_state_dict("resnet20", 100)}, good)
+  torch.save({"model": torch_twins_a.build("resnet20", 100).state_dict()}, good)
   with pytest.raises(Exception, match="resnet20.pth") as e:
     loop.train_and_evaluate(tiny("kd", teacher_checkpoint=good), str(tmp_path / "a"))
   assert "layer" in str(e.value)
@@ -202,6 +197,9 @@ def test_teacher_pth_of_wrong_architecture_and_truncated_file(tmp_path):
     dst.write(src.read()[:1000])
   with pytest.raises(Exception, match="cut.pth"):
     loop.train_and_evaluate(tiny("kd", teacher_checkpoint=truncated), str(tmp_path / "b"))
+  # Nothing was half-initialised: no run state was written for either attempt.
+  for run in ("a", "b"):
+    assert not os.path.exists(os.path.join(tmp_path, run, "checkpoints"))
 
 
 def test_launcher_prints_one_line_for_user_errors(tmp_path):
