@@ -1,0 +1,125 @@
+r"""Commands that reproduce the papers' tables, one per cell and seed, with the published number.
+
+  python scripts/reproduce.py --table cifar_same --seeds 0,1,2            # print the commands
+  python scripts/reproduce.py --table cifar_same --seeds 0,1,2 --run      # run them one by one
+  python scripts/reproduce.py --markdown                                  # the README table
+Then: python -m kd_jax.report workdirs/cifar_same/* --out reports/cifar_same
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kd_jax import config as kdc  # pylint: disable=wrong-import-position
+from kd_jax import published  # pylint: disable=wrong-import-position
+
+# The papers' tables (results.md sections 2, 3, 4, 6): pairs and the methods of each table.
+TABLES: dict[str, dict] = {
+    "cifar_same": {
+        "pairs": [("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("wrn_40_2", "wrn_40_1"),
+                  ("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"),
+                  ("resnet110", "resnet32"), ("resnet110", "resnet20")],
+        "methods": ["kd", "dkd", "rld", "rkkd", "dhkd"]},
+    "cifar_cross": {
+        "pairs": [("resnet32x4", "ShuffleV2"), ("resnet32x4", "wrn_16_2"),
+                  ("resnet32x4", "wrn_40_2"), ("wrn_40_2", "resnet8x4"),
+                  ("wrn_40_2", "MobileNetV2"), ("vgg13", "MobileNetV2"),
+                  ("ResNet50", "MobileNetV2"), ("resnet32x4", "ShuffleV1"),
+                  ("wrn_40_2", "ShuffleV1"), ("ResNet50", "vgg8")],
+        "methods": ["kd", "dkd", "rld", "rkkd", "dhkd"]},
+    "cifar_ls": {
+        "pairs": list(kdc.LS_SETTINGS),
+        "methods": ["kd+ls", "dkd+ls"]},
+    "imagenet": {
+        "pairs": list(kdc.IMAGENET_PAIRS),
+        "methods": ["kd", "dkd", "rld", "rkkd", "dhkd"]},
+}
+
+# Where the public teachers are, once downloaded (README: "Teachers").
+CIFAR_TEACHER = "{dir}/{t}_vanilla/ckpt_epoch_240.pth"     # mdistiller cifar_teachers.tar
+# torchvision IMAGENET1K_V1 files, as mdistiller loads them.
+IMAGENET_TEACHER = {"imagenet_resnet34": "{dir}/imagenet/resnet34-333f7ec4.pth",
+                    "imagenet_resnet50": "{dir}/imagenet/resnet50-19c8e357.pth"}
+
+
+def cells(table: str):
+  """(method, teacher, student) of every cell of `table`."""
+  spec = TABLES[table]
+  for method in spec["methods"]:
+    for teacher, student in spec["pairs"]:
+      yield method, teacher, student
+
+
+def command(table: str, method: str, teacher: str, student: str, seed: int,
+            teachers_dir: str, workroot: str) -> list[str]:
+  base, ls = method.split("+")[0], method.endswith("+ls")
+  arg = f"{teacher},{student}" + (",ls" if ls else "")
+  if table == "imagenet":
+    ckpt = IMAGENET_TEACHER[teacher].format(dir=teachers_dir)
+  else:
+    ckpt = CIFAR_TEACHER.format(dir=teachers_dir, t=teacher)
+  name = f"{method.replace('+', '_')}_{teacher}_{student}_s{seed}"
+  return ["python", "launch.py", f"--config=configs/{base}.py:{arg}",
+          f"--workdir={workroot}/{table}/{name}", f"--config.teacher_checkpoint={ckpt}",
+          f"--config.seed={seed}"]
+
+
+def expected(table: str, method: str, teacher: str, student: str) -> str:
+  dataset = "imagenet2012" if table == "imagenet" else "cifar100"
+  found = published.lookup(dataset, method, teacher, student)
+  if not found:
+    return "–"
+  return "; ".join(f"{p.top1:.2f} ({p.source}, {p.convention})" for p in found)
+
+
+def markdown() -> str:
+  """The README table: one command per cell, with $T (teachers), $W (workdirs), $SEED."""
+  lines = []
+  for table in TABLES:
+    lines += [f"\n**{table}**\n", "| method | teacher → student | published top-1 | command |",
+              "|---|---|---|---|"]
+    for method, teacher, student in cells(table):
+      cmd = command(table, method, teacher, student, 0, "$T", "$W")
+      cmd = " ".join(cmd[:-1] + ["--config.seed=$SEED"]).replace("_s0 ", "_s$SEED ")
+      lines.append(f"| {method} | {teacher} → {student} | "
+                   f"{expected(table, method, teacher, student)} | `{cmd}` |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--table", default="all", choices=["all", *TABLES])
+  p.add_argument("--methods", default="", help="comma list to keep, e.g. kd,dkd")
+  p.add_argument("--seeds", default="0", help="comma list of seeds")
+  p.add_argument("--teachers-dir", default="download_ckpts/cifar_teachers",
+                 help="the untarred cifar_teachers; ImageNet files go in its imagenet/")
+  p.add_argument("--workroot", default="workdirs")
+  p.add_argument("--run", action="store_true", help="run the commands one after the other")
+  p.add_argument("--markdown", action="store_true", help="print the README table")
+  args = p.parse_args(argv)
+  if args.markdown:
+    print(markdown())
+    return 0
+  keep = set(filter(None, args.methods.split(",")))
+  seeds = [int(s) for s in args.seeds.split(",")]
+  tables = list(TABLES) if args.table == "all" else [args.table]
+  for table in tables:
+    for method, teacher, student in cells(table):
+      if keep and method not in keep:
+        continue
+      for seed in seeds:
+        cmd = command(table, method, teacher, student, seed, args.teachers_dir, args.workroot)
+        print(f"# expected: {expected(table, method, teacher, student)}")
+        print(shlex.join(cmd), flush=True)
+        if args.run:
+          subprocess.run(cmd, check=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
