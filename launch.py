@@ -27,7 +27,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if os.environ.get("KD_JAX_DISTRIBUTED") or os.environ.get("TPU_WORKER_HOSTNAMES") or (
       os.environ.get("SLURM_NTASKS", "1") != "1"):
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # a single host without a coordinator
+      logging.warning("jax.distributed.initialize() skipped: %s", e)
   # Hide accelerators from TensorFlow (used only for TFDS input); JAX owns them.
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
