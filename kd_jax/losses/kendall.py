@@ -61,13 +61,19 @@ def _block_pair_sums(s: Array, t: Array, k: Array, teacher_sign: bool,
   return jnp.sum(acc, axis=1), grad_i + grad_j[:, :num] + grad_j[:, num:]
 
 
-def _pair_sums(s: Array, t: Array, k: Array, teacher_sign: bool,
-               with_grad: bool) -> tuple[Array, Optional[Array]]:
-  """_block_pair_sums over row blocks (lax.map on CPU, zero-padded to whole blocks)."""
-  batch, num = s.shape
-  rows = batch
+def _block_rows(batch: int, num: int) -> int:
+  """Rows per loop block: cache-sized on CPU, the whole batch elsewhere."""
   if jax.default_backend() == "cpu":
-    rows = max(1, min(batch, _CPU_BLOCK_ELEMENTS // num))
+    return max(1, min(batch, _CPU_BLOCK_ELEMENTS // num))
+  return batch
+
+
+# jit so that eager (un-jitted) calls reuse the compiled loop instead of re-tracing it.
+@functools.partial(jax.jit, static_argnames=("teacher_sign", "with_grad", "rows"))
+def _pair_sums(s: Array, t: Array, k: Array, teacher_sign: bool, with_grad: bool,
+               rows: int) -> tuple[Array, Optional[Array]]:
+  """_block_pair_sums over blocks of `rows` rows (lax.map, zero-padded to whole blocks)."""
+  batch, num = s.shape
   blocks = -(-batch // rows)
   if blocks == 1:
     return _block_pair_sums(s, t, k, teacher_sign, with_grad)
@@ -85,14 +91,16 @@ def _pair_sums(s: Array, t: Array, k: Array, teacher_sign: bool,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _kendall_tau(s: Array, t: Array, k: Array, teacher_sign: bool) -> Array:
   """tau_k per row = 1/(C(C-1)) * sum_{i != j} f_ij g_ij = 2/(C(C-1)) * sum_{i<j} f_ij g_ij."""
-  num = s.shape[-1]
-  value, _ = _pair_sums(s, t, k, teacher_sign, with_grad=False)
+  batch, num = s.shape
+  value, _ = _pair_sums(s, t, k, teacher_sign=teacher_sign, with_grad=False,
+                        rows=_block_rows(batch, num))
   return value * (2.0 / (num * (num - 1)))
 
 
 def _kendall_tau_fwd(s, t, k, teacher_sign):
-  num = s.shape[-1]
-  value, grad = _pair_sums(s, t, k, teacher_sign, with_grad=True)
+  batch, num = s.shape
+  value, grad = _pair_sums(s, t, k, teacher_sign=teacher_sign, with_grad=True,
+                           rows=_block_rows(batch, num))
   # d tau / d s_a = 2k / (C(C-1)) * sum_{j != a} f'_aj g_aj, computed in the same pass.
   return value * (2.0 / (num * (num - 1))), (grad * (2.0 * k / (num * (num - 1))), t, k)
 
