@@ -1,0 +1,236 @@
+"""Tests of rank_kendall: exactness against the naive [B, C, C] formula, gradients, scaling.
+
+Also smoke-runs benchmarks/rank_kendall.py and its PyTorch baseline at tiny sizes.
+"""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+import chex
+import jax
+import jax.numpy as jnp
+from jax.test_util import check_grads
+import numpy as np
+import pytest
+
+from kd_jax import losses as L
+from kd_jax.losses import kendall
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def naive_rank_kendall(s, t, steepness, form="tanh", top_k=None):
+  """The textbook broadcast form over [B, C, C] (methods.md §7), teacher under stop_gradient."""
+  t = jax.lax.stop_gradient(t)
+  if top_k is not None:
+    idx = jnp.argsort(-t, axis=1)[:, :top_k]
+    s, t = jnp.take_along_axis(s, idx, 1), jnp.take_along_axis(t, idx, 1)
+  c = s.shape[1]
+  ds = s[:, :, None] - s[:, None, :]
+  dt = t[:, :, None] - t[:, None, :]
+  if form == "tanh":
+    prod = jnp.tanh(steepness * ds) * jnp.tanh(steepness * dt)
+  elif form == "sigmoid":
+    prod = ((2 * jax.nn.sigmoid(steepness * ds) - 1) * (2 * jax.nn.sigmoid(steepness * dt) - 1))
+  else:
+    prod = jnp.tanh(steepness * ds) * jnp.sign(dt)
+  return 1 - jnp.sum(prod, axis=(1, 2)) / (c * (c - 1))
+
+
+def _inputs(seed, batch, classes, scale=0.05):
+  """Logits with many pairs inside the |ds| < 3/k band at k = 100, so gradients are non-trivial."""
+  rng = np.random.default_rng(seed)
+  s = (scale * rng.standard_normal((batch, classes))).astype(np.float32)
+  t = (scale * rng.standard_normal((batch, classes))).astype(np.float32)
+  return s, t
+
+
+# (steepness, form, top_k) configurations compared against the naive formula.
+CONFIGS = [(100.0, "tanh", None), (5.0, "tanh", None), (30.0, "sigmoid", None),
+           (100.0, "sign_teacher", None), (20.0, "tanh", 4), (50.0, "sign_teacher", 3)]
+
+
+def _values_and_grads(s, t, naive):
+  """[(value, grad of the row-weighted sum)] for every configuration in CONFIGS."""
+  out = []
+  weights = jnp.arange(1.0, s.shape[0] + 1)  # a different cotangent per row
+  for k, form, top_k in CONFIGS:
+    fn = functools.partial(naive_rank_kendall if naive else L.rank_kendall, steepness=k,
+                           form=form, top_k=top_k)
+    out.append((fn(s, t), jax.grad(lambda v, fn=fn: jnp.sum(fn(v, t) * weights))(s)))
+  return out
+
+
+_naive_values_and_grads = jax.jit(functools.partial(_values_and_grads, naive=True))
+
+
+class ExactnessTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_matches_naive_value_and_gradient(self):
+    for batch, classes in ((3, 7), (2, 8)):  # odd C, and even C (the half-weighted shift)
+      s, t = _inputs(batch * classes, batch, classes)
+      ours = self.variant(functools.partial(_values_and_grads, naive=False))(s, t)
+      naive = _naive_values_and_grads(s, t)
+      for cfg, (v, g), (vn, gn) in zip(CONFIGS, ours, naive):
+        self.assertEqual(v.shape, (batch,))
+        np.testing.assert_allclose(v, vn, atol=1e-6, err_msg=str(cfg))
+        np.testing.assert_allclose(g, gn, atol=2e-6 * cfg[0], rtol=1e-5, err_msg=str(cfg))
+        self.assertGreater(float(jnp.max(jnp.abs(g))), 0.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_two_and_three_classes(self):
+    s = np.array([[0.3, 0.31], [1.0, -2.0], [0.5, 0.5]], np.float32)
+    t = np.array([[1.0, 0.0], [0.0, 0.01], [2.0, 1.0]], np.float32)
+    v = self.variant(functools.partial(L.rank_kendall, steepness=10.0))(s, t)
+    # C = 2: rk = 1 - tanh(k (s1 - s2)) tanh(k (t1 - t2)) (methods.md §7)
+    expected = 1 - np.tanh(10 * (s[:, 0] - s[:, 1])) * np.tanh(10 * (t[:, 0] - t[:, 1]))
+    np.testing.assert_allclose(v, expected, rtol=1e-6)
+    s3, t3 = _inputs(3, 4, 3)
+    np.testing.assert_allclose(
+        self.variant(functools.partial(L.rank_kendall, steepness=40.0))(s3, t3),
+        naive_rank_kendall(s3, t3, 40.0), atol=1e-6)
+
+  def test_row_blocks_with_padding(self):
+    # Force several row blocks (7 rows -> blocks of 3, padded to 9) at a small size.
+    s, t = _inputs(5, 7, 20)
+    whole = jax.jit(lambda s, t: jax.value_and_grad(
+        lambda v: jnp.sum(L.rank_kendall(v, t)))(s))(s, t)
+    orig = kendall._CPU_BLOCK_ELEMENTS
+    kendall._CPU_BLOCK_ELEMENTS = 64
+    try:
+      blocked_fn = jax.jit(lambda s, t: jax.value_and_grad(
+          lambda v: jnp.sum(L.rank_kendall(v, t)))(s))
+      jaxpr = str(jax.make_jaxpr(blocked_fn)(s, t))
+      blocked = blocked_fn(s, t)
+    finally:
+      kendall._CPU_BLOCK_ELEMENTS = orig
+    if jax.default_backend() == "cpu":
+      self.assertIn("f32[3,3,20]", jaxpr)  # 3 blocks of 3 rows, padded from 7
+    np.testing.assert_allclose(blocked[0], whole[0], rtol=1e-6)
+    np.testing.assert_allclose(blocked[1], whole[1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(whole[0], jnp.sum(naive_rank_kendall(s, t, 100.0)), rtol=1e-6)
+
+  def test_imagenet_width_matches_naive(self):
+    s, t = _inputs(11, 2, 1000, scale=1.0)
+    loss = lambda fn: jax.jit(jax.value_and_grad(lambda v: jnp.sum(fn(v, t))))(s)
+    v, g = loss(L.rank_kendall)
+    vn, gn = loss(functools.partial(naive_rank_kendall, steepness=100.0))
+    np.testing.assert_allclose(v, vn, rtol=1e-6)
+    np.testing.assert_allclose(g, gn, atol=2e-6 * np.abs(gn).max())
+
+  def test_forward_only_path_matches_fused_forward(self):
+    s, t = _inputs(2, 4, 33)
+    value = jax.jit(L.rank_kendall)(s, t)
+    fused, _ = jax.jit(lambda s: jax.vjp(lambda v: L.rank_kendall(v, t), s))(s)
+    np.testing.assert_allclose(value, fused, rtol=1e-7)
+
+  def test_check_grads_float64_steep(self):
+    with jax.enable_x64(True):
+      rng = np.random.default_rng(3)
+      # gaps ~0.01-0.03 so that k = 100 is not saturated
+      s = jnp.asarray(0.02 * rng.standard_normal((2, 9)))
+      t = jnp.asarray(rng.standard_normal((2, 9)))
+      for form, top_k in (("tanh", None), ("sign_teacher", 5)):
+        f = jax.jit(functools.partial(lambda v, form, top_k: L.rank_kendall(
+            v, t, steepness=100.0, form=form, top_k=top_k), form=form, top_k=top_k))
+        self.assertEqual(f(s).dtype, jnp.float64)
+        check_grads(f, (s,), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+
+  def test_no_gradient_to_teacher_or_steepness(self):
+    s, t = _inputs(4, 3, 6)
+    gt, gk = jax.jit(jax.grad(lambda t, k: jnp.sum(L.rank_kendall(s, t, steepness=k)),
+                              argnums=(0, 1)))(t, 100.0)
+    np.testing.assert_array_equal(gt, 0.0)
+    self.assertEqual(float(gk), 0.0)
+
+  def test_vmap(self):
+    s, t = _inputs(6, 6, 9)
+    s3, t3 = s.reshape(2, 3, 9), t.reshape(2, 3, 9)
+    out = jax.jit(jax.vmap(L.rank_kendall))(s3, t3)
+    np.testing.assert_allclose(out.reshape(-1), L.rank_kendall(s, t), rtol=1e-6)
+
+
+class InvarianceTest(absltest.TestCase):
+
+  def test_monotone_teacher_map(self):
+    rng = np.random.default_rng(8)
+    # Well separated teacher values (gaps >= 0.5), student with small gaps.
+    t = np.stack([rng.permutation(10) * 0.5 for _ in range(3)]).astype(np.float32) - 2.0
+    s = (0.05 * rng.standard_normal((3, 10))).astype(np.float32)
+    mono = t ** 3 + 2 * t + 5  # strictly increasing
+    sign = jax.jit(functools.partial(L.rank_kendall, steepness=100.0, form="sign_teacher"))
+    np.testing.assert_array_equal(sign(s, mono), sign(s, t))
+    steep = jax.jit(functools.partial(L.rank_kendall, steepness=1e3))
+    np.testing.assert_allclose(steep(s, mono), steep(s, t), atol=1e-6)
+    steep_sign = jax.jit(functools.partial(L.rank_kendall, steepness=1e3, form="sign_teacher"))
+    np.testing.assert_allclose(steep(s, t), steep_sign(s, t), atol=1e-6)
+    # not invariant at small k (tanh of the teacher gaps sees the scale)
+    soft = jax.jit(functools.partial(L.rank_kendall, steepness=0.5))
+    self.assertGreater(float(jnp.max(jnp.abs(soft(s, mono) - soft(s, t)))), 1e-3)
+
+  def test_shift_invariance(self):
+    s, t = _inputs(9, 3, 12)
+    f = jax.jit(L.rank_kendall)
+    c = np.array([[0.25], [-0.5], [1.0]], np.float32)  # exact in float32 at this scale
+    np.testing.assert_allclose(f(s + c, t - c), f(s, t), atol=1e-5)
+
+  def test_ties_floor_is_fraction_of_tied_pairs(self):
+    # Student = teacher, one tied teacher pair among C(5, 2) = 10: tau = 0.9, so rk = 0.1.
+    t = np.array([[0.0, 1.0, 1.0, 2.0, 3.0]], np.float32)
+    v = L.rank_kendall(t, t, steepness=100.0)
+    np.testing.assert_allclose(v, 0.1, atol=1e-6)
+    np.testing.assert_allclose(L.rank_kendall(t, t, form="sign_teacher"), 0.1, atol=1e-6)
+    # reversed student: tau = -0.9, rk = 1.9
+    np.testing.assert_allclose(L.rank_kendall(-t, t), 1.9, atol=1e-6)
+
+
+class ScalingTest(absltest.TestCase):
+
+  def test_no_batch_by_classes_squared_buffer(self):
+    batch, classes = 64, 500
+    s = jnp.zeros((batch, classes), jnp.float32)
+    step = jax.jit(jax.value_and_grad(lambda v, t: jnp.mean(L.rank_kendall(v, t))))
+    stats = step.lower(s, s).compile().memory_analysis()
+    if stats is None:
+      self.skipTest("memory_analysis unavailable on this backend")
+    pair_tensor = batch * classes * classes * 4  # 64 MB: one naive [B, C, C] float32 tensor
+    self.assertLess(stats.temp_size_in_bytes, pair_tensor / 20)
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+BENCH_KEYS = {"impl", "B", "C", "fwd_bwd_ms", "peak_rss_mb", "device", "repeats", "loss"}
+
+
+def _run_bench(script, extra_env=None):
+  env = dict(os.environ, **(extra_env or {}))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "benchmarks", script), "--batch-size", "3",
+       "--num-classes", "17", "--repeats", "2"],
+      capture_output=True, text=True, timeout=300, cwd=REPO, env=env, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  last = proc.stdout.strip().splitlines()[-1]
+  result = json.loads(last)
+  assert BENCH_KEYS <= set(result), sorted(result)
+  assert (result["B"], result["C"], result["repeats"]) == (3, 17, 2)
+  assert result["fwd_bwd_ms"] > 0 and result["peak_rss_mb"] > 0
+  return result
+
+
+def test_benchmark_scripts_smoke():
+  ours = _run_bench("rank_kendall.py")
+  assert ours["impl"].startswith("kd_jax")
+  pytest.importorskip("torch")
+  theirs = _run_bench("torch_rank_kendall.py")
+  assert theirs["impl"].startswith("torch")
+  # Same inputs in both scripts: the loss values agree.
+  np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=1e-5)
+  np.testing.assert_allclose(ours["grad_abs_sum"], theirs["grad_abs_sum"], rtol=1e-4)
+
+
+if __name__ == "__main__":
+  absltest.main()
