@@ -77,14 +77,16 @@ def loss_terms(spec: LossSpec, logits: jax.Array, labels: jax.Array,
     terms["kd"] = w * spec.kd_weight * mean(losses.kd(
         logits, teacher_logits, temperature=t, standardize=spec.standardize))
   elif spec.method == "dkd":
-    s, tl = _maybe_standardize(spec, logits, teacher_logits)
-    terms["tckd"] = w * spec.alpha * mean(losses.tckd(s, tl, labels, temperature=t))
-    terms["nckd"] = w * spec.beta * mean(losses.nckd(s, tl, labels, temperature=t))
+    terms["tckd"] = w * spec.alpha * mean(losses.tckd(
+        logits, teacher_logits, labels, temperature=t, standardize=spec.standardize))
+    terms["nckd"] = w * spec.beta * mean(losses.nckd(
+        logits, teacher_logits, labels, temperature=t, standardize=spec.standardize))
   elif spec.method == "rld":
-    s, tl = _maybe_standardize(spec, logits, teacher_logits)
     ta = spec.alpha_temperature or t
-    terms["scd"] = w * spec.alpha * mean(losses.scd(s, tl, labels, temperature=ta))
-    terms["mcd"] = w * spec.beta * mean(losses.mcd(s, tl, labels, temperature=t))
+    terms["scd"] = w * spec.alpha * mean(losses.scd(
+        logits, teacher_logits, labels, temperature=ta, standardize=spec.standardize))
+    terms["mcd"] = w * spec.beta * mean(losses.mcd(
+        logits, teacher_logits, labels, temperature=t, standardize=spec.standardize))
   elif spec.method == "dhkd":
     on = jnp.ones((), jnp.float32)
     if spec.bkln_until_epoch:
@@ -96,12 +98,6 @@ def loss_terms(spec: LossSpec, logits: jax.Array, labels: jax.Array,
         logits, teacher_logits, steepness=spec.rank_steepness, form=spec.rank_form,
         top_k=spec.rank_top_k or None))
   return terms
-
-
-def _maybe_standardize(spec: LossSpec, s: jax.Array, t: jax.Array):
-  if spec.standardize:
-    return losses.standardize(s), losses.standardize(t)
-  return s, t
 
 
 def split_for_grad_align(terms: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
