@@ -372,7 +372,8 @@ BAD_INPUTS = [
      r"alpha_temperature.*-2\.0"),
     ("bkln_temperature", lambda: L.binary_kl_norm(S, T, temperature=float("nan")),
      r"temperature.*nan"),
-    ("form", lambda: L.rank_kendall(S, T, form="cosine"), r"form.*'tanh', 'sigmoid', 'sign_teacher'.*'cosine'"),
+    ("form", lambda: L.rank_kendall(S, T, form="cosine"),
+     r"form.*'tanh', 'sigmoid', 'sign_teacher'.*'cosine'"),
     ("steepness", lambda: L.rank_kendall(S, T, steepness=0.0), r"steepness.*0\.0"),
     ("top_k_big", lambda: L.rank_kendall(S, T, top_k=6), r"top_k.*C=5.*6"),
     ("top_k_one", lambda: L.rank_kendall(S, T, top_k=1), r"top_k.*\b1\b"),
@@ -390,6 +391,13 @@ def test_bad_input_raises_naming_the_value(name, call, pattern):
   del name
   with pytest.raises(ValueError, match=pattern):
     call()
+
+
+def test_array_likes_and_narrow_integer_labels_accepted():
+  ref = L.dkd(S, T, Y)
+  np.testing.assert_allclose(L.dkd(S.tolist(), T.tolist(), Y.tolist()), ref, rtol=1e-6)
+  np.testing.assert_allclose(L.dkd(S, T, Y.astype(np.uint8)), ref, rtol=1e-6)
+  np.testing.assert_allclose(L.rld(S, T, Y.astype(np.int8)), L.rld(S, T, Y), rtol=1e-6)
 
 
 def test_bad_input_raises_at_trace_time_under_jit():

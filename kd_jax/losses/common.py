@@ -22,8 +22,17 @@ STD_EPS = 1e-7
 VAR_FLOOR = 1e-30
 
 
-def _is_tracer(value: Any) -> bool:
+def is_tracer(value: Any) -> bool:
+  """True for values traced by jit/grad/vmap, whose contents cannot be checked in Python."""
   return isinstance(value, jax.core.Tracer)
+
+
+def _as_array(value: Any, name: str) -> Array:
+  """Arrays (also tracers) pass through; lists/scalars are converted, their dtype checked later."""
+  try:
+    return jnp.asarray(value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} must be an array, got {type(value).__name__}: {e}") from e
 
 
 def compute_dtype(*arrays: Array) -> jnp.dtype:
@@ -38,9 +47,7 @@ def check_logits(logits: Any, name: str, *, min_classes: int = 2) -> Array:
   Raises:
     ValueError: naming the argument, the offending shape/rank/dtype and what is accepted.
   """
-  if not hasattr(logits, "shape") or not hasattr(logits, "dtype"):
-    raise ValueError(f"{name} must be a [batch, classes] array, got {type(logits).__name__}")
-  logits = jnp.asarray(logits)
+  logits = _as_array(logits, name)
   if logits.ndim != 2:
     raise ValueError(f"{name} must have rank 2 [batch, classes], got rank {logits.ndim} with "
                      f"shape {tuple(logits.shape)}")
@@ -67,10 +74,7 @@ def check_pair(student_logits: Any, teacher_logits: Any, *,
 
 def check_labels(labels: Any, batch_size: int) -> Array:
   """Validates integer class indices of shape [B]. Their range cannot be checked at trace time."""
-  if not hasattr(labels, "shape") or not hasattr(labels, "dtype"):
-    raise ValueError(f"labels must be an integer array of shape ({batch_size},), got "
-                     f"{type(labels).__name__}")
-  labels = jnp.asarray(labels)
+  labels = _as_array(labels, "labels")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integer class indices (e.g. int32), got dtype "
                      f"{labels.dtype}; one-hot or soft labels are not accepted")
@@ -84,7 +88,7 @@ def check_positive(value: Any, name: str) -> None:
   """Checks a positive finite scalar hyper-parameter when it is concrete (skipped for tracers)."""
   if jnp.ndim(value) != 0:
     raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
-  if _is_tracer(value):
+  if is_tracer(value):
     return
   v = float(value)
   if not (math.isfinite(v) and v > 0):
@@ -153,7 +157,7 @@ def masked_logsumexp(x: Array, mask: Array) -> Array:
 
 def class_mask(index: Array, num_classes: int) -> Array:
   """Boolean [B, C] mask that is True at class `index[b]` of each row."""
-  return index[:, None] == jnp.arange(num_classes, dtype=index.dtype)[None, :]
+  return index[:, None] == jnp.arange(num_classes)[None, :]  # promotes narrow int dtypes
 
 
 def take_class(x: Array, index: Array) -> Array:

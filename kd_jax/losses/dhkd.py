@@ -36,7 +36,8 @@ def logcosh(u: Array) -> Array:
 
 
 @logcosh.defjvp
-def _logcosh_jvp(primals, tangents):
+def _logcosh_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+  """d logcosh(u) = tanh(u) du."""
   (u,), (du,) = primals, tangents
   return logcosh(u), jnp.tanh(u) * du
 

@@ -30,7 +30,7 @@ def cross_entropy(logits: Array, labels: Array, *, label_smoothing: float = 0.0)
   """
   logits = common.check_logits(logits, "logits", min_classes=1)
   labels = common.check_labels(labels, logits.shape[0])
-  if not common._is_tracer(label_smoothing):
+  if not common.is_tracer(label_smoothing):
     common.check_scalar(label_smoothing, "label_smoothing")
     if not 0.0 <= float(label_smoothing) <= 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
@@ -67,20 +67,24 @@ def kd(student_logits: Array, teacher_logits: Array, *, temperature: float = 4.0
   return temperature ** 2 * common.kl_log_space(log_p, log_q)
 
 
-def _check_dkd_inputs(student_logits, teacher_logits, labels, temperature):
+def _check_dkd_inputs(student_logits: Array, teacher_logits: Array, labels: Array,
+                      temperature: float) -> tuple[Array, Array, Array]:
+  """Shared validation of the DKD family; returns the arrays."""
   s, t = common.check_pair(student_logits, teacher_logits)
   labels = common.check_labels(labels, s.shape[0])
   common.check_positive(temperature, "temperature")
   return s, t, labels
 
 
-def _tckd(s: Array, t: Array, labels: Array, temperature) -> Array:
+def _tckd(s: Array, t: Array, labels: Array, temperature: float) -> Array:
+  """T^2 KL of the binary [p[y], rest] splits, on prepared (cast/LS) logits."""
   log_bs = common.binary_log_split(s / temperature, labels)
   log_bt = common.binary_log_split(t / temperature, labels)
   return temperature ** 2 * common.kl_log_space(log_bt, log_bs)
 
 
-def _nckd(s: Array, t: Array, labels: Array, temperature) -> Array:
+def _nckd(s: Array, t: Array, labels: Array, temperature: float) -> Array:
+  """T^2 KL of the softmaxes with the scaled target logit set to -1e9, on prepared logits."""
   target = common.class_mask(labels, s.shape[-1])
   log_qs = jax.nn.log_softmax(jnp.where(target, common.NEG_MASK, s / temperature), axis=-1)
   log_qt = jax.nn.log_softmax(jnp.where(target, common.NEG_MASK, t / temperature), axis=-1)

@@ -20,7 +20,7 @@ FORMS = ("tanh", "sigmoid", "sign_teacher")
 # On CPU the rows are processed in blocks of about this many elements, so that the per-shift
 # working set of the inner loop (a few [rows, C] arrays) stays in the L2 cache. Accelerators
 # take the whole batch per loop step. Blocking never changes the per-row arithmetic.
-_CPU_BLOCK_ELEMENTS = 1 << 16
+_CPU_BLOCK_ELEMENTS = 1 << 15
 
 
 def _block_pair_sums(s: Array, t: Array, k: Array, teacher_sign: bool,
@@ -97,7 +97,9 @@ def _kendall_tau(s: Array, t: Array, k: Array, teacher_sign: bool) -> Array:
   return value * (2.0 / (num * (num - 1)))
 
 
-def _kendall_tau_fwd(s, t, k, teacher_sign):
+def _kendall_tau_fwd(s: Array, t: Array, k: Array,
+                     teacher_sign: bool) -> tuple[Array, tuple[Array, Array, Array]]:
+  """Value and the [B, C] d tau / d s from the same pass over the pairs."""
   batch, num = s.shape
   value, grad = _pair_sums(s, t, k, teacher_sign=teacher_sign, with_grad=True,
                            rows=_block_rows(batch, num))
@@ -105,7 +107,9 @@ def _kendall_tau_fwd(s, t, k, teacher_sign):
   return value * (2.0 / (num * (num - 1))), (grad * (2.0 * k / (num * (num - 1))), t, k)
 
 
-def _kendall_tau_bwd(teacher_sign, residuals, cotangent):
+def _kendall_tau_bwd(teacher_sign: bool, residuals: tuple[Array, Array, Array],
+                     cotangent: Array) -> tuple[Array, Array, Array]:
+  """Scales the stored gradient by the per-row cotangent; zeros for teacher and steepness."""
   del teacher_sign
   dtau_ds, t, k = residuals
   # The teacher and the steepness are constants of the loss (both are stop_gradient-ed).

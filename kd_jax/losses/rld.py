@@ -15,10 +15,12 @@ from kd_jax.losses import common
 Array = jax.Array
 
 
-def _check_inputs(student_logits, teacher_logits, labels, temperature, name="temperature"):
+def _check_inputs(student_logits: Array, teacher_logits: Array, labels: Array,
+                  temperature: float) -> tuple[Array, Array, Array]:
+  """Shared validation of the RLD family; returns the arrays."""
   s, t = common.check_pair(student_logits, teacher_logits)
   labels = common.check_labels(labels, s.shape[0])
-  common.check_positive(temperature, name)
+  common.check_positive(temperature, "temperature")
   return s, t, labels
 
 
@@ -37,13 +39,15 @@ def _teacher_mask(t: Array, labels: Array) -> Array:
   return (t >= common.take_class(t, labels)[:, None]) | common.class_mask(labels, t.shape[-1])
 
 
-def _scd(s: Array, t: Array, labels: Array, top1: Array, temperature) -> Array:
+def _scd(s: Array, t: Array, labels: Array, top1: Array, temperature: float) -> Array:
+  """tau^2 KL(teacher split around its top-1 || student split around y), prepared logits."""
   log_bs = common.binary_log_split(s / temperature, labels)
   log_bt = common.binary_log_split(t / temperature, top1)
   return temperature ** 2 * common.kl_log_space(log_bt, log_bs)
 
 
-def _mcd(s: Array, t: Array, masked: Array, temperature) -> Array:
+def _mcd(s: Array, t: Array, masked: Array, temperature: float) -> Array:
+  """T^2 KL of the softmaxes with the classes in `masked` set to -1e9, prepared logits."""
   log_qs = jax.nn.log_softmax(jnp.where(masked, common.NEG_MASK, s / temperature), axis=-1)
   log_qt = jax.nn.log_softmax(jnp.where(masked, common.NEG_MASK, t / temperature), axis=-1)
   return temperature ** 2 * common.kl_log_space(log_qt, log_qs)
@@ -55,8 +59,9 @@ def scd(student_logits: Array, teacher_logits: Array, labels: Array, *,
 
   b_s = [p_s[y], sum_{c != y} p_s[c]] (student around the ground truth y) and
   b_t = [p_t[k], sum_{c != k} p_t[c]] (teacher around its own top-1 k = argmax t, first index on
-  ties; taken on the raw teacher logits, which LS does not reorder), p = softmax(z / tau). `temperature` is RLD's tau_a (config `RLD.ALPHA_T`). Log-space
-  binary split as for TCKD (methods.md §3, §5); teacher under stop_gradient.
+  ties; taken on the raw teacher logits, which LS does not reorder), p = softmax(z / tau).
+  `temperature` is RLD's tau_a (config `RLD.ALPHA_T`). Log-space binary split as for TCKD
+  (methods.md §3, §5); teacher under stop_gradient.
 
   Args:
     student_logits: [B, C] floating logits, C >= 2.
