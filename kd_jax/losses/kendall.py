@@ -98,22 +98,21 @@ def _kendall_tau(s: Array, t: Array, k: Array, teacher_sign: bool) -> Array:
 
 
 def _kendall_tau_fwd(s: Array, t: Array, k: Array,
-                     teacher_sign: bool) -> tuple[Array, tuple[Array, Array, Array]]:
+                     teacher_sign: bool) -> tuple[Array, Array]:
   """Value and the [B, C] d tau / d s from the same pass over the pairs."""
   batch, num = s.shape
   value, grad = _pair_sums(s, t, k, teacher_sign=teacher_sign, with_grad=True,
                            rows=_block_rows(batch, num))
   # d tau / d s_a = 2k / (C(C-1)) * sum_{j != a} f'_aj g_aj, computed in the same pass.
-  return value * (2.0 / (num * (num - 1))), (grad * (2.0 * k / (num * (num - 1))), t, k)
+  return value * (2.0 / (num * (num - 1))), grad * (2.0 * k / (num * (num - 1)))
 
 
-def _kendall_tau_bwd(teacher_sign: bool, residuals: tuple[Array, Array, Array],
-                     cotangent: Array) -> tuple[Array, Array, Array]:
-  """Scales the stored gradient by the per-row cotangent; zeros for teacher and steepness."""
+def _kendall_tau_bwd(teacher_sign: bool, dtau_ds: Array,
+                     cotangent: Array) -> tuple[Array, None, None]:
+  """Scales the stored gradient by the per-row cotangent; None (zero) for teacher, steepness."""
   del teacher_sign
-  dtau_ds, t, k = residuals
   # The teacher and the steepness are constants of the loss (both are stop_gradient-ed).
-  return cotangent[:, None] * dtau_ds, jnp.zeros_like(t), jnp.zeros_like(k)
+  return cotangent[:, None] * dtau_ds, None, None
 
 
 _kendall_tau.defvjp(_kendall_tau_fwd, _kendall_tau_bwd)
