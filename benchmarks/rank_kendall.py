@@ -71,7 +71,7 @@ def main() -> None:
     times.append((time.perf_counter() - t0) * 1e3)
   dev = jax.devices()[0]
   result = {
-      "impl": "kd_jax.rank_kendall (jit, custom_vjp)",
+      "impl": "kd_jax.rank_kendall (jit, custom_jvp)",
       "B": args.batch_size,
       "C": args.num_classes,
       "steepness": args.steepness,

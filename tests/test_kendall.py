@@ -122,7 +122,7 @@ class ExactnessTest(chex.TestCase):
     np.testing.assert_allclose(v, vn, rtol=1e-6)
     np.testing.assert_allclose(g, gn, atol=2e-6 * np.abs(gn).max())
 
-  def test_forward_only_path_matches_fused_forward(self):
+  def test_forward_only_path_matches_fused_pass(self):
     s, t = _inputs(2, 4, 33)
     value = jax.jit(L.rank_kendall)(s, t)
     fused, _ = jax.jit(lambda s: jax.vjp(lambda v: L.rank_kendall(v, t), s))(s)
@@ -138,7 +138,20 @@ class ExactnessTest(chex.TestCase):
         f = jax.jit(functools.partial(lambda v, form, top_k: L.rank_kendall(
             v, t, steepness=100.0, form=form, top_k=top_k), form=form, top_k=top_k))
         self.assertEqual(f(s).dtype, jnp.float64)
-        check_grads(f, (s,), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+        check_grads(f, (s,), order=1, modes=["fwd", "rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+
+  def test_second_order_float64(self):
+    # The custom JVP is itself forward-differentiable (through the pair loop), so forward-over-
+    # forward and forward-over-reverse (jax.hessian) work; reverse-over-reverse does not.
+    with jax.enable_x64(True):
+      rng = np.random.default_rng(4)
+      s = jnp.asarray(0.3 * rng.standard_normal((2, 5)))
+      t = jnp.asarray(rng.standard_normal((2, 5)))
+      f = jax.jit(lambda v: L.rank_kendall(v, t, steepness=2.0))
+      check_grads(f, (s,), order=2, modes=["fwd"], atol=1e-5, rtol=1e-5)
+      hess = jax.hessian(lambda v: jnp.sum(L.rank_kendall(v, t, steepness=2.0)))(s)
+      hess_naive = jax.hessian(lambda v: jnp.sum(naive_rank_kendall(v, t, 2.0)))(s)
+      np.testing.assert_allclose(hess, hess_naive, rtol=1e-9, atol=1e-12)
 
   def test_no_gradient_to_teacher_or_steepness(self):
     s, t = _inputs(4, 3, 6)
