@@ -1,13 +1,10 @@
-"""Shared layers of the model zoo: PyTorch-faithful conv/BN/dense and the classifier heads.
+"""Shared layers of the model zoo: PyTorch-faithful conv/BN/dense, pooling and classifier heads.
 
-Every conv uses explicit symmetric padding (never 'SAME': for stride 2 it shifts the
-sampling grid against PyTorch), BatchNorm uses PyTorch's eps=1e-5 and momentum 0.1
-(Flax momentum 0.9). Submodules are named after the PyTorch attribute path with '.'
-replaced by '_' so that the importer maps keys by name.
-"""
+Explicit symmetric padding, BN eps 1e-5/momentum 0.1, PyTorch inits; names follow torch paths."""
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -40,23 +37,55 @@ def batch_norm(train: bool, *, name: str, dtype: Dtype = jnp.float32) -> nn.Batc
                       dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+def torch_default_bias(fan_in: int) -> Callable[..., jax.Array]:
+  """PyTorch's default Conv/Linear bias init, U(+-1/sqrt(fan_in)), for a known fan_in."""
+  bound = 1.0 / math.sqrt(max(int(fan_in), 1))
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class Linear(nn.Module):
+  """A Dense layer (params `kernel` [in, out], `bias` [out]) with PyTorch's default init.
+
+  `bias_init=None` means U(+-1/sqrt(fan_in)) with the real fan_in (the input width), which
+  flax's nn.Dense cannot express because its bias initializer only sees (features,).
+  Params are float32; the matmul runs in `dtype`.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable[..., jax.Array] = torch_default_kernel
+  bias_init: Optional[Callable[..., jax.Array]] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (fan_in, self.features), jnp.float32)
+    bias_init = self.bias_init if self.bias_init is not None else torch_default_bias(fan_in)
+    bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    return y + bias
+
+
 def dense(features: int, *, name: str, dtype: Dtype = jnp.float32,
-          kernel_init=torch_default_kernel, bias_init=None) -> nn.Dense:
+          kernel_init=torch_default_kernel, bias_init=None) -> Linear:
   """A Linear layer; default init is PyTorch's U(+-1/sqrt(fan_in)) for weight and bias."""
-  if bias_init is None:
-    bias_init = _torch_default_bias
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=kernel_init, bias_init=bias_init, name=name)
+  return Linear(features, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, name=name)
 
 
-def _torch_default_bias(key, shape, dtype=jnp.float32):
-  # The fan_in is not known from the bias shape alone; nn.Dense only passes (features,).
-  # Use the PyTorch-like small uniform range with an unknown fan-in of `features`.
-  bound = 1.0 / jnp.sqrt(jnp.asarray(max(shape[0], 1), jnp.float32))
-  return jax.random.uniform(key, shape, dtype, -bound, bound)
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """Mean over H, W of an NHWC map (== the references' fixed pools on their native size).
+
+  The reduction runs in float32 and the result is cast back to the input dtype.
+  """
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
 
 
 def check_aux_head(aux_head: Optional[str]) -> None:
+  """Raises ValueError unless aux_head is one of AUX_HEADS."""
   if aux_head not in AUX_HEADS:
     raise ValueError(f"aux_head={aux_head!r} is not supported; accepted: {AUX_HEADS}")
 

@@ -15,8 +15,12 @@ from kd_jax.models import layers
 # PyTorch head module paths -> flax head names, per model (used by the importer).
 TORCH_RENAMES = {
     "MobileNetV2": {"classifier.0": "head", "classifier2": "aux_head"},
-    "MobileNetV1": {"fc": "head", "classifier2": "aux_head"},
+    # mdistiller names the head `fc`, DHKD `classifier`.
+    "MobileNetV1": {"fc": "head", "classifier": "head", "classifier2": "aux_head"},
 }
+
+# Input height/width each model expects.
+INPUT_SIZES = {"MobileNetV2": 32, "MobileNetV1": 224}
 
 # Inverted-residual settings (expansion t or None for the model's T, channels c, repeats n,
 # stride s) of MobileNetV2; t=None means "use the model's expansion T".

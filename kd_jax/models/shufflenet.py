@@ -158,3 +158,6 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "ShuffleV1": shuffle_v1,
     "ShuffleV2": shuffle_v2,
 }
+
+# Input height/width each model expects.
+INPUT_SIZES: Dict[str, int] = {name: 32 for name in MODELS}

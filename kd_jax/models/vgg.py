@@ -62,3 +62,6 @@ def _factory(depth: int) -> Callable[..., VGG]:
 
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {f"vgg{d}": _factory(d) for d in CFGS}
+
+# Input height/width each model expects.
+INPUT_SIZES: Dict[str, int] = {name: 32 for name in MODELS}

@@ -1,0 +1,102 @@
+"""CIFAR ResNet18 / ResNet50 of mdistiller/CRD (`resnetv2.py`): ImageNet widths, 3x3 stem.
+
+Four stages (64..512 planes, strides 1/2/2/2), `shortcut_{0,1}` projections, `linear` head.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kd_jax.models import layers
+
+# Torch head module paths -> flax head names (used by the importer).
+TORCH_RENAMES = {"linear": "head", "linear2": "aux_head"}
+
+
+def _shortcut(x: jax.Array, out: int, stride: int, train: bool, dtype: Any) -> jax.Array:
+  """The 1x1 conv + BN projection, created inside the calling block's compact scope."""
+  x = layers.conv(out, 1, strides=stride, name="shortcut_0", dtype=dtype)(x)
+  return layers.batch_norm(train, name="shortcut_1", dtype=dtype)(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs with BN; projection shortcut when stride != 1 or widths differ."""
+  planes: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    y = layers.conv(self.planes, 3, strides=self.stride, name="conv1", dtype=self.dtype)(x)
+    y = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(y))
+    y = layers.conv(self.planes, 3, name="conv2", dtype=self.dtype)(y)
+    y = layers.batch_norm(train, name="bn2", dtype=self.dtype)(y)
+    if self.stride != 1 or x.shape[-1] != self.planes:
+      x = _shortcut(x, self.planes, self.stride, train, self.dtype)
+    return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (stride) -> 1x1 (x4 expansion) with BN; projection shortcut when needed."""
+  planes: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    out = self.planes * self.expansion
+    y = layers.conv(self.planes, 1, name="conv1", dtype=self.dtype)(x)
+    y = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(y))
+    y = layers.conv(self.planes, 3, strides=self.stride, name="conv2", dtype=self.dtype)(y)
+    y = nn.relu(layers.batch_norm(train, name="bn2", dtype=self.dtype)(y))
+    y = layers.conv(out, 1, name="conv3", dtype=self.dtype)(y)
+    y = layers.batch_norm(train, name="bn3", dtype=self.dtype)(y)
+    if self.stride != 1 or x.shape[-1] != out:
+      x = _shortcut(x, out, self.stride, train, self.dtype)
+    return nn.relu(y + x)
+
+
+class ResNetV2(nn.Module):
+  """CIFAR ResNet with stages `layer{1..4}`; `block` is BasicBlock or Bottleneck."""
+  num_classes: int
+  aux_head: Optional[str] = None
+  dtype: Any = jnp.float32
+  block: Any = BasicBlock
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False):
+    x = x.astype(self.dtype)
+    x = layers.conv(64, 3, name="conv1", dtype=self.dtype)(x)
+    x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
+    for stage, (n, planes, stride) in enumerate(
+        zip(self.stage_sizes, (64, 128, 256, 512), (1, 2, 2, 2)), start=1):
+      for i in range(n):
+        x = self.block(planes, stride if i == 0 else 1, dtype=self.dtype,
+                       name=f"layer{stage}_{i}")(x, train)
+    h = layers.global_avg_pool(x)
+    return layers.classifier_heads(h, self.num_classes, self.aux_head, train, self.dtype)
+
+
+def ResNet18(num_classes: int, aux_head: Optional[str] = None,  # pylint: disable=invalid-name
+             dtype: Any = jnp.float32) -> ResNetV2:
+  """CIFAR ResNet18: BasicBlock x [2, 2, 2, 2]."""
+  return ResNetV2(num_classes=num_classes, aux_head=aux_head, dtype=dtype, block=BasicBlock,
+                  stage_sizes=(2, 2, 2, 2))
+
+
+def ResNet50(num_classes: int, aux_head: Optional[str] = None,  # pylint: disable=invalid-name
+             dtype: Any = jnp.float32) -> ResNetV2:
+  """CIFAR ResNet50: Bottleneck x [3, 4, 6, 3]."""
+  return ResNetV2(num_classes=num_classes, aux_head=aux_head, dtype=dtype, block=Bottleneck,
+                  stage_sizes=(3, 4, 6, 3))
+
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {"ResNet18": ResNet18, "ResNet50": ResNet50}
+
+INPUT_SIZES: Dict[str, int] = {name: 32 for name in MODELS}
