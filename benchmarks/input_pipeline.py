@@ -69,7 +69,8 @@ def cifar_throughput(batch_size: int, num_batches: int, num_examples: int, repea
 
 
 @contextlib.contextmanager
-def _imagenet_source(source: str, num_examples: int, min_size: int, max_size: int):
+def _imagenet_source(source: str, num_examples: int, min_size: int, max_size: int,
+                     noise: int):
   """(data_dir, name) of a stand-in ImageNet: TFDS mock_data, or JPEG files on disk."""
   if source == "mock":
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -81,14 +82,14 @@ def _imagenet_source(source: str, num_examples: int, min_size: int, max_size: in
     with tempfile.TemporaryDirectory(prefix="kd_jax_bench_imagenet_") as tmp:
       data_lib.build_fake_imagenet(tmp, name="bench_fake_imagenet", num_train=num_examples,
                                    num_validation=1, num_classes=1000, min_size=min_size,
-                                   max_size=max_size)
+                                   max_size=max_size, noise=noise)
       yield tmp, "bench_fake_imagenet"
 
 
 def imagenet_throughput(source: str, batch_size: int, num_batches: int, num_examples: int,
-                        image_size: int, min_size: int, max_size: int) -> dict:
+                        image_size: int, min_size: int, max_size: int, noise: int) -> dict:
   """Images/s of kd_jax.data.imagenet_train (decode, random-resized crop, flip, normalize)."""
-  with _imagenet_source(source, num_examples, min_size, max_size) as (data_dir, name):
+  with _imagenet_source(source, num_examples, min_size, max_size, noise) as (data_dir, name):
     t0 = time.perf_counter()
     it = data_lib.imagenet_train(data_dir, batch_size=batch_size, seed=0, name=name,
                                  image_size=image_size)
@@ -104,7 +105,9 @@ def imagenet_throughput(source: str, batch_size: int, num_batches: int, num_exam
   return {"imagenet_source": source, "imagenet_images_per_sec": batch_size * num_batches / seconds,
           "imagenet_batch_ms": 1000.0 * seconds / num_batches,
           "imagenet_startup_s": startup_s, "imagenet_image_size": image_size,
-          "imagenet_num_examples": num_examples}
+          "imagenet_num_examples": num_examples,
+          **({"fake_size_range": [min_size, max_size], "fake_noise": noise}
+             if source == "fake" else {})}
 
 
 def _measure_train_step(args: argparse.Namespace) -> float:
@@ -134,6 +137,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--imagenet-image-size", type=int, default=224)
   p.add_argument("--fake-min-size", type=int, default=300, help="fake JPEG side, min")
   p.add_argument("--fake-max-size", type=int, default=500, help="fake JPEG side, max")
+  p.add_argument("--fake-noise", type=int, default=40,
+                 help="fake JPEG pixel noise amplitude (makes decoding cost realistic)")
   p.add_argument("--train-images-per-sec", type=float, default=0.0,
                  help="images/s of the train step to compare with (from train_step.py)")
   p.add_argument("--measure-train-step", action="store_true",
@@ -171,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   if args.imagenet != "none":
     result.update(imagenet_throughput(
         args.imagenet, args.imagenet_batch_size, args.imagenet_batches, args.imagenet_examples,
-        args.imagenet_image_size, args.fake_min_size, args.fake_max_size))
+        args.imagenet_image_size, args.fake_min_size, args.fake_max_size, args.fake_noise))
   for k, v in result.items():
     if isinstance(v, float) and not math.isfinite(v):
       print(f"warning: {k} is not finite", file=sys.stderr)

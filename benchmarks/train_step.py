@@ -5,6 +5,7 @@ Builds the run exactly as kd_jax/train/loop.py does; prints one JSON line (image
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -51,8 +52,19 @@ def build_config(args: argparse.Namespace) -> Any:
   return config
 
 
-def run(args: argparse.Namespace) -> dict:
-  """Builds state, teacher and jitted train fn as loop.train_and_evaluate does, then times it."""
+@dataclasses.dataclass
+class Setup:
+  """What loop.train_and_evaluate builds before its first step (minus checkpoints, eval)."""
+  config: Any
+  spec: step_lib.StepSpec
+  state: state_lib.TrainState
+  teacher_vars: Any
+  data: tuple[jax.Array, jax.Array]
+  num_devices: int
+
+
+def build(args: argparse.Namespace) -> Setup:
+  """Config, mesh, synthetic device-resident split, teacher, state and StepSpec, as loop.py."""
   config = build_config(args)
   mesh = loop.make_mesh(config)
   num_devices = mesh.devices.size
@@ -93,8 +105,15 @@ def run(args: argparse.Namespace) -> dict:
       steps_per_epoch=spe, batch_size=config.batch_size, seed=config.seed, in_memory=True,
       mean=tuple(data_lib.CIFAR_MEAN), std=tuple(data_lib.CIFAR_STD),
       max_bad_steps=config.max_bad_steps, mesh=mesh)
+  return Setup(config, spec, state, teacher_vars, data, num_devices)
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Compiles the real train fn (config.steps_per_dispatch steps per call) and times it."""
+  setup = build(args)
+  config, state, teacher_vars, data = setup.config, setup.state, setup.teacher_vars, setup.data
   k = config.steps_per_dispatch
-  train_fn = step_lib.make_train_fn(spec, k)
+  train_fn = step_lib.make_train_fn(setup.spec, k)
 
   jax.block_until_ready((state, teacher_vars, data))
   t0 = time.perf_counter()
@@ -129,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
       "compile_s": compile_s,
       "final_loss": float(sums["loss"]) / max(int(count), 1),
       "skipped_steps": int(skipped),
-      "device": f"{dev.platform}:{dev.device_kind} x{num_devices}",
+      "device": f"{dev.platform}:{dev.device_kind} x{setup.num_devices}",
       "jax": jax.__version__,
   }
 
