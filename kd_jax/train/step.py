@@ -163,10 +163,18 @@ def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
     new_state = _one_step(spec, state, teacher_vars, images, labels)
     return _tree_where(stopped, state, new_state), None
 
+  # XLA:CPU runs the convolutions of a while-loop body tens of times slower than the same
+  # ops outside a loop (benchmarks/README.md), so on CPU the steps are unrolled instead.
+  platform = spec.mesh.devices.flat[0].platform
+  unroll = num_steps if platform == "cpu" else 1
+
   def run(state, teacher_vars, data):
+    step = functools.partial(body, teacher_vars=teacher_vars, data=data)
+    if num_steps == 1:  # no loop at all
+      xs = None if spec.in_memory else jax.tree.map(lambda a: a[0], data)
+      return step(state, xs)[0]
     xs = None if spec.in_memory else data
-    state, _ = jax.lax.scan(functools.partial(body, teacher_vars=teacher_vars, data=data),
-                            state, xs, length=num_steps)
+    state, _ = jax.lax.scan(step, state, xs, length=num_steps, unroll=unroll)
     return state
 
   repl = NamedSharding(spec.mesh, P())
