@@ -44,7 +44,7 @@ CIFAR_PAIRS: dict[tuple[str, str], dict[str, float]] = {
     ("ResNet50", "MobileNetV2"): {"dkd_beta": 8.0},
     ("resnet32x4", "ShuffleV1"): {"dkd_beta": 8.0},
     ("wrn_40_2", "ShuffleV1"): {"dkd_beta": 8.0},
-    ("ResNet50", "vgg8"): {"dkd_beta": 8.0},
+    ("ResNet50", "vgg8"): {"dkd_beta": 8.0},   # no reference DKD config: the yaml default
 }
 
 # ImageNet pairs (recipes.md section 2 and 3): DKD/RLD beta per pair.
@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "kd"
   c.base_method = ""            # only for method='rkkd': the method the ranking term is added to
+  # Set by method_defaults(): the 'method[/base]' whose defaults the loss keys hold, so that a
+  # later `--config.method=` / `--config.base_method=` override is caught ('' = not checked).
+  c.defaults_for = ""
   # Data.
   c.dataset = "cifar100"
   c.data_dir = ""               # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
@@ -143,6 +146,7 @@ def method_defaults(config: ml_collections.ConfigDict, method: str,
                     base_method: str = "kd") -> ml_collections.ConfigDict:
   """Sets the method and its CIFAR defaults (methods.md / recipes.md section 3)."""
   config.method = method
+  config.defaults_for = method
   loss = config.loss
   if method in ("ce", "teacher"):
     loss.ce_weight = 1.0
@@ -158,9 +162,13 @@ def method_defaults(config: ml_collections.ConfigDict, method: str,
     config.aux_head = "nonlinear"
     loss.grad_align = True
   elif method == "rkkd":
+    if base_method not in RKKD_BASES:
+      raise ValueError(f"RKKD base method {base_method!r} is not supported; accepted: "
+                       f"{list(RKKD_BASES)}")
     method_defaults(config, base_method)
     config.method = "rkkd"
     config.base_method = base_method
+    config.defaults_for = f"rkkd/{base_method}"
     # gamma = the base method's KD weight (methods.md section 7, secondary source).
     loss.rank_weight = {"kd": loss.kd_weight, "dkd": loss.alpha, "rld": loss.alpha,
                         "dhkd": loss.bkln_weight, "ce": 1.0}[base_method]
@@ -168,19 +176,25 @@ def method_defaults(config: ml_collections.ConfigDict, method: str,
 
 
 def parse_arg(arg: Optional[str]) -> dict[str, Any]:
-  """Parses the `configs/x.py:ARG` suffix: 'teacher,student[,imagenet|cifar100][,ls]'."""
-  out: dict[str, Any] = {"pair": None, "ls": False}
+  """Parses the `configs/x.py:ARG` suffix: '[TEACHER,STUDENT][,BASE][,ls]'.
+
+  BASE (one of RKKD_BASES) is the base method of configs/rkkd.py; 'ls' asks for logit
+  standardization with the pair's published settings.
+  """
+  out: dict[str, Any] = {"pair": None, "ls": False, "base": None}
   if not arg:
     return out
   parts = [p.strip() for p in arg.split(",") if p.strip()]
-  flags = [p for p in parts if p == "ls"]
-  names = [p for p in parts if p not in flags]
-  if len(names) != 2:
+  bases = [p for p in parts if p in RKKD_BASES]
+  names = [p for p in parts if p != "ls" and p not in bases]
+  if len(names) not in (0, 2) or len(bases) > 1:
     raise ValueError(
-        f"config argument {arg!r}: expected 'TEACHER,STUDENT' optionally followed by ',ls'; "
+        f"config argument {arg!r}: expected 'TEACHER,STUDENT', optionally followed by ',ls' "
+        f"(and for configs/rkkd.py by a base method in {list(RKKD_BASES)}); "
         f"known pairs: {sorted(known_pairs())}")
-  out["pair"] = tuple(names)
-  out["ls"] = "ls" in flags
+  out["pair"] = tuple(names) if names else None
+  out["ls"] = "ls" in parts
+  out["base"] = bases[0] if bases else None
   return out
 
 
@@ -213,21 +227,37 @@ def apply_pair(config: ml_collections.ConfigDict, teacher: str, student: str,
   return config
 
 
+# The LS code's command-line defaults (methods.md section 4): base_temp, kd_weight.
+LS_CLI_DEFAULTS = (2.0, 9.0)
+
+
 def _apply_ls(config, pair, method):
-  """Logit standardization settings (methods.md section 4, recipes.md section 3.4)."""
+  """Logit standardization settings (methods.md section 4, recipes.md section 3.4).
+
+  KD and DKD take the pair's published (T, kd_weight[, beta]) where the LS logs give them,
+  else the LS code's defaults (T = 2, kd_weight = 9) on the pair's own DKD beta; RLD+LS has
+  no per-pair settings anywhere and always takes those defaults. ImageNet has none: refused.
+  """
   if method not in ("kd", "dkd", "rld"):
     raise ValueError(f"',ls' applies to kd, dkd and rld; got method {method!r}")
-  settings = LS_SETTINGS.get(pair, {"kd": (2, 9), "dkd": (2, 9, 8)})
+  if pair in IMAGENET_PAIRS:
+    raise ValueError(f"',ls' has no published ImageNet settings for {pair[0]},{pair[1]}; set "
+                     f"--config.loss.standardize=True and the temperature/weights yourself")
+  t, w = LS_CLI_DEFAULTS
+  beta = config.loss.beta
+  published = LS_SETTINGS.get(pair, {}) if method != "rld" else {}
+  if method in published:
+    t, w, *rest = map(float, published[method])
+    beta = rest[0] if rest else beta
   loss = config.loss
   loss.standardize = True
+  loss.temperature = t
   if method == "kd":
-    loss.temperature, loss.kd_weight = map(float, settings["kd"])
+    loss.kd_weight = w
   else:
-    t, w, beta = map(float, settings["dkd"])
-    loss.temperature = t
     loss.alpha_temperature = t
     loss.alpha = loss.alpha * w
-    loss.beta = (beta if method == "dkd" else loss.beta) * w
+    loss.beta = beta * w
 
 
 def _imagenet_protocol(config, pair_settings, method):
@@ -309,6 +339,16 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
   elif config.base_method not in ("", config.method):
     raise ConfigError(f"config.base_method={config.base_method!r} is only used with "
                       f"method='rkkd'; got method={config.method!r}")
+  actual = config.method + (f"/{config.base_method}" if config.method == "rkkd" else "")
+  if config.defaults_for and config.defaults_for != actual:
+    hint = (f"configs/rkkd.py:{config.base_method} (or configs/rkkd.py:TEACHER,STUDENT,"
+            f"{config.base_method})" if config.method == "rkkd" else
+            f"configs/{config.method}.py")
+    raise ConfigError(
+        f"config.method={config.method!r}, config.base_method={config.base_method!r}: the loss "
+        f"settings are the defaults of {config.defaults_for!r}, which a command-line override "
+        f"does not change; start from {hint} so that its defaults (weights, temperature, "
+        f"warm-up) apply")
   _choice(config, "dataset", DATASETS)
   _choice(config, "student", sorted(model_names))
   _choice(config, "aux_head", AUX_HEADS)
@@ -388,6 +428,10 @@ def needs_teacher(config) -> bool:
 def from_arg(config: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections.ConfigDict:
   """Applies a `configs/x.py:TEACHER,STUDENT[,ls]` argument (the pair's published settings)."""
   parsed = parse_arg(arg)
+  if parsed["base"] is not None and (config.method != "rkkd" or
+                                     parsed["base"] != config.base_method):
+    raise ValueError(f"config argument {arg!r}: a base method ({parsed['base']!r}) is only "
+                     f"accepted by configs/rkkd.py")
   if parsed["pair"] is not None:
     apply_pair(config, *parsed["pair"], ls=parsed["ls"])
   elif parsed["ls"]:

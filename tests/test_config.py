@@ -1,0 +1,86 @@
+"""Config presets against recipes.md: RKKD on any base, logit standardization, overrides."""
+import os
+import sys
+
+import pytest
+
+from kd_jax import config as kdc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import dkd  # pylint: disable=g-import-not-at-top,wrong-import-position
+import kd  # pylint: disable=g-import-not-at-top,wrong-import-position
+import rkkd  # pylint: disable=g-import-not-at-top,wrong-import-position
+import rld  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+NAMES = ["resnet8x4", "resnet32x4", "vgg8", "vgg13", "ShuffleV1", "imagenet_resnet18",
+         "imagenet_resnet34"]
+
+
+def _validate(config):
+  config.teacher_checkpoint = config.teacher_checkpoint or "random:0"
+  kdc.validate(config, model_names=NAMES, num_devices=1)
+
+
+def test_rkkd_default_base_is_kd_with_gamma_09():
+  c = rkkd.get_config()
+  assert (c.method, c.base_method) == ("rkkd", "kd")
+  assert (c.loss.ce_weight, c.loss.kd_weight, c.loss.temperature) == (0.1, 0.9, 4.0)
+  assert (c.loss.rank_weight, c.loss.rank_steepness, c.loss.warmup_epochs) == (0.9, 100.0, 0)
+  _validate(c)
+
+
+def test_rkkd_on_dkd_takes_the_dkd_defaults_and_the_pair_beta():
+  c = rkkd.get_config("dkd")
+  assert (c.base_method, c.loss.ce_weight, c.loss.warmup_epochs, c.loss.rank_weight) == (
+      "dkd", 1.0, 20, 1.0)
+  c = rkkd.get_config("vgg13,vgg8,dkd")
+  assert (c.teacher, c.student, c.loss.beta, c.loss.alpha) == ("vgg13", "vgg8", 6.0, 1.0)
+  # The KD-base defaults are not what a DKD base gets (0.1 CE, no warm-up, beta 8).
+  assert (c.loss.ce_weight, c.loss.warmup_epochs) == (1.0, 20)
+  _validate(c)
+
+
+def test_overriding_the_base_after_the_defaults_is_refused():
+  c = rkkd.get_config("resnet32x4,resnet8x4")
+  c.base_method = "dkd"  # what --config.base_method=dkd does
+  with pytest.raises(kdc.ConfigError) as e:
+    _validate(c)
+  assert "config.base_method='dkd'" in str(e.value)
+  assert "configs/rkkd.py:dkd" in str(e.value) and "'rkkd/kd'" in str(e.value)
+  c = kd.get_config()
+  c.method = "dkd"  # --config.method=dkd on the KD config
+  with pytest.raises(kdc.ConfigError, match=r"configs/dkd\.py"):
+    _validate(c)
+
+
+def test_base_argument_is_only_for_rkkd():
+  with pytest.raises(ValueError, match="only accepted by configs/rkkd.py"):
+    dkd.get_config("vgg13,vgg8,kd")
+  with pytest.raises(ValueError, match="expected 'TEACHER,STUDENT'"):
+    rkkd.get_config("vgg13,vgg8,dkd,rld")
+
+
+def test_ls_uses_published_settings_then_the_ls_defaults():
+  # Published per-pair: recipes.md 3.4, vgg13 -> vgg8 KD+LS (3, 9), DKD+LS (2, 15, beta 2).
+  c = kd.get_config("vgg13,vgg8,ls")
+  assert (c.loss.standardize, c.loss.temperature, c.loss.kd_weight, c.loss.ce_weight) == (
+      True, 3.0, 9.0, 0.1)
+  c = dkd.get_config("vgg13,vgg8,ls")
+  assert (c.loss.temperature, c.loss.alpha, c.loss.beta, c.loss.ce_weight) == (
+      2.0, 15.0, 30.0, 1.0)
+  # A CIFAR pair without LS logs: the LS code's defaults T=2, kd_weight=9 on the pair's beta.
+  c = dkd.get_config("resnet32x4,ShuffleV1,ls")
+  assert (c.loss.temperature, c.loss.alpha, c.loss.beta) == (2.0, 9.0, 72.0)
+  # RLD+LS has no per-pair settings: always T = tau_a = 2, alpha and beta times 9.
+  c = rld.get_config("vgg13,vgg8,ls")
+  assert (c.loss.temperature, c.loss.alpha_temperature, c.loss.alpha, c.loss.beta) == (
+      2.0, 2.0, 9.0, 72.0)
+  # RKKD on an LS base: the ranking weight follows the base's scaled distillation weight.
+  c = rkkd.get_config("vgg13,vgg8,dkd,ls")
+  assert (c.loss.alpha, c.loss.rank_weight) == (15.0, 15.0)
+
+
+def test_ls_on_imagenet_is_refused_not_guessed():
+  with pytest.raises(ValueError, match="no published ImageNet settings"):
+    dkd.get_config("imagenet_resnet34,imagenet_resnet18,ls")
