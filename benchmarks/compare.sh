@@ -5,13 +5,13 @@
 # Usage: benchmarks/compare.sh [--pairs "T,S T,S"] [--batch-sizes "64 128"] [--steps N]
 #          [--repeats R] [--warmup W] [--threads N] [--dtype float32|bfloat16]
 #          [--steps-per-dispatch K] [--num-examples N]
-# Environment: PYTHON (default: /work/venv/bin/python if present, else python3).
+# Environment: PYTHON (default: the repository's .venv/bin/python if present, else python3).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x /work/venv/bin/python ]]; then PYTHON=/work/venv/bin/python; else PYTHON=python3; fi
+  if [[ -x "$repo/.venv/bin/python" ]]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
 pairs="resnet32x4,resnet8x4 wrn_40_2,wrn_16_2"

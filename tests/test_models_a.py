@@ -63,7 +63,7 @@ def test_registry_lists_every_family():
     assert family in models.FAMILIES
     for name, factory in family.MODELS.items():
       assert type(models.create(name, 10)) is type(factory(10))
-  # Engineer B's families are part of the same registry.
+  # The VGG, MobileNet and ShuffleNet families are part of the same registry.
   assert {"vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2"} <= set(got)
 
 
