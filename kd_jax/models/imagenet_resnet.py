@@ -4,61 +4,22 @@
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd_jax.models import layers
+from kd_jax.models import layers, resnetv2
 
 # Torch head module paths -> flax head names (used by the importer).
 TORCH_RENAMES = {"fc": "head"}
 
 
-def _downsample(x: jax.Array, out: int, stride: int, train: bool, dtype: Any) -> jax.Array:
-  """The 1x1 conv + BN projection, created inside the calling block's compact scope."""
-  x = layers.conv(out, 1, strides=stride, name="downsample_0", dtype=dtype)(x)
-  return layers.batch_norm(train, name="downsample_1", dtype=dtype)(x)
-
-
-class BasicBlock(nn.Module):
-  """torchvision BasicBlock: two 3x3 convs with BN, ReLU after the add."""
-  planes: int
-  stride: int = 1
-  dtype: Any = jnp.float32
-  expansion = 1
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = layers.conv(self.planes, 3, strides=self.stride, name="conv1", dtype=self.dtype)(x)
-    y = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(y))
-    y = layers.conv(self.planes, 3, name="conv2", dtype=self.dtype)(y)
-    y = layers.batch_norm(train, name="bn2", dtype=self.dtype)(y)
-    if self.stride != 1 or x.shape[-1] != self.planes:
-      x = _downsample(x, self.planes, self.stride, train, self.dtype)
-    return nn.relu(y + x)
-
-
-class Bottleneck(nn.Module):
-  """torchvision Bottleneck V1.5: 1x1 -> 3x3 (stride) -> 1x1 (x4), ReLU after the add."""
-  planes: int
-  stride: int = 1
-  dtype: Any = jnp.float32
-  expansion = 4
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    out = self.planes * self.expansion
-    y = layers.conv(self.planes, 1, name="conv1", dtype=self.dtype)(x)
-    y = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(y))
-    y = layers.conv(self.planes, 3, strides=self.stride, name="conv2", dtype=self.dtype)(y)
-    y = nn.relu(layers.batch_norm(train, name="bn2", dtype=self.dtype)(y))
-    y = layers.conv(out, 1, name="conv3", dtype=self.dtype)(y)
-    y = layers.batch_norm(train, name="bn3", dtype=self.dtype)(y)
-    if self.stride != 1 or x.shape[-1] != out:
-      x = _downsample(x, out, self.stride, train, self.dtype)
-    return nn.relu(y + x)
+# The blocks of resnetv2 with torchvision's name for the projection.
+BasicBlock = functools.partial(resnetv2.BasicBlock, projection="downsample")
+Bottleneck = functools.partial(resnetv2.Bottleneck, projection="downsample")
 
 
 class ImageNetResNet(nn.Module):
@@ -91,7 +52,8 @@ def _factory(name: str, block: Any, stage_sizes: Sequence[int]) -> Callable[...,
     return ImageNetResNet(num_classes=num_classes, aux_head=aux_head, dtype=dtype, block=block,
                           stage_sizes=tuple(stage_sizes))
   build.__name__ = name
-  build.__doc__ = f"ImageNet {name} ({block.__name__} x {list(stage_sizes)}), torchvision keys."
+  build.__doc__ = (f"ImageNet {name} ({block.func.__name__} x {list(stage_sizes)}), "
+                   f"torchvision keys.")
   return build
 
 

@@ -16,17 +16,23 @@ from kd_jax.models import layers
 TORCH_RENAMES = {"linear": "head", "linear2": "aux_head"}
 
 
-def _shortcut(x: jax.Array, out: int, stride: int, train: bool, dtype: Any) -> jax.Array:
-  """The 1x1 conv + BN projection, created inside the calling block's compact scope."""
-  x = layers.conv(out, 1, strides=stride, name="shortcut_0", dtype=dtype)(x)
-  return layers.batch_norm(train, name="shortcut_1", dtype=dtype)(x)
+def _projection(x: jax.Array, out: int, stride: int, train: bool, dtype: Any,
+                prefix: str) -> jax.Array:
+  """The 1x1 conv + BN projection (`{prefix}_0`, `{prefix}_1`) in the calling block's scope."""
+  x = layers.conv(out, 1, strides=stride, name=f"{prefix}_0", dtype=dtype)(x)
+  return layers.batch_norm(train, name=f"{prefix}_1", dtype=dtype)(x)
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 convs with BN; projection shortcut when stride != 1 or widths differ."""
+  """Two 3x3 convs with BN, ReLU after the add; projection when stride != 1 or widths differ.
+
+  `projection` names the projection's modules: `shortcut` (mdistiller/CRD) or `downsample`
+  (torchvision, used by the ImageNet ResNets).
+  """
   planes: int
   stride: int = 1
   dtype: Any = jnp.float32
+  projection: str = "shortcut"
   expansion = 1
 
   @nn.compact
@@ -36,15 +42,16 @@ class BasicBlock(nn.Module):
     y = layers.conv(self.planes, 3, name="conv2", dtype=self.dtype)(y)
     y = layers.batch_norm(train, name="bn2", dtype=self.dtype)(y)
     if self.stride != 1 or x.shape[-1] != self.planes:
-      x = _shortcut(x, self.planes, self.stride, train, self.dtype)
+      x = _projection(x, self.planes, self.stride, train, self.dtype, self.projection)
     return nn.relu(y + x)
 
 
 class Bottleneck(nn.Module):
-  """1x1 -> 3x3 (stride) -> 1x1 (x4 expansion) with BN; projection shortcut when needed."""
+  """1x1 -> 3x3 (stride, torchvision V1.5) -> 1x1 (x4) with BN, ReLU after the add."""
   planes: int
   stride: int = 1
   dtype: Any = jnp.float32
+  projection: str = "shortcut"
   expansion = 4
 
   @nn.compact
@@ -57,7 +64,7 @@ class Bottleneck(nn.Module):
     y = layers.conv(out, 1, name="conv3", dtype=self.dtype)(y)
     y = layers.batch_norm(train, name="bn3", dtype=self.dtype)(y)
     if self.stride != 1 or x.shape[-1] != out:
-      x = _shortcut(x, out, self.stride, train, self.dtype)
+      x = _projection(x, out, self.stride, train, self.dtype, self.projection)
     return nn.relu(y + x)
 
 
