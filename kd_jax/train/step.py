@@ -146,13 +146,27 @@ def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all):
 
 
 def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
-  """jit-compiled `fn(state, teacher_vars, data) -> state` running `num_steps` steps.
+  """`fn(state, teacher_vars, data) -> state` running `num_steps` steps, jit-compiled.
 
   data: (images_u8 [N,H,W,3], labels [N]) replicated, for in-memory datasets; or a dict with
   'image' [num_steps, B, H, W, 3] float32 and 'label' [num_steps, B] for streamed ones.
   The state is donated; stepping stops early (no-op steps) once `max_bad_steps` consecutive
   steps were non-finite, so the loop can report it at the next host sync.
+
+  On accelerators the steps run in one `lax.scan`. On CPU they are `num_steps` calls of the
+  compiled one-step function: XLA:CPU runs the convolutions of a while-loop body tens of times
+  slower than outside a loop (BENCHMARKS.md), and unrolling would multiply the compile time.
   """
+  if num_steps > 1 and spec.mesh.devices.flat[0].platform == "cpu":
+    one_step = make_train_fn(spec, 1)
+
+    def run_steps(state, teacher_vars, data):
+      for i in range(num_steps):
+        step_data = data if spec.in_memory else jax.tree.map(lambda a: a[i:i + 1], data)
+        state = one_step(state, teacher_vars, step_data)
+      return state
+    return run_steps
+
   def body(carry, xs, teacher_vars, data):
     state = carry
     if spec.in_memory:
@@ -163,18 +177,12 @@ def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
     new_state = _one_step(spec, state, teacher_vars, images, labels)
     return _tree_where(stopped, state, new_state), None
 
-  # XLA:CPU runs the convolutions of a while-loop body tens of times slower than the same
-  # ops outside a loop (benchmarks/README.md), so on CPU the steps are unrolled instead.
-  platform = spec.mesh.devices.flat[0].platform
-  unroll = num_steps if platform == "cpu" else 1
-
   def run(state, teacher_vars, data):
     step = functools.partial(body, teacher_vars=teacher_vars, data=data)
     if num_steps == 1:  # no loop at all
       xs = None if spec.in_memory else jax.tree.map(lambda a: a[0], data)
       return step(state, xs)[0]
-    xs = None if spec.in_memory else data
-    state, _ = jax.lax.scan(step, state, xs, length=num_steps, unroll=unroll)
+    state, _ = jax.lax.scan(step, state, None if spec.in_memory else data, length=num_steps)
     return state
 
   repl = NamedSharding(spec.mesh, P())
