@@ -85,6 +85,27 @@ def test_every_method_trains_on_1_and_8_devices_identically(method, tmp_path):
                              last_with(rec8, "eval/loss")["eval/loss"], rtol=2e-4)
 
 
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
+  """TensorBoard events beside metrics.jsonl, with the same values at the same steps."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny_config("kd", 8), workdir)
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"),
+                                           size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  tags = set(acc.Tags()["tensors"])
+  assert {"train/loss", "train/kd", "train/ce", "eval/top1", "lr"} <= tags, tags
+  records = read_metrics(workdir)
+  for tag in ("train/loss", "eval/top1"):
+    got = {e.step: float(tensor_util.make_ndarray(e.tensor_proto))
+           for e in acc.Tensors(tag)}
+    want = {r["step"]: r[tag] for r in records if tag in r}
+    assert sorted(got) == sorted(want) and want
+    for step, value in want.items():
+      np.testing.assert_allclose(got[step], value, rtol=1e-6)
+
+
 def test_resume_after_interruption_gives_identical_metrics(tmp_path):
   unbroken = str(tmp_path / "unbroken")
   loop.train_and_evaluate(tiny_config("kd", 8, steps=12), unbroken)

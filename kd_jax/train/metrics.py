@@ -32,10 +32,11 @@ class MetricWriter:
     self._tb = None
     if self.enabled and tensorboard:
       try:
-        from flax.metrics import tensorboard as flax_tb  # needs tensorflow
+        from flax.metrics import tensorboard as flax_tb  # needs tensorflow and tensorboard
         self._tb = flax_tb.SummaryWriter(os.path.join(workdir, "tensorboard"))
-      except ImportError:
-        self._tb = None
+      except ImportError as e:
+        print(f"warning: no TensorBoard events ({e}); metrics.jsonl is written as usual. "
+              f"pip install tensorflow-cpu tensorboard for them.", flush=True)
 
   def truncate_after(self, step: int) -> None:
     """Drops lines logged after `step` (they belong to work lost by an interruption)."""
