@@ -69,18 +69,29 @@ class Bottleneck(nn.Module):
 
 
 class ResNetV2(nn.Module):
-  """CIFAR ResNet with stages `layer{1..4}`; `block` is BasicBlock or Bottleneck."""
+  """ResNet with stages `layer{1..4}`; `block` is BasicBlock or Bottleneck.
+
+  The CIFAR stem is a 3x3 conv; `imagenet_stem` gives torchvision's 7x7/2 conv and 3x3/2
+  max-pool (kd_jax.models.imagenet_resnet).
+  """
   num_classes: int
   aux_head: Optional[str] = None
   dtype: Any = jnp.float32
   block: Any = BasicBlock
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  imagenet_stem: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
     x = x.astype(self.dtype)
-    x = layers.conv(64, 3, name="conv1", dtype=self.dtype)(x)
+    if self.imagenet_stem:
+      x = layers.conv(64, 7, strides=2, name="conv1", dtype=self.dtype)(x)
+    else:
+      x = layers.conv(64, 3, name="conv1", dtype=self.dtype)(x)
     x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
+    if self.imagenet_stem:
+      # PyTorch pads the max-pool with -inf, as does flax with explicit padding.
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, (n, planes, stride) in enumerate(
         zip(self.stage_sizes, (64, 128, 256, 512), (1, 2, 2, 2)), start=1):
       for i in range(n):
