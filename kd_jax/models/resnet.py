@@ -4,36 +4,21 @@ Post-activation BasicBlocks in three stages, no max-pool, global average pool, `
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd_jax.models import layers
+from kd_jax.models import layers, resnetv2
 
 # Torch head module paths -> flax head names (used by the importer).
 TORCH_RENAMES = {"fc": "head", "fc2": "aux_head"}
 
 
-class BasicBlock(nn.Module):
-  """conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU; projection `downsample_{0,1}` if needed."""
-  planes: int
-  stride: int = 1
-  downsample: bool = False
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = layers.conv(self.planes, 3, strides=self.stride, name="conv1", dtype=self.dtype)(x)
-    y = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(y))
-    y = layers.conv(self.planes, 3, name="conv2", dtype=self.dtype)(y)
-    y = layers.batch_norm(train, name="bn2", dtype=self.dtype)(y)
-    if self.downsample:
-      x = layers.conv(self.planes, 1, strides=self.stride, name="downsample_0",
-                      dtype=self.dtype)(x)
-      x = layers.batch_norm(train, name="downsample_1", dtype=self.dtype)(x)
-    return nn.relu(y + x)
+# mdistiller's post-activation block is resnetv2's, with the projection named `downsample`.
+BasicBlock = functools.partial(resnetv2.BasicBlock, projection="downsample")
 
 
 class CifarResNet(nn.Module):
@@ -52,13 +37,10 @@ class CifarResNet(nn.Module):
     x = x.astype(self.dtype)
     x = layers.conv(self.widths[0], 3, name="conv1", dtype=self.dtype)(x)
     x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
-    in_planes = self.widths[0]
     for stage, (planes, stride) in enumerate(zip(self.widths[1:], (1, 2, 2)), start=1):
       for i in range(n):
         s = stride if i == 0 else 1
-        x = BasicBlock(planes, s, downsample=(s != 1 or in_planes != planes),
-                       dtype=self.dtype, name=f"layer{stage}_{i}")(x, train)
-        in_planes = planes
+        x = BasicBlock(planes, s, dtype=self.dtype, name=f"layer{stage}_{i}")(x, train)
     h = layers.global_avg_pool(x)
     return layers.classifier_heads(h, self.num_classes, self.aux_head, train, self.dtype)
 
