@@ -6,8 +6,10 @@ import json
 import math
 import os
 import subprocess
+import re
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,3 +110,62 @@ def test_input_pipeline_cifar_and_imagenet_mock():
                    "imagenet_batch_ms", "cifar_over_train_step")
   assert rec["imagenet_source"] == "mock"
   assert isinstance(rec["cifar_headroom_ok"], bool)
+
+
+def _convolutions(hlo: str) -> list[tuple[str, bool]]:
+  """(op_name, inside a YNNPACK fusion) of every convolution in a compiled module's text."""
+  ynn_bodies = set(re.findall(r"calls=(%[\w.\-]+)[^\n]*\"kind\":\"__ynn_fusion\"", hlo))
+  convs, body = [], None
+  for line in hlo.splitlines():
+    m = re.match(r"(?:ENTRY )?(%[\w.\-]+) .*\{$", line)
+    if m:
+      body = m.group(1)
+    if " convolution(" in line:
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      convs.append((op_name.group(1) if op_name else "", body in ynn_bodies))
+  return convs
+
+
+def test_cpu_steps_compile_the_students_convolutions_in_xla_not_ynnpack():
+  """The real train and eval steps carry step.compiler_options on CPU.
+
+  By default XLA:CPU sends convolutions to YNNPACK, which runs them on one thread and computes
+  weight gradients ~4x slower (BENCHMARKS.md). With the options, no convolution of the
+  student's forward or backward pass (under `jvp`/`transpose`) goes there; YNNPACK's reduce
+  fusions may still absorb the last teacher-forward convolutions before a reduction.
+  """
+  sys.path.insert(0, BENCH)
+  import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import train_step  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from kd_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  args = train_step.parse_args(["--teacher", "resnet8", "--student", "resnet8", "--method",
+                                "kd", "--batch-size", "8", "--num-examples", "16",
+                                "--num-devices", "1"])
+  setup = train_step.build(args)
+  mesh = setup.spec.mesh
+  assert step_lib.compiler_options(mesh) is not None, "this jaxlib refused the CPU options"
+  train = _convolutions(step_lib.make_train_fn(setup.spec, 1).lower(
+      setup.state, setup.teacher_vars, setup.data).compile().as_text())
+  teacher_forward = [ynn for name, ynn in train if "/CifarResNet/" in name and "jvp(" not in name]
+  student = [ynn for name, ynn in train if "/CifarResNet/" not in name or "jvp(" in name]
+  # resnet8 has 9 convolutions: 9 forward, 9 weight gradients and 8 input gradients (no stem).
+  assert len(teacher_forward) == 9 and len(student) == 26, train
+  assert not any(student), f"student convolutions compiled into YNNPACK: {train}"
+
+  eval_fn = step_lib.make_eval_fn(setup.spec.student, setup.spec.mean, setup.spec.std, mesh,
+                                  in_memory=True)
+  batch = {"image": np.zeros((8, 32, 32, 3), np.uint8), "label": np.zeros((8,), np.int32),
+           "mask": np.ones((8,), bool)}
+  variables = {"params": setup.state.params, "batch_stats": setup.state.batch_stats}
+  evals = _convolutions(eval_fn.lower(variables, batch).compile().as_text())
+  # Without the options every one of the 9 would be a YNNPACK fusion.
+  assert len(evals) == 9 and sum(ynn for _, ynn in evals) < 9, evals
+
+  # The parser does see YNNPACK convolutions: XLA:CPU's default puts a plain one there
+  # (a cost model keeps tiny ones out: this one is a resnet8x4-sized layer at batch 8).
+  x, w = np.ones((8, 32, 32, 16), np.float32), np.ones((3, 3, 16, 32), np.float32)
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  assert [ynn for _, ynn in _convolutions(conv.lower(x, w).compile().as_text())] == [True], (
+      "XLA:CPU no longer sends convolutions to YNNPACK by default; re-measure whether "
+      "step.compiler_options is still needed")
