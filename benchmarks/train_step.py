@@ -164,7 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="timed steps per repeat (rounded up to whole dispatches)")
   p.add_argument("--dtype", default="float32", choices=list(config_lib.DTYPES))
   p.add_argument("--steps-per-dispatch", type=int, default=1,
-                 help="steps fused in one jitted lax.scan call (config.steps_per_dispatch)")
+                 help="steps per dispatch (config.steps_per_dispatch; one lax.scan on accelerators)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--repeats", type=int, default=1,
                  help="timed windows of --steps steps; the median is reported")

@@ -132,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 64
   c.seed = 0
   # Loop.
-  c.steps_per_dispatch = 1      # training steps fused in one jitted lax.scan call
+  c.steps_per_dispatch = 1      # training steps per dispatch (one lax.scan on accelerators)
   c.log_every_steps = 100
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000

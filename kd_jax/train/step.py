@@ -1,8 +1,10 @@
 """Pure train and eval steps: teacher forward, student forward/backward, update, in one jit.
 
-`make_train_fn` returns a function of (state, teacher_vars, data) that runs `n` steps in one
-`lax.scan`; the batch comes from device-resident data (CIFAR: gather + augmentation on device)
-or from host batches stacked on a leading axis (ImageNet). Non-finite steps are skipped.
+`make_train_fn` returns a function of (state, teacher_vars, data) that runs `n` steps (one
+`lax.scan` on accelerators, `n` calls of the compiled step on CPU); the batch comes from
+device-resident data (CIFAR: gather + augmentation on device) or from host batches stacked on a
+leading axis (ImageNet). Non-finite steps are skipped. On CPU the steps compile with
+`compiler_options`.
 """
 from __future__ import annotations
 
