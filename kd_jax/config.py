@@ -11,6 +11,8 @@ from typing import Any, Optional, Sequence
 
 import ml_collections
 
+from kd_jax.data import imagenet as imagenet_data
+
 METHODS = ("ce", "teacher", "kd", "dkd", "rld", "dhkd", "rkkd")
 # Methods RKKD's ranking term can be added to.
 RKKD_BASES = ("ce", "kd", "dkd", "rld", "dhkd")
@@ -90,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_split = "test"
   c.image_size = 0              # 0 = the dataset's (32 CIFAR, 224 ImageNet)
   c.tfds_name = ""              # streamed datasets: TFDS name if not `dataset` (e.g. a subset)
+  # Streamed (ImageNet) training crop: area fraction and width/height ranges of the random
+  # resized crop (torchvision defaults; DHKD's DALI loader uses (0.1, 1) and (0.8, 1.25)).
+  c.crop_area = (0.08, 1.0)
+  c.crop_aspect = (3.0 / 4.0, 4.0 / 3.0)
   # Models.
   c.student = "resnet8x4"
   c.aux_head = ""               # '' | 'linear' | 'nonlinear' (DHKD)
@@ -289,6 +295,8 @@ def _imagenet_protocol(config, pair_settings, method):
     loss.bkln_until_epoch = 50
     config.learning_rate = 0.1
     config.batch_size = 128
+    config.crop_area = (0.1, 1.0)      # its DALI random crop (recipes.md 3.5)
+    config.crop_aspect = (0.8, 1.25)
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,6 +328,20 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
   if not ok:
     what = "a finite number >= 0" if allow_zero else "a finite number > 0"
     raise ConfigError(f"config.{key}={value!r} is not accepted; expected {what}")
+
+
+def _crop_ranges(config) -> None:
+  """crop_area: 0 < lo <= hi <= 1; crop_aspect: 0 < lo <= hi; only streamed datasets."""
+  try:
+    imagenet_data.check_crop_ranges(config.crop_area, config.crop_aspect)
+  except imagenet_data.DataError as e:
+    raise ConfigError(f"config.{e}") from None
+  for key in ("crop_area", "crop_aspect"):
+    default = tuple(base_config()[key])
+    if config.dataset in IN_MEMORY_DATASETS and tuple(config[key]) != default:
+      raise ConfigError(f"config.{key}={tuple(config[key])} applies to the ImageNet random "
+                        f"resized crop only; dataset {config.dataset!r} uses a padded random "
+                        f"crop (keep the default {default})")
 
 
 def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
@@ -396,6 +418,7 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
               "loss.rank_weight", "loss.rank_top_k", "lr_warmup_epochs",
               "train_examples", "eval_examples", "num_devices"):
     _positive(config, key, allow_zero=True)
+  _crop_ranges(config)
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs} and config.num_train_steps="
                       f"{config.num_train_steps}: one of them must be > 0")

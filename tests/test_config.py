@@ -84,3 +84,38 @@ def test_ls_uses_published_settings_then_the_ls_defaults():
 def test_ls_on_imagenet_is_refused_not_guessed():
   with pytest.raises(ValueError, match="no published ImageNet settings"):
     dkd.get_config("imagenet_resnet34,imagenet_resnet18,ls")
+
+
+def test_dhkd_imagenet_uses_its_dali_crop_others_torchvisions():
+  """recipes.md 3.5: DHKD's ImageNet crop is area 0.1-1, aspect 0.8-1.25; section 2: 0.08-1."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import dhkd  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  c = dhkd.get_config("imagenet_resnet34,imagenet_resnet18")
+  assert (tuple(c.crop_area), tuple(c.crop_aspect)) == ((0.1, 1.0), (0.8, 1.25))
+  _validate(c)
+  c = kd.get_config("imagenet_resnet34,imagenet_resnet18")
+  assert tuple(c.crop_area) == (0.08, 1.0)
+  assert c.crop_aspect[0] == pytest.approx(3 / 4) and c.crop_aspect[1] == pytest.approx(4 / 3)
+  _validate(c)
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("crop_area", (0.0, 1.0), "0 < lo <= hi <= 1"),
+    ("crop_area", (0.5, 1.5), "0 < lo <= hi <= 1"),
+    ("crop_area", (0.9, 0.2), "0 < lo <= hi <= 1"),
+    ("crop_aspect", (1.25,), "0 < lo <= hi"),
+    ("crop_aspect", (-1.0, 2.0), "0 < lo <= hi"),
+])
+def test_bad_crop_range_is_refused_naming_it(key, value, needle):
+  c = kd.get_config("imagenet_resnet34,imagenet_resnet18")
+  c[key] = value
+  with pytest.raises(kdc.ConfigError, match=f"config.{key}=") as info:
+    _validate(c)
+  assert needle in str(info.value)
+
+
+def test_crop_range_on_cifar_is_refused():
+  c = kd.get_config()
+  c.crop_area = (0.1, 1.0)
+  with pytest.raises(kdc.ConfigError, match="ImageNet random resized crop only"):
+    _validate(c)

@@ -400,6 +400,44 @@ def test_random_resized_crop_window_bounds():
   np.testing.assert_array_equal(box, [0, (1000 - 13) // 2, 10, 13])
 
 
+def test_random_resized_crop_window_takes_the_configured_ranges():
+  """DHKD's crop (area 0.1-1, aspect 0.8-1.25): every fitted window lies in those ranges."""
+  area_range, aspect_range = (0.1, 1.0), (0.8, 1.25)
+  areas, ratios = [], []
+  for i in range(200):
+    y, x, h, w = imagenet_lib.random_resized_crop_window(
+        tf.constant([300, 400, 3]), tf.constant([5, i], tf.int64), area_range=area_range,
+        aspect_range=aspect_range).numpy()
+    assert 0 <= y and y + h <= 300 and 0 <= x and x + w <= 400
+    areas.append(h * w / (300 * 400))
+    ratios.append(w / h)
+  # Rounding h and w (>= 100 px here) to whole pixels moves the ratio by at most ~1%, the
+  # area by at most ~2%.
+  assert 0.1 / 1.02 <= min(areas) and max(areas) <= 1.0 and min(areas) < 0.2
+  assert 0.8 / 1.01 <= min(ratios) and max(ratios) <= 1.25 * 1.01
+  assert min(ratios) < 0.85 and max(ratios) > 1.2
+  # The same seeds with the default ranges give ratios outside 0.8-1.25.
+  default = [imagenet_lib.random_resized_crop_window(
+      tf.constant([300, 400, 3]), tf.constant([5, i], tf.int64)).numpy() for i in range(200)]
+  assert any(not 0.8 <= w / h <= 1.25 for _, _, h, w in default)
+  # No attempt fits a 10x1000 strip: the fallback clamps to the configured aspect (1.25).
+  box = imagenet_lib.random_resized_crop_window(
+      tf.constant([10, 1000, 3]), tf.constant([0, 0], tf.int64), area_range=area_range,
+      aspect_range=aspect_range).numpy()
+  np.testing.assert_array_equal(box, [0, (1000 - 12) // 2, 10, 12])  # round(10 * 1.25) = 12
+
+
+@pytest.mark.parametrize("crop_area,crop_aspect", [((0.0, 1.0), (0.8, 1.25)),
+                                                   ((0.1, 1.2), (0.8, 1.25)),
+                                                   ((0.1, 1.0), (1.3, 1.25)),
+                                                   ((0.1, 1.0), 1.25)])
+def test_imagenet_train_refuses_bad_crop_ranges(crop_area, crop_aspect, tmp_path):
+  with pytest.raises(data.DataError, match="crop_a") as info:
+    data.imagenet_train(str(tmp_path), batch_size=8, seed=0, crop_area=crop_area,
+                        crop_aspect=crop_aspect)
+  assert "0 < lo <= hi" in str(info.value)
+
+
 def test_resize_shorter_center_crop():
   image = tf.constant(np.random.default_rng(0).integers(0, 256, (256, 300, 3)), tf.uint8)
   out = imagenet_lib.resize_shorter_center_crop(image, resize_size=256, crop_size=224)

@@ -235,6 +235,7 @@ def test_streamed_imagenet_path_trains_and_resumes(tmp_path):
     c = tiny_config("kd", 8, steps=steps)
     c.dataset, c.tfds_name, c.data_dir = "imagenet2012", "fake_imagenet", data_dir
     c.num_classes, c.image_size, c.eval_split = 1000, 32, "validation"
+    c.crop_area, c.crop_aspect = (0.1, 1.0), (0.8, 1.25)  # DHKD's ImageNet crop
     return c
 
   unbroken = str(tmp_path / "unbroken")

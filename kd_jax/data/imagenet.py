@@ -5,6 +5,7 @@ Training batches are deterministic in (seed, step) and resumable; eval batches a
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Iterator, Sequence
@@ -17,8 +18,8 @@ from kd_jax.data.common import DataError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_SCALE = (0.08, 1.0)       # torchvision RandomResizedCrop defaults.
-_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CROP_AREA = (0.08, 1.0)    # torchvision RandomResizedCrop defaults: area fraction,
+CROP_ASPECT = (3.0 / 4.0, 4.0 / 3.0)   # and width / height.
 _ATTEMPTS = 10
 _CROP_FRACTION = 0.875     # Resize(256) + CenterCrop(224).
 _MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -28,11 +29,14 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
                    start_step: int = 0, image_size: int = 224,
                    process_index: int = 0, process_count: int = 1,
                    name: str = "imagenet2012", split: str = "train",
-                   shuffle_buffer: int = 10_000) -> Iterator[dict]:
+                   shuffle_buffer: int = 10_000,
+                   crop_area: Sequence[float] = CROP_AREA,
+                   crop_aspect: Sequence[float] = CROP_ASPECT) -> Iterator[dict]:
   """Endless per-process stream {'image': float32 [b,s,s,3] normalised, 'label': int32 [b]}.
 
-  RandomResizedCrop (scale 0.08-1, log-uniform ratio 3/4-4/3, 10 tries then a
-  centre crop, bilinear) + flip p=0.5. Each epoch reads this process's shard
+  RandomResizedCrop (area fraction ~ U(crop_area), default 0.08-1; log-uniform aspect
+  ratio in crop_aspect, default 3/4-4/3; 10 tries then a centre crop; bilinear) + flip
+  p=0.5. Each epoch reads this process's shard
   (tfds.split_for_jax_process, remainder dropped) with a (seed, epoch)-seeded file
   and buffer shuffle and keeps N // batch_size full batches; per-example crops use
   stateless seeds (seed, epoch, process, position). So the stream from start_step
@@ -40,6 +44,7 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
   """
   _check_positive(batch_size=batch_size, image_size=image_size,
                   process_count=process_count, shuffle_buffer=shuffle_buffer)
+  crop_area, crop_aspect = check_crop_ranges(crop_area, crop_aspect)
   if start_step < 0:
     raise DataError(f"start_step={start_step}; accepted: a non-negative integer.")
   tfds = common.import_tfds()
@@ -63,7 +68,8 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
                               epoch=epoch, process_index=process_index,
                               steps=spe, skip_batches=skip_batches,
                               batch_size=batch_size, image_size=image_size,
-                              shuffle_buffer=shuffle_buffer)
+                              shuffle_buffer=shuffle_buffer, crop_area=crop_area,
+                              crop_aspect=crop_aspect)
       yield from epoch_ds.as_numpy_iterator()
       epoch, skip_batches = epoch + 1, 0
 
@@ -117,6 +123,23 @@ def imagenet_eval(data_dir: str | None, *, batch_size: int, image_size: int = 22
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def check_crop_ranges(crop_area: Sequence[float], crop_aspect: Sequence[float]
+                      ) -> tuple[tuple[float, float], tuple[float, float]]:
+  """(lo, hi) pairs with 0 < area lo <= hi <= 1 and 0 < aspect lo <= hi, else DataError."""
+  out = []
+  for key, value, top in (("crop_area", crop_area, 1.0), ("crop_aspect", crop_aspect, None)):
+    try:
+      lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+      lo = hi = math.nan
+    if not (0 < lo <= hi and (top is None or hi <= top) and math.isfinite(hi)):
+      bound = " <= 1" if top else ""
+      raise DataError(f"{key}={value!r}; accepted: two numbers (lo, hi) with 0 < lo <= hi"
+                      f"{bound}.")
+    out.append((lo, hi))
+  return out[0], out[1]
 
 
 def _check_positive(**values: int) -> None:
@@ -174,7 +197,8 @@ def _seed_int(*parts: int) -> int:
 
 def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
                  process_index: int, steps: int, skip_batches: int, batch_size: int,
-                 image_size: int, shuffle_buffer: int):
+                 image_size: int, shuffle_buffer: int, crop_area: Sequence[float],
+                 crop_aspect: Sequence[float]):
   """One epoch of augmented batches, with the first skip_batches skipped undecoded."""
   tf = common.import_tf()
   shuffle_seed = _seed_int(seed, epoch, 0)
@@ -188,7 +212,7 @@ def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
     example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
     crop_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(example_seed, num=2))
-    image = _decode_random_crop(ex["image"], crop_seed)
+    image = _decode_random_crop(ex["image"], crop_seed, crop_area, crop_aspect)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear",
                             antialias=True)
     flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
@@ -205,22 +229,25 @@ def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
 # ----------------------------------------------------------------------------- image ops
 
 
-def random_resized_crop_window(shape, seed):
+def random_resized_crop_window(shape, seed, area_range: Sequence[float] = CROP_AREA,
+                               aspect_range: Sequence[float] = CROP_ASPECT):
   """torchvision RandomResizedCrop box [y, x, h, w] (int32) for an image of `shape`.
 
-  10 tries of area ~ U(0.08, 1) * H * W and log-ratio ~ U(log 3/4, log 4/3);
-  the first that fits is placed uniformly; otherwise a ratio-clamped centre crop.
+  10 tries of area ~ U(area_range) * H * W and log-ratio ~ U(log aspect_range) (defaults
+  0.08-1 and 3/4-4/3); the first that fits is placed uniformly; otherwise a ratio-clamped
+  centre crop.
   """
   tf = common.import_tf()
   height = tf.cast(shape[0], tf.float32)
   width = tf.cast(shape[1], tf.float32)
   s_area, s_ratio, s_y, s_x = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=4))
-  area = tf.random.stateless_uniform([_ATTEMPTS], seed=s_area, minval=_SCALE[0],
-                                     maxval=_SCALE[1]) * height * width
+  lo_ratio, hi_ratio = (float(v) for v in aspect_range)
+  area = tf.random.stateless_uniform([_ATTEMPTS], seed=s_area, minval=float(area_range[0]),
+                                     maxval=float(area_range[1])) * height * width
   log_ratio = tf.random.stateless_uniform([_ATTEMPTS], seed=s_ratio,
-                                          minval=math.log(_RATIO[0]),
-                                          maxval=math.log(_RATIO[1]))
+                                          minval=math.log(lo_ratio),
+                                          maxval=math.log(hi_ratio))
   ratio = tf.exp(log_ratio)
   ws = tf.round(tf.sqrt(area * ratio))
   hs = tf.round(tf.sqrt(area / ratio))
@@ -228,9 +255,9 @@ def random_resized_crop_window(shape, seed):
   first = tf.argmax(tf.cast(fits, tf.int32))
   # Fallback (no attempt fits): clamp the aspect ratio, centre the crop.
   in_ratio = width / height
-  fb_w = tf.where(in_ratio < _RATIO[0], width,
-                  tf.where(in_ratio > _RATIO[1], tf.round(height * _RATIO[1]), width))
-  fb_h = tf.where(in_ratio < _RATIO[0], tf.round(width / _RATIO[0]), height)
+  fb_w = tf.where(in_ratio < lo_ratio, width,
+                  tf.where(in_ratio > hi_ratio, tf.round(height * hi_ratio), width))
+  fb_h = tf.where(in_ratio < lo_ratio, tf.round(width / lo_ratio), height)
   any_fit = tf.reduce_any(fits)
   crop_h = tf.where(any_fit, tf.gather(hs, first), fb_h)
   crop_w = tf.where(any_fit, tf.gather(ws, first), fb_w)
@@ -245,17 +272,19 @@ def random_resized_crop_window(shape, seed):
   return tf.cast(tf.stack([y, x, crop_h, crop_w]), tf.int32)
 
 
-def _decode_random_crop(image_bytes, seed):
+def _decode_random_crop(image_bytes, seed, area_range, aspect_range):
   """Decodes only the random-resized-crop window (JPEG fast path, any format)."""
   tf = common.import_tf()
+  window_of = functools.partial(random_resized_crop_window, seed=seed, area_range=area_range,
+                                aspect_range=aspect_range)
 
   def jpeg():
-    window = random_resized_crop_window(tf.io.extract_jpeg_shape(image_bytes), seed)
+    window = window_of(tf.io.extract_jpeg_shape(image_bytes))
     return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
 
   def other():
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    y, x, h, w = tf.unstack(random_resized_crop_window(tf.shape(image), seed))
+    y, x, h, w = tf.unstack(window_of(tf.shape(image)))
     return image[y:y + h, x:x + w]
 
   image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)

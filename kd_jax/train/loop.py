@@ -179,7 +179,8 @@ def _setup_data(config, mesh) -> _Data:
   def train_iter(start_step):
     return data_lib.imagenet_train(
         data_dir, batch_size=config.batch_size // pc, seed=config.seed, start_step=start_step,
-        image_size=size, process_index=pi, process_count=pc, name=name)
+        image_size=size, process_index=pi, process_count=pc, name=name,
+        crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect))
 
   def eval_iter():
     return data_lib.imagenet_eval(
