@@ -248,3 +248,56 @@ def test_streamed_imagenet_path_trains_and_resumes(tmp_path):
   assert ev["step"] == 6 and 0.0 <= ev["eval/top1"] <= 1.0
   for key in ("train/loss", "eval/loss"):
     assert last_with(a, key)[key] == last_with(b, key)[key], key
+
+
+def test_low_precision_teacher_is_checked_against_float32(tmp_path, monkeypatch, capsys):
+  """teacher_dtype=bfloat16 runs the bf16 teacher only within the tolerance; else float32."""
+  def run(name, dtype, tolerance):
+    monkeypatch.setattr(loop, "LOW_PRECISION_TEACHER_TOLERANCE", tolerance)
+    config = tiny_config("kd", 1, steps=4)
+    config.teacher_dtype = dtype
+    loop.train_and_evaluate(config, str(tmp_path / name))
+    return read_metrics(str(tmp_path / name))
+
+  f32 = run("f32", "float32", 1e-2)
+  assert all("teacher/low_precision_logit_dev" not in r for r in f32)
+  kept = run("kept", "bfloat16", 1.0)
+  assert "logits within" in capsys.readouterr().out
+  dev = last_with(kept, "teacher/low_precision_logit_dev")["teacher/low_precision_logit_dev"]
+  assert 0 < dev < 0.1  # bf16 really ran, and is close
+  fell_back = run("fell_back", "bfloat16", dev / 2)
+  assert "the teacher runs in float32 instead" in capsys.readouterr().out
+  key = "train/loss"
+  assert last_with(fell_back, key)[key] == last_with(f32, key)[key]
+  assert last_with(kept, key)[key] != last_with(f32, key)[key]
+
+
+def test_logit_deviation_is_max_change_over_logit_scale():
+  """make_logit_deviation_fn against a numpy transcription; masked rows do not count."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from kd_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  class Linear(nn.Module):  # the same variables; `shift` moves one logit of every example
+    shift: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      z = nn.Dense(5, name="head")(x.reshape(x.shape[0], -1))
+      return z.at[:, 2].add(self.shift)
+
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(6, 4, 4, 3)).astype(np.uint8)
+  mask = np.array([True, True, True, False, True, False])
+  mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+  variables = Linear().init(jax.random.PRNGKey(0), np.zeros((1, 4, 4, 3), np.float32))
+  dev_fn = step_lib.make_logit_deviation_fn(Linear(shift=0.125), Linear(), mean, std, mesh,
+                                            in_memory=True)
+  labels = np.zeros(6, np.int32)
+  dev = dev_fn(variables, {"image": images, "label": labels, "mask": mask})
+  x = (images / 255.0 - np.array(mean)) / np.array(std)
+  w = np.asarray(variables["params"]["head"]["kernel"], np.float64)
+  b = np.asarray(variables["params"]["head"]["bias"], np.float64)
+  r = x.reshape(6, -1) @ w + b
+  np.testing.assert_allclose(float(dev), 0.125 / np.abs(r[mask]).max(), rtol=1e-5)
+  assert float(dev) != pytest.approx(0.125 / np.abs(r).max(), rel=1e-3)  # mask matters

@@ -289,6 +289,31 @@ def _meta(step, best, elapsed, config) -> dict:
           "elapsed_s": float(elapsed), "student": config.student, "method": config.method}
 
 
+# A low-precision teacher runs only while its logits stay this close to float32's (relative to
+# the logit scale, step.make_logit_deviation_fn); otherwise the run uses the float32 teacher.
+LOW_PRECISION_TEACHER_TOLERANCE = 1e-2
+
+
+def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars, data: _Data,
+                                   mesh) -> tuple[step_lib.StepSpec, float]:
+  """(spec, dev): the teacher of config.teacher_dtype if its logits on the first eval batch
+  are within LOW_PRECISION_TEACHER_TOLERANCE of float32's, else spec with a float32 teacher."""
+  reference = models.create(config.teacher, config.num_classes, dtype=jnp.float32)
+  dev_fn = step_lib.make_logit_deviation_fn(spec.teacher, reference, spec.mean, spec.std, mesh,
+                                            data.in_memory)
+  batch = next(iter(data.eval_iter()))
+  dev = float(jax.device_get(dev_fn(teacher_vars, _to_global_batch(batch, mesh))))
+  if dev <= LOW_PRECISION_TEACHER_TOLERANCE:
+    print(f"teacher {config.teacher} in {config.teacher_dtype}: logits within {dev:.2g} of "
+          f"float32 (relative to their scale) on the first eval batch", flush=True)
+    return spec, dev
+  print(f"teacher {config.teacher}: config.teacher_dtype={config.teacher_dtype!r} moves its "
+        f"logits by {dev:.3g} of their scale on the first eval batch, more than the "
+        f"{LOW_PRECISION_TEACHER_TOLERANCE:g} accepted; the teacher runs in float32 instead",
+        flush=True)
+  return dataclasses.replace(spec, teacher=reference), dev
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Trains and evaluates the configured student; resumes from `workdir` if it holds a run."""
   t_start = time.time()
@@ -328,6 +353,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
 
   train_fns: dict[int, Callable] = {}
   eval_fn = step_lib.make_eval_fn(student, spec.mean, spec.std, mesh, data.in_memory)
+
+  if teacher is not None and config.teacher_dtype != "float32":
+    spec, dev = _checked_low_precision_teacher(config, spec, teacher_vars, data, mesh)
+    teacher = spec.teacher
+    if step == 0:
+      writer.write(0, {"teacher/low_precision_logit_dev": dev})
 
   if step == 0 and teacher is not None:
     t_eval = evaluate(step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh,

@@ -220,6 +220,32 @@ def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
                  donate_argnums=(0,), compiler_options=compiler_options(spec.mesh))
 
 
+def make_logit_deviation_fn(model: nn.Module, reference: nn.Module, spec_mean, spec_std,
+                            mesh, in_memory: bool):
+  """jit `fn(variables, batch) -> dev`, how far `model`'s logits are from `reference`'s.
+
+  dev = max_{i, c} |z_ic - r_ic| / max_{i, c} |r_ic| over the unmasked examples i of the padded
+  batch: the largest logit change relative to the logit scale. Used to check that a
+  bfloat16 teacher stays within tolerance of the float32 one on the same variables.
+  """
+  def logits(module, variables, images):
+    out = module.apply(variables, images, train=False)
+    return (out[0] if isinstance(out, tuple) else out).astype(jnp.float32)
+
+  def run(variables, batch):
+    images = batch["image"]
+    if in_memory:
+      images = data_lib.normalize(images, spec_mean, spec_std)
+    z, r = logits(model, variables, images), logits(reference, variables, images)
+    mask = batch["mask"][:, None]
+    return (jnp.max(jnp.where(mask, jnp.abs(z - r), 0.0)) /
+            jnp.maximum(jnp.max(jnp.where(mask, jnp.abs(r), 0.0)), 1e-30))
+
+  repl = NamedSharding(mesh, P())
+  return jax.jit(run, in_shardings=(repl, _batch_sharding(mesh)), out_shardings=repl,
+                 compiler_options=compiler_options(mesh))
+
+
 def make_eval_fn(model: nn.Module, spec_mean, spec_std, mesh, in_memory: bool):
   """jit-compiled `fn(variables, batch) -> sums` over a padded, masked batch.
 
