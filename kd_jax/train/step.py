@@ -220,6 +220,15 @@ def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
                  donate_argnums=(0,), compiler_options=compiler_options(spec.mesh))
 
 
+def _eval_logits(module: nn.Module, variables, batch, mean, std, in_memory: bool) -> jax.Array:
+  """float32 main-head logits of `module` in eval mode (in-memory images are normalized here)."""
+  images = batch["image"]
+  if in_memory:
+    images = data_lib.normalize(images, mean, std)
+  out = module.apply(variables, images, train=False)
+  return (out[0] if isinstance(out, tuple) else out).astype(jnp.float32)
+
+
 def make_logit_deviation_fn(model: nn.Module, reference: nn.Module, spec_mean, spec_std,
                             mesh, in_memory: bool):
   """jit `fn(variables, batch) -> dev`, how far `model`'s logits are from `reference`'s.
@@ -228,15 +237,9 @@ def make_logit_deviation_fn(model: nn.Module, reference: nn.Module, spec_mean, s
   batch: the largest logit change relative to the logit scale. Used to check that a
   bfloat16 teacher stays within tolerance of the float32 one on the same variables.
   """
-  def logits(module, variables, images):
-    out = module.apply(variables, images, train=False)
-    return (out[0] if isinstance(out, tuple) else out).astype(jnp.float32)
-
   def run(variables, batch):
-    images = batch["image"]
-    if in_memory:
-      images = data_lib.normalize(images, spec_mean, spec_std)
-    z, r = logits(model, variables, images), logits(reference, variables, images)
+    z, r = (_eval_logits(m, variables, batch, spec_mean, spec_std, in_memory)
+            for m in (model, reference))
     mask = batch["mask"][:, None]
     return (jnp.max(jnp.where(mask, jnp.abs(z - r), 0.0)) /
             jnp.maximum(jnp.max(jnp.where(mask, jnp.abs(r), 0.0)), 1e-30))
@@ -253,11 +256,7 @@ def make_eval_fn(model: nn.Module, spec_mean, spec_std, mesh, in_memory: bool):
   the caller adds them up and every example of the split counts exactly once.
   """
   def run(variables, batch):
-    images = batch["image"]
-    if in_memory:
-      images = data_lib.normalize(images, spec_mean, spec_std)
-    out = model.apply(variables, images, train=False)
-    logits = (out[0] if isinstance(out, tuple) else out).astype(jnp.float32)
+    logits = _eval_logits(model, variables, batch, spec_mean, spec_std, in_memory)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
     k = min(5, logits.shape[-1])
     topk = jax.lax.top_k(logits, k)[1]
