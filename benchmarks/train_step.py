@@ -33,18 +33,23 @@ from kd_jax.train import step as step_lib  # pylint: disable=wrong-import-positi
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_config(args: argparse.Namespace) -> Any:
-  """The run config: base_config + method_defaults (rkkd on base 'kd'), synthetic data."""
+def method_config(method: str, teacher: str, student: str, dtype: str) -> Any:
+  """base_config + method_defaults (rkkd on base 'kd') on synthetic data, random teacher."""
   config = config_lib.base_config()
-  config_lib.method_defaults(config, args.method,
-                             base_method="kd" if args.method == "rkkd" else args.method)
+  config_lib.method_defaults(config, method, base_method="kd" if method == "rkkd" else method)
   config.dataset = "synthetic"
   config.num_classes = config_lib.NUM_CLASSES["synthetic"]
-  config.student = args.student
+  config.student = student
   if config_lib.needs_teacher(config):
-    config.teacher = args.teacher
+    config.teacher = teacher
     config.teacher_checkpoint = "random:0"
-  config.dtype = config.teacher_dtype = args.dtype
+  config.dtype = config.teacher_dtype = dtype
+  return config
+
+
+def build_config(args: argparse.Namespace) -> Any:
+  """The run config of `method_config`, sized for the timed steps."""
+  config = method_config(args.method, args.teacher, args.student, args.dtype)
   config.batch_size = args.batch_size
   config.steps_per_dispatch = args.steps_per_dispatch
   config.num_train_steps = (args.warmup + args.steps) * args.repeats + args.steps_per_dispatch

@@ -169,3 +169,27 @@ def test_cpu_steps_compile_the_students_convolutions_in_xla_not_ynnpack():
   assert [ynn for _, ynn in _convolutions(conv.lower(x, w).compile().as_text())] == [True], (
       "XLA:CPU no longer sends convolutions to YNNPACK by default; re-measure whether "
       "step.compiler_options is still needed")
+
+
+def test_epoch_seconds_are_differences_of_the_eval_marks():
+  sys.path.insert(0, BENCH)
+  import epoch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  records = [{"step": 0, "teacher/top1": 0.1},
+             {"step": 5, "train/loss": 1.0, "elapsed_s": 3.0},
+             {"step": 10, "eval/top1": 0.2, "elapsed_s": 7.5},
+             {"step": 15, "train/loss": 0.9, "elapsed_s": 8.0},
+             {"step": 20, "eval/top1": 0.3, "elapsed_s": 9.25}]
+  assert epoch.epoch_seconds(records) == [7.5, 1.75]
+
+
+def test_epoch_benchmark_runs_the_real_loop():
+  lines = _run([sys.executable, os.path.join(BENCH, "epoch.py"), "--teacher", "resnet8",
+                "--student", "resnet8", "--batch-size", "16", "--eval-batch-size", "16",
+                "--epochs", "2", "--train-examples", "168", "--eval-examples", "40",
+                "--steps-per-dispatch", "2"])
+  rec = json.loads(lines[-1])
+  assert rec["kind"] == "epoch" and rec["epochs"] == 2 and len(rec["epoch_s"]) == 2
+  assert rec["train_images_per_epoch"] == 160  # 10 full batches of 16
+  assert rec["steady_epoch_s"] == rec["epoch_s"][1]
+  _positive_finite(rec, "first_epoch_s", "steady_epoch_s", "steady_train_images_per_sec")
+  assert 0.0 <= rec["final_eval_top1"] <= 1.0
