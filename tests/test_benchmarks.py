@@ -193,3 +193,19 @@ def test_epoch_benchmark_runs_the_real_loop():
   assert rec["steady_epoch_s"] == rec["epoch_s"][1]
   _positive_finite(rec, "first_epoch_s", "steady_epoch_s", "steady_train_images_per_sec")
   assert 0.0 <= rec["final_eval_top1"] <= 1.0
+
+
+def test_refused_cpu_options_compile_without_them_and_say_so(monkeypatch, capsys):
+  """A jaxlib without the YNNPACK option must not fail every compile: no options, one line."""
+  import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from kd_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  monkeypatch.setattr(step_lib, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
+  step_lib._cpu_options_supported.cache_clear()  # pylint: disable=protected-access
+  try:
+    assert step_lib.compiler_options(mesh) is None
+    assert "refuses the XLA:CPU options" in capsys.readouterr().err
+  finally:
+    step_lib._cpu_options_supported.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.undo()
+  assert step_lib.compiler_options(mesh) is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -42,7 +43,10 @@ def _cpu_options_supported() -> bool:
   try:
     jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(
         jax.ShapeDtypeStruct((), jnp.float32)).compile()
-  except Exception:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"kd_jax: this jaxlib ({jax.__version__}) refuses the XLA:CPU options "
+          f"{_CPU_COMPILER_OPTIONS} ({str(e).splitlines()[0][:200]}); compiling without them, "
+          "so CPU convolutions may run several times slower (BENCHMARKS.md)", file=sys.stderr)
     return False
   return True
 
