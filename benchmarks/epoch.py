@@ -28,7 +28,6 @@ import jax  # pylint: disable=wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # pylint: disable=wrong-import-position
 
-from kd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from kd_jax.train import loop  # pylint: disable=wrong-import-position
 
 
@@ -80,18 +79,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--teacher", default="resnet32x4")
-  p.add_argument("--student", default="resnet8x4")
-  p.add_argument("--method", default="kd",
-                 choices=[m for m in config_lib.METHODS if m != "teacher"])
-  p.add_argument("--batch-size", type=int, default=64, help="global batch")
+  train_step.add_run_args(p)
   p.add_argument("--eval-batch-size", type=int, default=64)
   p.add_argument("--epochs", type=int, default=3, help="epoch 1 includes set-up and compilation")
-  p.add_argument("--dtype", default="float32", choices=list(config_lib.DTYPES))
-  p.add_argument("--steps-per-dispatch", type=int, default=1)
   p.add_argument("--train-examples", type=int, default=50000)
   p.add_argument("--eval-examples", type=int, default=10000)
-  p.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")
   p.add_argument("--workdir", default="", help="keep the run here (default: a temp dir)")
   args = p.parse_args(argv)
   for name in ("batch_size", "eval_batch_size", "epochs", "steps_per_dispatch",

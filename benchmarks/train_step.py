@@ -158,24 +158,29 @@ def run(args: argparse.Namespace) -> dict:
   }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_args(p: argparse.ArgumentParser) -> None:
+  """The arguments of `method_config` and the batch shape, shared with epoch.py."""
   p.add_argument("--teacher", default="resnet32x4")
   p.add_argument("--student", default="resnet8x4")
   p.add_argument("--method", default="kd",
                  choices=[m for m in config_lib.METHODS if m != "teacher"])
   p.add_argument("--batch-size", type=int, default=64, help="global batch")
-  p.add_argument("--steps", type=int, default=20,
-                 help="timed steps per repeat (rounded up to whole dispatches)")
   p.add_argument("--dtype", default="float32", choices=list(config_lib.DTYPES))
   p.add_argument("--steps-per-dispatch", type=int, default=1,
                  help="steps per dispatch (config.steps_per_dispatch; one lax.scan on accelerators)")
+  p.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_run_args(p)
+  p.add_argument("--steps", type=int, default=20,
+                 help="timed steps per repeat (rounded up to whole dispatches)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--repeats", type=int, default=1,
                  help="timed windows of --steps steps; the median is reported")
   p.add_argument("--num-examples", type=int, default=50000,
                  help="size of the synthetic device-resident training split (CIFAR: 50000)")
-  p.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   for name in ("batch_size", "steps", "steps_per_dispatch", "repeats", "num_examples"):
