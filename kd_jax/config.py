@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 import ml_collections
 
 from kd_jax.data import imagenet as imagenet_data
+from kd_jax.errors import ConfigError
 
 METHODS = ("ce", "teacher", "kd", "dkd", "rld", "dhkd", "rkkd")
 # Methods RKKD's ranking term can be added to.
@@ -301,10 +302,6 @@ def _imagenet_protocol(config, pair_settings, method):
 
 # ---------------------------------------------------------------------------------------
 # Validation: every check names the key, the bad value and what is accepted.
-
-
-class ConfigError(ValueError):
-  """A bad configuration value, detected before anything is compiled."""
 
 
 def _choice(config, key: str, accepted: Sequence[Any]) -> None:

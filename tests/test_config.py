@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from kd_jax import errors
 from kd_jax import config as kdc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,13 +45,13 @@ def test_rkkd_on_dkd_takes_the_dkd_defaults_and_the_pair_beta():
 def test_overriding_the_base_after_the_defaults_is_refused():
   c = rkkd.get_config("resnet32x4,resnet8x4")
   c.base_method = "dkd"  # what --config.base_method=dkd does
-  with pytest.raises(kdc.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     _validate(c)
   assert "config.base_method='dkd'" in str(e.value)
   assert "configs/rkkd.py:dkd" in str(e.value) and "'rkkd/kd'" in str(e.value)
   c = kd.get_config()
   c.method = "dkd"  # --config.method=dkd on the KD config
-  with pytest.raises(kdc.ConfigError, match=r"configs/dkd\.py"):
+  with pytest.raises(errors.ConfigError, match=r"configs/dkd\.py"):
     _validate(c)
 
 
@@ -109,7 +110,7 @@ def test_dhkd_imagenet_uses_its_dali_crop_others_torchvisions():
 def test_bad_crop_range_is_refused_naming_it(key, value, needle):
   c = kd.get_config("imagenet_resnet34,imagenet_resnet18")
   c[key] = value
-  with pytest.raises(kdc.ConfigError, match=f"config.{key}=") as info:
+  with pytest.raises(errors.ConfigError, match=f"config.{key}=") as info:
     _validate(c)
   assert needle in str(info.value)
 
@@ -117,5 +118,5 @@ def test_bad_crop_range_is_refused_naming_it(key, value, needle):
 def test_crop_range_on_cifar_is_refused():
   c = kd.get_config()
   c.crop_area = (0.1, 1.0)
-  with pytest.raises(kdc.ConfigError, match="ImageNet random resized crop only"):
+  with pytest.raises(errors.ConfigError, match="ImageNet random resized crop only"):
     _validate(c)

@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from kd_jax import errors
 from kd_jax import methods
 from kd_jax import models
 from kd_jax.train import checkpoint as ckpt_lib
@@ -103,7 +104,7 @@ def test_consecutive_bad_steps_stop_the_run_keeping_good_checkpoints(tmp_path):
   workdir = str(tmp_path / "run")
   # A learning rate this large makes the weights blow up within a few steps.
   config = tiny("ce", steps=40, learning_rate=1e30, max_bad_steps=3)
-  with pytest.raises(loop.TrainingError, match="consecutive non-finite training steps"):
+  with pytest.raises(errors.TrainingError, match="consecutive non-finite training steps"):
     loop.train_and_evaluate(config, workdir)
   steps = saved_steps(workdir)
   assert steps, "the checkpoints before the fault must be kept"
@@ -120,7 +121,7 @@ def test_checkpointer_refuses_non_finite_state(tmp_path):
   del spec
   state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
   ck = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
-  with pytest.raises(ckpt_lib.CheckpointError, match="non-finite"):
+  with pytest.raises(errors.CheckpointError, match="non-finite"):
     ck.save(1, state, {})
   ck.wait()
   assert not ck.latest.all_steps()
@@ -140,8 +141,9 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
       with open(path, "wb") as f:
         f.write(b"\x00garbage")
   result = loop.train_and_evaluate(tiny("kd", steps=8), workdir)
-  out = capsys.readouterr().out
-  assert "step 6" in out and "unreadable" in out and "Resuming from step 4" in out
+  captured = capsys.readouterr()
+  assert "step 6" in captured.err and "unreadable" in captured.err
+  assert "Resuming from step 4" in captured.out
   assert result.step == 8
 
 
@@ -169,7 +171,7 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
 
 def test_missing_teacher_file_is_named(tmp_path):
   missing = str(tmp_path / "nope.pth")
-  with pytest.raises(loop.TeacherError, match="nope.pth"):
+  with pytest.raises(errors.TeacherError, match="nope.pth"):
     loop.train_and_evaluate(tiny("kd", teacher_checkpoint=missing), str(tmp_path / "run"))
 
 
@@ -179,7 +181,7 @@ def test_teacher_run_with_other_class_count_is_rejected(tmp_path):
   config = tiny("kd", teacher_checkpoint=teacher_dir)
   loop.train_and_evaluate(config, str(tmp_path / "ok"))  # same class count: loads
   wrong = tiny("kd", teacher_checkpoint=teacher_dir, teacher="resnet20")
-  with pytest.raises(loop.TeacherError, match="configured teacher"):
+  with pytest.raises(errors.TeacherError, match="configured teacher"):
     loop.train_and_evaluate(wrong, str(tmp_path / "wrong_arch"))
 
 

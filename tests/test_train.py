@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from kd_jax import errors
 from kd_jax import config as kdc
 from kd_jax.train import loop
 
@@ -193,7 +194,7 @@ def test_validate_names_bad_key(override, needle):
     for p in parents:
       node = node[p]
     node[leaf] = v
-  with pytest.raises(kdc.ConfigError, match=None) as e:
+  with pytest.raises(errors.ConfigError, match=None) as e:
     kdc.validate(config, model_names=["resnet8", "resnet8x4"], num_devices=8)
   assert needle in str(e.value)
 
@@ -202,7 +203,7 @@ def test_unknown_key_rejected():
   config = smoke.get_config("kd")
   config.unlock()
   config.lerning_rate = 0.1
-  with pytest.raises(kdc.ConfigError, match="lerning_rate"):
+  with pytest.raises(errors.ConfigError, match="lerning_rate"):
     kdc.validate(config, model_names=["resnet8"], num_devices=1)
 
 

@@ -16,9 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-
-class DataError(ValueError):
-  """A user-facing data problem (bad name, split, shape, label, missing dataset)."""
+from kd_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

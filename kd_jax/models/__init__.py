@@ -78,7 +78,7 @@ def import_torch_checkpoint(path: str, name: str, num_classes: int, *,
                             aux_head: Optional[str] = None) -> Dict[str, Any]:
   """Reads a mdistiller/CRD/DHKD or torchvision checkpoint into variables for create(name, ...).
 
-  Strict: missing, unexpected or mis-shaped keys raise CheckpointError. Needs torch.
+  Strict: missing, unexpected or mis-shaped keys raise WeightsFileError. Needs torch.
   """
   from kd_jax.models import torch_import  # pylint: disable=import-outside-toplevel
   return torch_import.import_torch_checkpoint(path, name, num_classes, aux_head=aux_head)

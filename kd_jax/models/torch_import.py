@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax.errors import WeightsFileError
+
 # Torch parameter/buffer name -> (flax collection, flax leaf); 'weight' depends on the layer.
 _LEAVES = {
     "bias": ("params", "bias"),
@@ -21,10 +23,6 @@ _LEAVES = {
     "running_var": ("batch_stats", "var"),
 }
 _MAX_LISTED = 20
-
-
-class CheckpointError(ValueError):
-  """A checkpoint cannot be read, or does not match the requested model exactly."""
 
 
 def _require_torch():
@@ -55,7 +53,7 @@ def load_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
              "re-save just the state_dict with torch.save({'model': model.state_dict()}, path)")
     else:
       why = "the file is truncated, corrupt or not a torch.save file"
-    raise CheckpointError(
+    raise WeightsFileError(
         f"cannot read PyTorch checkpoint {path!r}: {why} ({type(e).__name__}: {e})") from e
   state_dict = _find_state_dict(obj, path)
   keys = list(state_dict)
@@ -66,7 +64,7 @@ def load_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
     if key.endswith("num_batches_tracked"):
       continue
     if not isinstance(value, torch.Tensor):
-      raise CheckpointError(f"entry {key!r} of {path!r} is a {type(value).__name__}, not a tensor")
+      raise WeightsFileError(f"entry {key!r} of {path!r} is a {type(value).__name__}, not a tensor")
     out[key] = value.detach().to("cpu", torch.float32).numpy()
   return out
 
@@ -79,10 +77,10 @@ def _find_state_dict(obj: Any, path: str) -> Mapping[str, Any]:
     if obj and all(isinstance(k, str) for k in obj) and not any(
         isinstance(v, Mapping) for v in obj.values()):
       return obj
-    raise CheckpointError(f"no state_dict in {path!r}: expected {{'model': state_dict}}, "
+    raise WeightsFileError(f"no state_dict in {path!r}: expected {{'model': state_dict}}, "
                           f"{{'state_dict': state_dict}} or a bare state_dict; top-level keys: "
                           f"{sorted(map(str, obj))[:_MAX_LISTED]}")
-  raise CheckpointError(f"no state_dict in {path!r}: it holds a {type(obj).__name__}")
+  raise WeightsFileError(f"no state_dict in {path!r}: it holds a {type(obj).__name__}")
 
 
 def _rename(module_path: str, renames: Mapping[str, str]) -> str:
@@ -112,7 +110,7 @@ def _flat_slots(target: Mapping[str, Any]) -> Dict[Tuple[str, str], Tuple[Tuple[
     for path, leaf in flax.traverse_util.flatten_dict(dict(target.get(collection, {}))).items():
       key = ("_".join(path[:-1]), path[-1])
       if key in slots:
-        raise CheckpointError(f"ambiguous flax names: {path} and {slots[key][0]} both map to "
+        raise WeightsFileError(f"ambiguous flax names: {path} and {slots[key][0]} both map to "
                               f"{key[0]}.{key[1]}")
       slots[key] = ((collection, *path), tuple(leaf.shape))
   return slots
@@ -132,7 +130,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Mapping[str
   """Maps a torch state_dict onto the variable structure `target` (arrays or ShapeDtypeStructs).
 
   Every target leaf must be filled exactly once and every source key consumed; otherwise a
-  CheckpointError lists the missing, unexpected and mis-shaped keys with source and model.
+  WeightsFileError lists the missing, unexpected and mis-shaped keys with source and model.
   """
   slots = _flat_slots(target)
   filled: Dict[Tuple[str, ...], np.ndarray] = {}
@@ -158,7 +156,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Mapping[str
     path, shape = slot
     value = _to_flax(np.asarray(value, np.float32), leaf[1])
     if path in filled:
-      raise CheckpointError(f"{source!r}: keys {origin[path]!r} and {key!r} both map to "
+      raise WeightsFileError(f"{source!r}: keys {origin[path]!r} and {key!r} both map to "
                             f"{'/'.join(path)} of {model}")
     if tuple(value.shape) != shape:
       mismatched.append(f"{key}: checkpoint {tuple(np.shape(state_dict[key]))} -> flax "
@@ -168,7 +166,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Mapping[str
     origin[path] = key
   missing = sorted("/".join(p) for p, _ in slots.values() if p not in filled)
   if missing or unexpected or mismatched:
-    raise CheckpointError(_mismatch_message(source, model, missing, unexpected, mismatched,
+    raise WeightsFileError(_mismatch_message(source, model, missing, unexpected, mismatched,
                                             renames))
   return flax.traverse_util.unflatten_dict(filled)
 

@@ -13,11 +13,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from kd_jax import console
+from kd_jax.errors import CheckpointError
+
 PyTree = Any
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint could not be written or none of the saved ones could be read."""
 
 
 def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
@@ -65,7 +64,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         msg = f"checkpoint at step {step} in {self.latest.directory} is unreadable ({e!r:.300})"
         logging.warning("%s; trying the previous one", msg)
-        print(f"WARNING: {msg}; trying the previous one", flush=True)
+        console.warn(f"{msg}; trying the previous one")
         errors.append(msg)
         continue
       return restored["state"], dict(restored["meta"])

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import config as config_lib
+from kd_jax import console
 from kd_jax import data as data_lib
 from kd_jax import methods
 from kd_jax import models
@@ -26,17 +27,10 @@ from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import metrics as metrics_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
+from kd_jax.errors import CheckpointError, ConfigError, TeacherError, TrainingError
 
 PyTree = Any
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class TrainingError(RuntimeError):
-  """The run cannot continue (e.g. too many consecutive non-finite steps)."""
-
-
-class TeacherError(ValueError):
-  """The teacher checkpoint is missing or does not fit the configured teacher."""
 
 
 @dataclasses.dataclass
@@ -54,7 +48,7 @@ class RunResult:
 def make_mesh(config) -> jax.sharding.Mesh:
   n = config.num_devices or jax.device_count()
   if n > jax.device_count():
-    raise config_lib.ConfigError(f"config.num_devices={n} but only {jax.device_count()} "
+    raise ConfigError(f"config.num_devices={n} but only {jax.device_count()} "
                                  f"devices are available")
   return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
                        axis_types=(jax.sharding.AxisType.Auto,))
@@ -125,7 +119,7 @@ def load_teacher(config) -> tuple[Any, PyTree]:
   if os.path.isdir(source):
     try:
       variables, read_from = ckpt_lib.restore_variables(source)
-    except ckpt_lib.CheckpointError:
+    except CheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
       raise TeacherError(f"teacher checkpoint {source!r} could not be read: {e!r:.300}") from None
@@ -158,11 +152,11 @@ def _setup_data(config, mesh) -> _Data:
     test = data_lib.load_in_memory(config.dataset, config.eval_split, data_dir=data_dir,
                                    num_examples=config.eval_examples or None)
     if train.num_classes != config.num_classes:
-      raise config_lib.ConfigError(f"dataset {config.dataset!r} has {train.num_classes} "
+      raise ConfigError(f"dataset {config.dataset!r} has {train.num_classes} "
                                    f"classes but config.num_classes={config.num_classes}")
     n = len(train.labels)
     if n < config.batch_size:
-      raise config_lib.ConfigError(f"config.batch_size={config.batch_size} exceeds the "
+      raise ConfigError(f"config.batch_size={config.batch_size} exceeds the "
                                    f"{n} training examples")
     repl = NamedSharding(mesh, P())
     arrays = (_global_array(train.images, repl), _global_array(train.labels, repl))
@@ -304,13 +298,12 @@ def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars
   batch = next(iter(data.eval_iter()))
   dev = float(jax.device_get(dev_fn(teacher_vars, _to_global_batch(batch, mesh))))
   if dev <= LOW_PRECISION_TEACHER_TOLERANCE:
-    print(f"teacher {config.teacher} in {config.teacher_dtype}: logits within {dev:.2g} of "
-          f"float32 (relative to their scale) on the first eval batch", flush=True)
+    console.info(f"teacher {config.teacher} in {config.teacher_dtype}: logits within {dev:.2g} "
+                 f"of float32 (relative to their scale) on the first eval batch")
     return spec, dev
-  print(f"teacher {config.teacher}: config.teacher_dtype={config.teacher_dtype!r} moves its "
-        f"logits by {dev:.3g} of their scale on the first eval batch, more than the "
-        f"{LOW_PRECISION_TEACHER_TOLERANCE:g} accepted; the teacher runs in float32 instead",
-        flush=True)
+  console.info(f"teacher {config.teacher}: config.teacher_dtype={config.teacher_dtype!r} moves "
+               f"its logits by {dev:.3g} of their scale on the first eval batch, more than the "
+               f"{LOW_PRECISION_TEACHER_TOLERANCE:g} accepted; the teacher runs in float32 instead")
   return dataclasses.replace(spec, teacher=reference), dev
 
 
@@ -348,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     elapsed_before = meta.get("elapsed_s", 0.0)
     step0 = int(jax.device_get(state.step))
     writer.truncate_after(step0)
-    print(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})", flush=True)
+    console.info(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})")
   step = int(jax.device_get(state.step))
 
   train_fns: dict[int, Callable] = {}
@@ -365,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                                             data.in_memory),
                       teacher_vars, data, mesh, config.num_classes)
     writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
-    print(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}", flush=True)
+    console.info(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}")
 
   host_iter = None if data.in_memory else data.train(step)
   window_start, window_step = time.time(), step
@@ -444,8 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         checkpointer.save(step, state, _meta(step, best, elapsed(), config))
       if preemption.requested and step < total_steps:
         preempted = True
-        print(f"SIGTERM received: checkpoint saved at step {step}; run the same command "
-              f"again to resume", flush=True)
+        console.info(f"SIGTERM received: checkpoint saved at step {step}; run the same "
+                     f"command again to resume")
         break
 
   checkpointer.wait()

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import jax
 
+from kd_jax import console
+
 
 def _jsonable(value: Any) -> Any:
   if hasattr(value, "item"):
@@ -35,8 +37,8 @@ class MetricWriter:
         from flax.metrics import tensorboard as flax_tb  # needs tensorflow and tensorboard
         self._tb = flax_tb.SummaryWriter(os.path.join(workdir, "tensorboard"))
       except ImportError as e:
-        print(f"warning: no TensorBoard events ({e}); metrics.jsonl is written as usual. "
-              f"pip install tensorflow-cpu tensorboard for them.", flush=True)
+        console.warn(f"no TensorBoard events ({e}); metrics.jsonl is written as usual. "
+                     f"pip install tensorflow-cpu tensorboard for them.")
 
   def truncate_after(self, step: int) -> None:
     """Drops lines logged after `step` (they belong to work lost by an interruption)."""
@@ -81,7 +83,7 @@ class MetricWriter:
         parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
     if eta_s is not None:
       parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))}")
-    print(" | ".join(parts), flush=True)
+    console.info(" | ".join(parts))
 
   def close(self) -> None:
     if self._tb is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -20,6 +19,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from kd_jax import console
 from kd_jax import data as data_lib
 from kd_jax import losses
 from kd_jax import methods
@@ -44,9 +44,9 @@ def _cpu_options_supported() -> bool:
     jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(
         jax.ShapeDtypeStruct((), jnp.float32)).compile()
   except Exception as e:  # pylint: disable=broad-except
-    print(f"kd_jax: this jaxlib ({jax.__version__}) refuses the XLA:CPU options "
-          f"{_CPU_COMPILER_OPTIONS} ({str(e).splitlines()[0][:200]}); compiling without them, "
-          "so CPU convolutions may run several times slower (BENCHMARKS.md)", file=sys.stderr)
+    console.warn(f"this jaxlib ({jax.__version__}) refuses the XLA:CPU options "
+                 f"{_CPU_COMPILER_OPTIONS} ({str(e).splitlines()[0][:200]}); compiling without "
+                 "them, so CPU convolutions may run several times slower (BENCHMARKS.md)")
     return False
   return True
 
