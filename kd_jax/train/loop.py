@@ -30,7 +30,6 @@ from kd_jax.train import step as step_lib
 from kd_jax.errors import CheckpointError, ConfigError, TeacherError, TrainingError
 
 PyTree = Any
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -74,7 +73,7 @@ def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def _image_size(config) -> int:
-  return config.image_size or (224 if config.dataset == "imagenet2012" else 32)
+  return config_lib.image_size(config)
 
 
 def _abstract_variables(module, image_size: int) -> PyTree:
@@ -103,7 +102,7 @@ def _check_like(variables: PyTree, abstract: PyTree, what: str) -> None:
 
 def load_teacher(config) -> tuple[Any, PyTree]:
   """The frozen teacher module and its variables, from config.teacher_checkpoint."""
-  dtype = _DTYPES[config.teacher_dtype]
+  dtype = models.DTYPES[config.teacher_dtype]
   module = models.create(config.teacher, config.num_classes, dtype=dtype)
   abstract = _abstract_variables(module, _image_size(config))
   source = config.teacher_checkpoint
@@ -229,7 +228,7 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
   repl = NamedSharding(mesh, P())
   teacher_vars = jax.tree.map(lambda x: _global_array(x, repl), teacher_vars)
   student = models.create(config.student, config.num_classes,
-                          aux_head=config.aux_head or None, dtype=_DTYPES[config.dtype])
+                          aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
   schedule = state_lib.learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = state_lib.make_optimizer(config, schedule)
   rng = jax.random.PRNGKey(config.seed)

@@ -81,7 +81,7 @@ def metric_names(loss: methods.LossSpec) -> tuple[str, ...]:
   dummy = jnp.zeros((2, 3), jnp.float32)
   labels = jnp.zeros((2,), jnp.int32)
   teacher = dummy if loss.needs_teacher else None
-  aux = dummy if loss.method == "dhkd" else None
+  aux = dummy if loss.uses_aux_head else None
   terms = jax.eval_shape(lambda: methods.loss_terms(
       dataclasses.replace(loss, rank_top_k=0), dummy, labels, teacher, aux,
       jnp.ones((), jnp.int32)))
