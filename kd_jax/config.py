@@ -27,7 +27,7 @@ NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "synthetic": 100, "imagenet2012":
 SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd",)
 
-# Students trained with base LR 0.01 instead of 0.05 on CIFAR (docs/recipes.md, "CIFAR-100").
+# Students trained with base LR 0.01 instead of 0.05 on CIFAR (docs/recipes.md §1.1).
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 # The teacher -> student pairs of the papers' CIFAR-100 grid and ImageNet. Per-pair values of a
@@ -44,7 +44,7 @@ IMAGENET_PAIRS: tuple[tuple[str, str], ...] = (
     ("imagenet_resnet34", "imagenet_resnet18"), ("imagenet_resnet50", "MobileNetV1"),
 )
 
-# The ImageNet protocol shared by every method (docs/recipes.md, "ImageNet"); a method's record
+# The ImageNet protocol shared by every method (docs/recipes.md §2); a method's record
 # adds its own `imagenet` overrides on top.
 IMAGENET_PROTOCOL: dict[str, Any] = {
     "dataset": "imagenet2012", "num_classes": 1000, "eval_split": "validation",
@@ -167,7 +167,7 @@ def method_defaults(config: ml_collections.ConfigDict, method: str,
 
 
 def _set_plugin_weight(config) -> None:
-  """A plug-in's weight = its base's distillation weight (docs/recipes.md, "RKKD")."""
+  """A plug-in's weight = its base's distillation weight (docs/recipes.md §3.6)."""
   record = methods.get(config.method)
   if record.plugin and record.plugin_weight:
     base = methods.get(config.base_method)

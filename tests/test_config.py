@@ -1,4 +1,4 @@
-"""Config presets against recipes.md: RKKD on any base, logit standardization, overrides."""
+"""Config presets against docs/recipes.md: RKKD on any base, logit standardization, overrides."""
 import os
 import sys
 
@@ -61,7 +61,7 @@ def test_base_argument_is_only_for_rkkd():
 
 
 def test_ls_uses_published_settings_then_the_ls_defaults():
-  # Published per-pair: recipes.md 3.4, vgg13 -> vgg8 KD+LS (3, 9), DKD+LS (2, 15, beta 2).
+  # Published per-pair: docs/recipes.md §3.4, vgg13 -> vgg8 KD+LS (3, 9), DKD+LS (2, 15, beta 2).
   c = kd.get_config("vgg13,vgg8,ls")
   assert (c.loss.standardize, c.loss.temperature, c.loss.kd_weight, c.loss.ce_weight) == (
       True, 3.0, 9.0, 0.1)
@@ -86,7 +86,7 @@ def test_ls_on_imagenet_is_refused_not_guessed():
 
 
 def test_dhkd_imagenet_uses_its_dali_crop_others_torchvisions():
-  """recipes.md 3.5: DHKD's ImageNet crop is area 0.1-1, aspect 0.8-1.25; section 2: 0.08-1."""
+  """docs/recipes.md §3.5: DHKD's ImageNet crop is area 0.1-1, aspect 0.8-1.25; section 2: 0.08-1."""
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import dhkd  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   c = dhkd.get_config("imagenet_resnet34,imagenet_resnet18")

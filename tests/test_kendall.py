@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def naive_rank_kendall(s, t, steepness, form="tanh", top_k=None):
-  """The textbook broadcast form over [B, C, C] (methods.md §7), teacher under stop_gradient."""
+  """The textbook broadcast form over [B, C, C] (docs/methods.md §7), teacher under stop_gradient."""
   t = jax.lax.stop_gradient(t)
   if top_k is not None:
     idx = jnp.argsort(-t, axis=1)[:, :top_k]
@@ -86,7 +86,7 @@ class ExactnessTest(chex.TestCase):
     s = np.array([[0.3, 0.31], [1.0, -2.0], [0.5, 0.5]], np.float32)
     t = np.array([[1.0, 0.0], [0.0, 0.01], [2.0, 1.0]], np.float32)
     v = self.variant(functools.partial(L.rank_kendall, steepness=10.0))(s, t)
-    # C = 2: rk = 1 - tanh(k (s1 - s2)) tanh(k (t1 - t2)) (methods.md §7)
+    # C = 2: rk = 1 - tanh(k (s1 - s2)) tanh(k (t1 - t2)) (docs/methods.md §7)
     expected = 1 - np.tanh(10 * (s[:, 0] - s[:, 1])) * np.tanh(10 * (t[:, 0] - t[:, 1]))
     np.testing.assert_allclose(v, expected, rtol=1e-6)
     s3, t3 = _inputs(3, 4, 3)

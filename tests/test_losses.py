@@ -1,4 +1,4 @@
-"""Tests of kd_jax.losses against methods.md: golden values, identities, gradients, edge cases.
+"""Tests of kd_jax.losses against docs/methods.md: golden values, identities, gradients, edge cases.
 
 PyTorch comparisons use tests/torch_losses.py and are skipped cleanly when torch is absent.
 """
@@ -16,14 +16,14 @@ import pytest
 
 from kd_jax import losses as L
 
-# methods.md §8 inputs (B = 3, C = 5).
+# docs/methods.md §8 inputs (B = 3, C = 5).
 S = np.array([[1.0, 2.0, 0.5, -1.0, 0.0], [0.2, -0.3, 1.5, 0.7, 2.2],
               [0.3, 1.2, -0.4, 0.9, 0.1]], np.float32)
 T = np.array([[0.5, 3.0, 1.0, -2.0, 0.1], [1.0, 0.0, 2.5, 2.5, -1.0],
               [2.0, 1.0, 0.0, -1.0, 3.0]], np.float32)
 Y = np.array([1, 3, 1], np.int32)
 
-# methods.md §8 table: per-row values (independent float64 transcription, 6 decimals).
+# docs/methods.md §8 table: per-row values (independent float64 transcription, 6 decimals).
 GOLDEN_ROWS = {
     "ce": [0.574438, 2.161210, 0.986621],
     "kd": [0.239016, 1.319627, 1.310821],
@@ -117,7 +117,7 @@ class GoldenTest(chex.TestCase):
     def two(s, t, y):
       return (L.kd(s, t), L.nckd(s, t, y), L.tckd(s, t, y), L.mcd(s, t, y), L.rld(s, t, y),
               L.scd(s, t, y), L.standardize(s))
-    # methods.md §8: s = [2, -1], t = [0.5, 1.5], y = 0, T = 4 -> NCKD = 0, KD = 1.969729.
+    # docs/methods.md §8: s = [2, -1], t = [0.5, 1.5], y = 0, T = 4 -> NCKD = 0, KD = 1.969729.
     # Second row: teacher right (M = {y}); third: teacher wrong (both masked).
     s = np.array([[2.0, -1.0], [0.3, 4.0], [-2.0, 7.0]], np.float32)
     t = np.array([[0.5, 1.5], [3.0, -1.0], [1.0, 2.0]], np.float32)

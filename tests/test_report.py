@@ -15,8 +15,8 @@ from PIL import Image
 from kd_jax import published
 from kd_jax import report
 
-RESULTS_MD = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "shared", "reference", "results.md")
+RESULTS_MD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                          "results.md")
 STEPS_PER_EPOCH = 10
 
 
@@ -321,7 +321,7 @@ _TAGGED = re.compile(r"(\d+\.\d+)\s*`([^`]+)`")
 
 
 def _pair_tables(text):
-  """(method, teacher, student, cell, section heading) for sections 2-4 of results.md."""
+  """(method, teacher, student, cell, section heading) for sections 2-4 of docs/results.md."""
   for section in text.split("\n## ")[1:]:
     heading = section.splitlines()[0]
     header = None
@@ -336,7 +336,7 @@ def _pair_tables(text):
             yield _COLUMNS[name], teacher, student, cell, heading
 
 
-@pytest.mark.skipif(not os.path.isfile(RESULTS_MD), reason="shared/reference/results.md absent")
+@pytest.mark.skipif(not os.path.isfile(RESULTS_MD), reason="docs/results.md absent")
 def test_published_cifar_pairs_match_results_md():
   """Every tagged number of the KD/DKD/RLD/KD+LS/DKD+LS columns is an entry, and back."""
   text = open(RESULTS_MD, encoding="utf-8").read()
@@ -359,7 +359,7 @@ def test_published_cifar_pairs_match_results_md():
   assert set(cifar_pairs) == seen
 
 
-@pytest.mark.skipif(not os.path.isfile(RESULTS_MD), reason="shared/reference/results.md absent")
+@pytest.mark.skipif(not os.path.isfile(RESULTS_MD), reason="docs/results.md absent")
 def test_published_vanilla_and_imagenet_match_results_md():
   text = open(RESULTS_MD, encoding="utf-8").read()
   for e in published.ENTRIES:
@@ -367,7 +367,7 @@ def test_published_vanilla_and_imagenet_match_results_md():
       row = f"| {e.student} | {'teacher' if e.method == 'teacher' else 'student'}"
       line = [l for l in text.splitlines() if l.startswith(row)]
       assert len(line) == 1 and f"{e.top1:.2f} `{e.source}`" in line[0], e
-  imagenet = {  # row label in results.md section 6 -> (method, column index)
+  imagenet = {  # row label in docs/results.md §6 -> (method, column index)
       "| KD |": ("kd", [71.03, 70.50]), "| DKD |": ("dkd", [71.70, 72.05]),
       "| RLD |": ("rld", [71.91, 72.75]), "| teacher (torchvision V1 weights) |":
       ("teacher", [73.314, 76.13])}

@@ -104,7 +104,7 @@ def _all_finite(tree) -> jax.Array:
 def _project_conflict(g_task: PyTree, g_distill: PyTree) -> PyTree:
   """DHKD gradient alignment: if <g2, g1> < 0, g2 <- g2 - <g2,g1>/||g1||^2 g1; returns g1 + g2'.
 
-  One global dot product over all flattened student parameters (methods.md section 6).
+  One global dot product over all flattened student parameters (docs/methods.md §6).
   """
   v1, unravel = ravel_pytree(g_task)
   v2, _ = ravel_pytree(g_distill)
