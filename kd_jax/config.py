@@ -101,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment = "auto"            # auto | pad_crop_flip | random_resized_crop | none (training images)
   c.mean = ()                   # per-channel mean, [0, 1] pixel units; () = the dataset's default
   c.std = ()                    # per-channel std, [0, 1] pixel units; () = the dataset's default
-  c.in_memory_budget_mb = 4096  # TFDS datasets whose uint8 training split fits are held in memory
+  c.in_memory_budget_mb = 4096.0  # MB: TFDS data whose uint8 training split fits is held in memory
   # Models.
   c.student = "resnet8x4"
   c.aux_head = ""               # '' | 'linear' | 'nonlinear' (DHKD)

@@ -172,7 +172,9 @@ def _read(builder, split, *, data_dir: str | None, shuffle_seed: int | None):
   """Raw records (image bytes undecoded), optionally file-shuffled with a seed."""
   tfds = common.import_tfds()
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-  ds = common.open_split(builder, split, shuffle_files=shuffle_seed is not None,
+  # Ordered datasets (disable_shuffling) refuse file shuffling; the buffer shuffle remains.
+  ordered = bool(getattr(builder.info, "disable_shuffling", False))
+  ds = common.open_split(builder, split, shuffle_files=shuffle_seed is not None and not ordered,
                          read_config=read_config,
                          decoders={"image": tfds.decode.SkipDecoding()})
   if ds is None:
