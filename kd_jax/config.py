@@ -340,10 +340,12 @@ def _crop_ranges(config) -> None:
     raise ConfigError(f"config.{e}") from None
   for key in ("crop_area", "crop_aspect"):
     default = tuple(base_config()[key])
-    if config.dataset in IN_MEMORY_DATASETS and tuple(config[key]) != default:
-      raise ConfigError(f"config.{key}={tuple(config[key])} applies to the ImageNet random "
-                        f"resized crop only; dataset {config.dataset!r} uses a padded random "
-                        f"crop (keep the default {default})")
+    if (config.dataset in IN_MEMORY_DATASETS and config.augment != "random_resized_crop"
+        and tuple(config[key]) != default):
+      raise ConfigError(f"config.{key}={tuple(config[key])} applies to the random resized "
+                        f"crop only; dataset {config.dataset!r} uses config.augment="
+                        f"{config.augment!r} (keep the default {default}, or set "
+                        f"--config.augment=random_resized_crop)")
 
 
 def _dataset(config) -> None:
@@ -357,16 +359,6 @@ def _dataset(config) -> None:
 def _augment_and_normalization(config) -> None:
   """augment in AUGMENTATIONS (and fitting a preset's pipeline); mean/std () or 3 numbers."""
   _choice(config, "augment", data_sources.AUGMENTATIONS)
-  preset = data_sources.KNOWN_DATASETS.get(config.dataset)
-  if preset is not None:
-    try:
-      data_sources.resolve_augment(config.augment, in_memory=preset[0])
-    except data_sources.DataError as e:
-      raise ConfigError(f"config.{e} (dataset {config.dataset!r})") from None
-    if preset[0] and config.augment == "random_resized_crop":
-      raise ConfigError(f"config.augment='random_resized_crop' applies to streamed datasets; "
-                        f"dataset {config.dataset!r} is held in memory; accepted here: auto, "
-                        f"pad_crop_flip, none")
   for key, lo, what in (("mean", 0.0, "0 <= m <= 1"), ("std", None, "0 < s <= 1")):
     value = config[key]
     try:

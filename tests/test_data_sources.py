@@ -280,8 +280,51 @@ def test_augment_none_is_exact_normalisation_and_pad_crop_flip_is_augment_cifar(
   b = data.augment_cifar(jax.random.key(3), images, mean=mean, std=std)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert np.abs(np.asarray(a) - expected).max() > 0.1  # it does crop or flip something
-  with pytest.raises(data.DataError, match="random_resized_crop.*accepted: pad_crop_flip"):
-    data.augment_batch(jax.random.key(0), images, augment="random_resized_crop")
+  with pytest.raises(data.DataError, match="augment='crop'.*accepted: pad_crop_flip, "
+                     "random_resized_crop, none"):
+    data.augment_batch(jax.random.key(0), images, augment="crop")
+
+
+def test_in_memory_random_resized_crop_boxes_follow_torchvision_rules():
+  boxes = np.asarray(data.random_resized_crop_boxes(jax.random.key(0), 4000, 24, 32))
+  y, x, h, w = boxes.T
+  assert np.all(boxes == np.round(boxes)) and np.all(h >= 1) and np.all(w >= 1)
+  assert np.all(y >= 0) and np.all(x >= 0) and np.all(y + h <= 24) and np.all(x + w <= 32)
+  area = h * w / (24 * 32)
+  assert area.min() >= 0.08 * 0.8 and area.max() <= 1.0   # rounding of w and h
+  assert 0.4 < np.median(area) < 0.65          # U(0.08, 1), clipped at the image bounds
+  ratio = w / h
+  assert np.mean((ratio > 0.7) & (ratio < 1.45)) > 0.97
+  assert len(np.unique(boxes, axis=0)) > 1000  # random, not a fixed window
+  # No attempt can fit -> the ratio-clamped centre crop of torchvision: a 4x40 image with
+  # aspect in [3/4, 4/3] falls back to w = round(4 * 4/3) = 5, centred.
+  fallback = np.asarray(data.random_resized_crop_boxes(
+      jax.random.key(1), 3, 4, 40, area_range=(1.0, 1.0)))
+  np.testing.assert_array_equal(fallback, [[0, 17, 4, 5]] * 3)
+
+
+def test_in_memory_random_resized_crop_values():
+  rng = np.random.default_rng(4)
+  images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+  mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  norm = (images / 255.0 - 0.5) / 0.25
+  # Whole-image boxes (area 1, aspect 1): the image itself or its mirror, nothing else.
+  out = np.asarray(data.augment_batch(jax.random.key(2), images, augment="random_resized_crop",
+                                      mean=mean, std=std, crop_area=(1.0, 1.0),
+                                      crop_aspect=(1.0, 1.0)))
+  same = np.abs(out - norm).max(axis=(1, 2, 3)) < 1e-4
+  mirrored = np.abs(out - norm[:, :, ::-1]).max(axis=(1, 2, 3)) < 1e-4
+  assert np.all(same | mirrored) and 10 < mirrored.sum() < 54
+  # A crop of a constant image is that constant; the top-left 4x4 quarter scaled x2 is
+  # bilinear interpolation of those pixels (hand-checked at a corner and the centre).
+  flat = np.full((2, 8, 8, 3), 77, np.uint8)
+  crops = np.asarray(data.augment_batch(jax.random.key(5), flat, augment="random_resized_crop",
+                                        mean=mean, std=std))
+  np.testing.assert_allclose(crops, (77 / 255 - 0.5) / 0.25, atol=1e-5)
+  ramp = np.broadcast_to(np.arange(8, dtype=np.float32)[None, :, None] * 10, (8, 8, 3))
+  zoom = np.asarray(data.resized_crop(ramp[None], np.array([[0, 0, 4, 4]], np.float32)))[0]
+  # Output column j samples input x = (j + 0.5) / 2 - 0.5; values 10 * x inside the crop.
+  np.testing.assert_allclose(zoom[3, 3, 0], 10 * ((3 + 0.5) / 2 - 0.5), atol=1e-4)
 
 
 def test_training_batch_with_augment_none_is_the_whole_split_normalised():
@@ -292,6 +335,7 @@ def test_training_batch_with_augment_none_is_the_whole_split_normalised():
   labels = np.arange(16, dtype=np.int32)
   mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
   spec = types.SimpleNamespace(seed=0, batch_size=16, augment="none", mean=mean, std=std,
+                               crop_area=data.RRC_AREA, crop_aspect=data.RRC_ASPECT,
                                mesh=_mesh())
   expected = (images / 255.0 - np.array(mean)) / np.array(std)
   outs = []
@@ -320,16 +364,42 @@ def test_streamed_augment_none_equals_the_eval_transform(tmp_path):
   np.testing.assert_allclose(by_label(ev) * np.array(std) + np.array(mean),
                              by_label(plain) * data.IMAGENET_STD + data.IMAGENET_MEAN,
                              atol=1e-5)
-  with pytest.raises(data.DataError, match="pad_crop_flip.*accepted: random_resized_crop"):
-    data.imagenet_train(data_dir, seed=0, augment="pad_crop_flip", **kw)
+  with pytest.raises(data.DataError, match="augment='auto'.*accepted: random_resized_crop"):
+    data.imagenet_train(data_dir, seed=0, augment="auto", **kw)
+
+
+def test_streamed_pad_crop_flip_shifts_and_mirrors_the_resized_image(tmp_path):
+  """Streamed pad_crop_flip: each image is its resized self, shifted by <= 4 px (black border)
+  and maybe mirrored; deterministic in the seed."""
+  data_dir = _fixed_tfds(str(tmp_path / "tfds"), n_train=32, n_test=4)
+  kw = dict(batch_size=32, image_size=8, name="tiny_fixed", augment="pad_crop_flip",
+            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+  a = next(data.imagenet_train(data_dir, seed=3, **kw))
+  b = next(data.imagenet_train(data_dir, seed=3, **kw))
+  np.testing.assert_array_equal(a["image"], b["image"])
+  reference = {}
+  builder = tfds.builder("tiny_fixed", data_dir=data_dir)
+  for ex in tfds.as_numpy(builder.as_dataset(split="train")):
+    reference.setdefault(int(ex["label"]), []).append(ex["image"])
+  moved = mirrored = 0
+  for image, label in zip(a["image"] * 255.0, a["label"]):
+    padded = [np.pad(r.astype(np.float32), ((4, 4), (4, 4), (0, 0))) for r in reference[label]]
+    matches = [(dy, dx, f) for p in padded for dy in range(9) for dx in range(9)
+               for f in (False, True)
+               if np.abs((p[dy:dy + 8, dx:dx + 8][:, ::-1] if f else p[dy:dy + 8, dx:dx + 8])
+                         - image).max() < 1e-3]
+    assert matches, "not a padded crop (or its mirror) of any training image of its class"
+    moved += (matches[0][0], matches[0][1]) != (4, 4)
+    mirrored += matches[0][2]
+  assert moved > 16 and 4 < mirrored < 28
 
 
 def test_resolve_augment():
   assert data.resolve_augment("auto", True) == "pad_crop_flip"
   assert data.resolve_augment("auto", False) == "random_resized_crop"
   assert data.resolve_augment("none", False) == "none"
-  with pytest.raises(data.DataError, match="streamed"):
-    data.resolve_augment("pad_crop_flip", False)
+  assert data.resolve_augment("pad_crop_flip", False) == "pad_crop_flip"
+  assert data.resolve_augment("random_resized_crop", True) == "random_resized_crop"
   with pytest.raises(data.DataError, match="augment='crop'; accepted: auto, pad_crop_flip"):
     data.resolve_augment("crop", True)
 
@@ -383,9 +453,7 @@ def test_mean_std_flag_syntax_is_accepted():
 
 @pytest.mark.parametrize("override,needle", [
     ({"augment": "crop"}, "config.augment='crop' is not accepted; accepted: 'auto'"),
-    ({"dataset": "imagenet2012", "num_classes": 1000, "augment": "pad_crop_flip"},
-     "config.augment='pad_crop_flip' applies to data held in memory"),
-    ({"augment": "random_resized_crop"}, "applies to streamed datasets"),
+    ({"crop_area": (0.5, 1.0)}, "applies to the random resized crop only"),
     ({"mean": (0.5, 0.5)}, "config.mean=(0.5, 0.5) is not accepted"),
     ({"mean": (0.5, 0.5, 1.5)}, "config.mean=(0.5, 0.5, 1.5) is not accepted"),
     ({"std": (0.5, 0.0, 0.5)}, "config.std=(0.5, 0.0, 0.5) is not accepted"),

@@ -215,16 +215,87 @@ def augment_cifar(rng: Any, images_uint8: Any, *, mean: Sequence[float] = CIFAR_
                           mean, std)
 
 
+_RRC_ATTEMPTS = 10
+RRC_AREA = (0.08, 1.0)             # torchvision RandomResizedCrop defaults
+RRC_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def random_resized_crop_boxes(rng: Any, batch_size: int, height: int, width: int, *,
+                              area_range: Sequence[float] = RRC_AREA,
+                              aspect_range: Sequence[float] = RRC_ASPECT) -> jnp.ndarray:
+  """torchvision RandomResizedCrop boxes, float32 [B, 4] = (y, x, h, w), in JAX.
+
+  Per example: 10 tries of area ~ U(area_range) * H * W and log(w / h) ~ U(log aspect_range);
+  the first box that fits is placed uniformly; if none fits, a ratio-clamped centre crop.
+  """
+  lo_r, hi_r = (float(v) for v in aspect_range)
+  h_img, w_img = float(height), float(width)
+
+  def one(key):
+    k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+    area = jax.random.uniform(k_area, (_RRC_ATTEMPTS,), minval=float(area_range[0]),
+                              maxval=float(area_range[1])) * h_img * w_img
+    ratio = jnp.exp(jax.random.uniform(k_ratio, (_RRC_ATTEMPTS,), minval=np.log(lo_r),
+                                       maxval=np.log(hi_r)))
+    ws, hs = jnp.round(jnp.sqrt(area * ratio)), jnp.round(jnp.sqrt(area / ratio))
+    fits = (ws > 0) & (ws <= w_img) & (hs > 0) & (hs <= h_img)
+    first = jnp.argmax(fits)
+    any_fit = jnp.any(fits)
+    in_ratio = w_img / h_img
+    fb_w = w_img if in_ratio <= hi_r else float(round(h_img * hi_r))
+    fb_h = float(round(w_img / lo_r)) if in_ratio < lo_r else h_img
+    ch = jnp.where(any_fit, hs[first], fb_h)
+    cw = jnp.where(any_fit, ws[first], fb_w)
+    y = jnp.where(any_fit, jnp.floor(jax.random.uniform(k_y) * (h_img - ch + 1)),
+                  jnp.floor((h_img - ch) / 2))
+    x = jnp.where(any_fit, jnp.floor(jax.random.uniform(k_x) * (w_img - cw + 1)),
+                  jnp.floor((w_img - cw) / 2))
+    return jnp.stack([jnp.minimum(y, h_img - ch), jnp.minimum(x, w_img - cw), ch, cw])
+
+  return jax.vmap(one)(jax.random.split(rng, batch_size)).astype(jnp.float32)
+
+
+def resized_crop(images: Any, boxes: Any) -> jnp.ndarray:
+  """Crops box (y, x, h, w) of each image and resizes it to the image's own H x W.
+
+  Bilinear with antialiasing (jax.image.scale_and_translate); float32 pixel values.
+  """
+  images = jnp.asarray(images).astype(jnp.float32)
+  _, h, w, c = images.shape
+
+  def one(image, box):
+    y, x, bh, bw = box[0], box[1], box[2], box[3]
+    scale = jnp.stack([h / bh, w / bw])
+    return jax.image.scale_and_translate(image, (h, w, c), (0, 1), scale,
+                                         -jnp.stack([y, x]) * scale, method="linear",
+                                         antialias=True)
+
+  return jax.vmap(one)(images, jnp.asarray(boxes, jnp.float32))
+
+
 def augment_batch(rng: Any, images_uint8: Any, *, augment: str,
                   mean: Sequence[float] = CIFAR_MEAN,
-                  std: Sequence[float] = CIFAR_STD) -> jnp.ndarray:
-  """The in-memory training transform: 'pad_crop_flip' (augment_cifar) or 'none'.
+                  std: Sequence[float] = CIFAR_STD,
+                  crop_area: Sequence[float] = RRC_AREA,
+                  crop_aspect: Sequence[float] = RRC_ASPECT) -> jnp.ndarray:
+  """The in-memory training transform, then (x / 255 - mean) / std; float32 [B,H,W,3].
 
-  'none' is normalisation only, (x / 255 - mean) / std, and ignores rng.
+  'pad_crop_flip': augment_cifar. 'random_resized_crop': RandomResizedCrop(crop_area,
+  crop_aspect) back to the image size + flip p=0.5. 'none': normalisation only (rng unused).
   """
   if augment == "none":
     return common.normalize(images_uint8, mean, std)
   if augment == "pad_crop_flip":
     return augment_cifar(rng, images_uint8, mean=mean, std=std)
+  if augment == "random_resized_crop":
+    images = jnp.asarray(images_uint8)
+    b, h, w, _ = images.shape
+    k_box, k_flip = jax.random.split(rng)
+    boxes = random_resized_crop_boxes(k_box, b, h, w, area_range=crop_area,
+                                      aspect_range=crop_aspect)
+    out = resized_crop(images, boxes)
+    flips = jax.random.bernoulli(k_flip, 0.5, (b,))
+    out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
+    return common.normalize(out, mean, std)
   raise DataError(f"augment={augment!r} for data held in memory; accepted: pad_crop_flip, "
-                  "none.")
+                  "random_resized_crop, none.")

@@ -22,6 +22,7 @@ CROP_AREA = (0.08, 1.0)    # torchvision RandomResizedCrop defaults: area fracti
 CROP_ASPECT = (3.0 / 4.0, 4.0 / 3.0)   # and width / height.
 _ATTEMPTS = 10
 _CROP_FRACTION = 0.875     # Resize(256) + CenterCrop(224).
+_PAD = 4                   # augment='pad_crop_flip': RandomCrop(size, padding=4)
 _MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
@@ -44,14 +45,16 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
   and buffer shuffle and keeps N // batch_size full batches; per-example crops use
   stateless seeds (seed, epoch, process, position). So the stream from start_step
   equals the unbroken stream with start_step batches skipped. augment='none' replaces the
-  crop and flip by the eval transform (resize the shorter side, centre crop). Pixels are
-  normalised as (x / 255 - mean) / std.
+  crop and flip by the eval transform (resize the shorter side, centre crop);
+  augment='pad_crop_flip' resizes to image_size x image_size (if needed), pads 4 black pixels,
+  crops image_size at random and flips with p=0.5. Pixels are normalised as
+  (x / 255 - mean) / std.
   """
   _check_positive(batch_size=batch_size, image_size=image_size,
                   process_count=process_count, shuffle_buffer=shuffle_buffer)
-  if augment not in ("random_resized_crop", "none"):
+  if augment not in ("random_resized_crop", "pad_crop_flip", "none"):
     raise DataError(f"augment={augment!r} for streamed data; accepted: random_resized_crop, "
-                    "none.")
+                    "pad_crop_flip, none.")
   crop_area, crop_aspect = check_crop_ranges(crop_area, crop_aspect)
   if start_step < 0:
     raise DataError(f"start_step={start_step}; accepted: a non-negative integer.")
@@ -229,6 +232,23 @@ def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
                                        crop_size=image_size)
     return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
 
+  def pad_crop_flip(index, ex):
+    example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(example_seed, num=2))
+    image = tf.cast(_decode_full(ex["image"]), tf.float32)
+    same = tf.reduce_all(tf.shape(image)[:2] == image_size)
+    image = tf.cond(same, lambda: image, lambda: tf.round(tf.image.resize(
+        image, [image_size, image_size], method="bilinear", antialias=True)))
+    image = tf.pad(image, [[_PAD, _PAD], [_PAD, _PAD], [0, 0]])
+    offset = tf.random.stateless_uniform([2], seed=crop_seed, minval=0, maxval=2 * _PAD + 1,
+                                         dtype=tf.int32)
+    image = image[offset[0]:offset[0] + image_size, offset[1]:offset[1] + image_size]
+    image.set_shape([image_size, image_size, 3])
+    flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
+
   def preprocess(index, ex):
     example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
     crop_seed, flip_seed = tf.unstack(
@@ -240,7 +260,8 @@ def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
     image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
     return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
 
-  ds = ds.map(plain if augment == "none" else preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  transform = {"none": plain, "pad_crop_flip": pad_crop_flip}.get(augment, preprocess)
+  ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

@@ -61,17 +61,12 @@ def check_dataset_name(name: Any) -> None:
 def resolve_augment(augment: str, in_memory: bool) -> str:
   """The augmentation that runs: 'auto' becomes pad_crop_flip in memory, else random_resized_crop.
 
-  Raises DataError for a combination the pipelines do not implement (pad_crop_flip on
-  streamed data).
+  Every other name runs as given, in memory (JAX) and streamed (tf.data) alike.
   """
   if augment not in AUGMENTATIONS:
     raise DataError(f"augment={augment!r}; accepted: {', '.join(AUGMENTATIONS)}.")
   if augment == "auto":
     return "pad_crop_flip" if in_memory else "random_resized_crop"
-  if augment == "pad_crop_flip" and not in_memory:
-    raise DataError("augment='pad_crop_flip' applies to data held in memory, and this "
-                    "dataset is streamed; accepted here: auto, random_resized_crop, none "
-                    "(or raise in_memory_budget_mb if its training split fits).")
   return augment
 
 

@@ -203,16 +203,8 @@ def _setup_data(config, mesh) -> _Data:
   """The training and eval data of config.dataset, in memory or streamed (docs/data.md)."""
   data_dir = config.data_dir or None
   in_memory, size = _in_memory_plan(config, data_dir)
-  try:
-    augment = data_lib.resolve_augment(config.augment, in_memory)
-  except data_lib.DataError as e:
-    raise ConfigError(f"config.{e}") from None
+  augment = data_lib.resolve_augment(config.augment, in_memory)
   if in_memory:
-    if augment == "random_resized_crop":
-      raise ConfigError(f"config.augment='random_resized_crop' is implemented for streamed "
-                        f"data only, and dataset {config.dataset!r} is held in memory; "
-                        f"accepted here: auto, pad_crop_flip, none (a TFDS dataset streams "
-                        f"with --config.in_memory_budget_mb=0)")
     train = data_lib.load_in_memory(config.dataset, "train", data_dir=data_dir,
                                     num_examples=config.train_examples or None,
                                     image_size=size)
@@ -333,7 +325,8 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
       steps_per_epoch=steps_per_epoch, batch_size=config.batch_size, seed=config.seed,
       in_memory=in_memory, mean=tuple(mean), std=tuple(std),
       max_bad_steps=config.max_bad_steps, mesh=mesh,
-      augment=data_lib.resolve_augment(config.augment, in_memory))
+      augment=data_lib.resolve_augment(config.augment, in_memory),
+      crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect))
   return Trainer(spec=spec, schedule=schedule, teacher_vars=teacher_vars,
                  init_state=jax.jit(init_state, out_shardings=repl))
 

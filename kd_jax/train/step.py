@@ -74,7 +74,9 @@ class StepSpec:
   std: tuple[float, float, float]
   max_bad_steps: int
   mesh: jax.sharding.Mesh
-  augment: str = "pad_crop_flip"   # in-memory training transform: pad_crop_flip | none
+  augment: str = "pad_crop_flip"   # in-memory transform: pad_crop_flip | random_resized_crop | none
+  crop_area: tuple[float, float] = data_lib.RRC_AREA      # random_resized_crop ranges
+  crop_aspect: tuple[float, float] = data_lib.RRC_ASPECT
 
 
 def metric_names(loss: methods.LossSpec) -> tuple[str, ...]:
@@ -174,7 +176,8 @@ def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all):
       images_u8, labels_all, seed=spec.seed, step=state.step, batch_size=spec.batch_size)
   aug_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
   images = data_lib.augment_batch(aug_rng, images, augment=spec.augment, mean=spec.mean,
-                                  std=spec.std)
+                                  std=spec.std, crop_area=spec.crop_area,
+                                  crop_aspect=spec.crop_aspect)
   sharding = _batch_sharding(spec.mesh)
   return (jax.lax.with_sharding_constraint(images, sharding),
           jax.lax.with_sharding_constraint(labels, sharding))
