@@ -12,6 +12,7 @@ from kd_jax.data.cifar import CIFAR_STD
 from kd_jax.data.cifar import cifar_train_batch
 from kd_jax.data.cifar import crop_and_flip
 from kd_jax.data.cifar import load_in_memory
+from kd_jax.data.cifar import prepare_tfds
 from kd_jax.data.cifar import random_resized_crop_boxes
 from kd_jax.data.cifar import resized_crop
 from kd_jax.data.cifar import RRC_AREA
@@ -41,7 +42,7 @@ from kd_jax.data.sources import tfds_layout
 
 __all__ = [
     "ACCEPTED_NAMES", "AUGMENTATIONS", "augment_batch", "augment_cifar", "channel_stats",
-    "imagefolder_root", "in_memory_bytes", "KNOWN_DATASETS", "load_imagefolder",
+    "imagefolder_root", "in_memory_bytes", "KNOWN_DATASETS", "load_imagefolder", "prepare_tfds",
     "random_resized_crop_boxes", "resized_crop", "RRC_AREA", "RRC_ASPECT", "resolve_augment", "resolve_mean_std", "STREAMED_IMAGE_SIZE", "tfds_layout", "build_fake_imagenet", "cifar_augment_params",
     "CIFAR_MEAN", "CIFAR_STD", "cifar_train_batch", "crop_and_flip", "DataError",
     "eval_batches", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_eval", "imagenet_steps_per_epoch", "imagenet_train",

@@ -129,6 +129,14 @@ def _load_tfds(name: str, split: str, *, data_dir: str | None,
   return np.concatenate(images), np.concatenate(labels), layout.num_classes
 
 
+def prepare_tfds(name: str, *, data_dir: str | None, download: bool = True) -> None:
+  """Makes sure TFDS dataset `name` is prepared: downloads it if allowed and reachable,
+  else raises DataError saying how to prepare it."""
+  builder = common.tfds_builder(name, data_dir)
+  if common.open_split(builder, "train") is None:
+    _prepare(builder, name, data_dir=data_dir, download=download)
+
+
 def _prepare(builder, name: str, *, data_dir: str | None, download: bool) -> None:
   """Downloads and prepares a missing dataset, or raises DataError quickly."""
   if not download:

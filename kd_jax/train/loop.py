@@ -167,6 +167,9 @@ def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
                       f"--config.num_classes={layout.num_classes}")
   if layout.image_shape is None:
     return False, config.image_size or data_lib.STREAMED_IMAGE_SIZE
+  if layout.train_examples is None:  # not prepared yet: download it (if possible) to know N
+    data_lib.prepare_tfds(config.tfds_name or name, data_dir=data_dir)
+    layout = data_lib.tfds_layout(config.tfds_name or name, data_dir)
   size = config.image_size or layout.image_shape[0]
   need = data_lib.in_memory_bytes(layout.train_examples or 0, size)
   if config.train_examples:
@@ -205,10 +208,13 @@ def _setup_data(config, mesh) -> _Data:
   in_memory, size = _in_memory_plan(config, data_dir)
   augment = data_lib.resolve_augment(config.augment, in_memory)
   if in_memory:
-    train = data_lib.load_in_memory(config.dataset, "train", data_dir=data_dir,
+    source = config.dataset
+    if source not in data_lib.KNOWN_DATASETS and data_lib.imagefolder_root(source) is None:
+      source = config.tfds_name or source
+    train = data_lib.load_in_memory(source, "train", data_dir=data_dir,
                                     num_examples=config.train_examples or None,
                                     image_size=size)
-    test = data_lib.load_in_memory(config.dataset, config.eval_split, data_dir=data_dir,
+    test = data_lib.load_in_memory(source, config.eval_split, data_dir=data_dir,
                                    num_examples=config.eval_examples or None,
                                    image_size=size)
     size = _check_in_memory_split(config, train, test)
