@@ -18,12 +18,14 @@ from kd_jax import methods
 from kd_jax import models
 from kd_jax.data import cifar as cifar_data
 from kd_jax.data import imagenet as imagenet_data
+from kd_jax.data import sources as data_sources
 from kd_jax.errors import ConfigError, DataError
 from kd_jax.losses import kendall
 
-DATASETS = ("cifar100", "cifar10", "synthetic", "imagenet2012")
+# Datasets with presets (more: 'imagefolder:PATH' and TFDS names, kd_jax/data/sources.py).
+DATASETS = tuple(data_sources.KNOWN_DATASETS)
 IN_MEMORY_DATASETS = cifar_data.ACCEPTED_NAMES
-NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "synthetic": 100, "imagenet2012": 1000}
+NUM_CLASSES = {name: preset[2] for name, preset in data_sources.KNOWN_DATASETS.items()}
 SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd",)
 
@@ -60,16 +62,23 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("method", "kd", "the method: " + ", ".join(methods.names())),
     ("base_method", "", "for a plug-in method (rkkd): the method its term is added to"),
     # Data.
-    ("dataset", "cifar100", "dataset: " + ", ".join(DATASETS)),
+    ("dataset", "cifar100", "a preset (" + ", ".join(DATASETS) + "), 'imagefolder:PATH' or a "
+     "TFDS image dataset name (docs/data.md)"),
     ("data_dir", "", "TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)"),
     ("num_classes", 100, "number of classes (must match the dataset)"),
     ("train_examples", 0, "use the first N training examples (0 = the whole split)"),
     ("eval_examples", 0, "use the first N eval examples (0 = the whole split)"),
     ("eval_split", "test", "the split evaluated after each epoch"),
-    ("image_size", 0, "input height/width (0 = the student's: 32 CIFAR, 224 ImageNet)"),
+    ("image_size", 0, "input height/width (0 = the dataset's: 32 CIFAR, 224 streamed, else the "
+     "images' own)"),
     ("tfds_name", "", "streamed datasets: the TFDS name if not `dataset` (e.g. a subset)"),
     ("crop_area", (0.08, 1.0), "streamed training crop: area fraction range (lo, hi)"),
     ("crop_aspect", (3.0 / 4.0, 4.0 / 3.0), "streamed training crop: width/height range"),
+    ("augment", "auto", "training augmentation: " + " | ".join(data_sources.AUGMENTATIONS)),
+    ("mean", (), "per-channel mean in [0, 1] pixel units; () = the dataset's default"),
+    ("std", (), "per-channel std in [0, 1] pixel units; () = the dataset's default"),
+    ("in_memory_budget_mb", 4096.0,
+     "MB: TFDS data whose uint8 training split fits is held in device memory"),
     # Models.
     ("student", "resnet8x4", "student model (kd_jax.models.names())"),
     ("aux_head", "", "student auxiliary head: '' | 'linear' | 'nonlinear' (DHKD)"),
@@ -321,10 +330,38 @@ def _crop_ranges(config) -> None:
     raise ConfigError(f"config.{e}") from None
   for key in ("crop_area", "crop_aspect"):
     default = tuple(base_config()[key])
-    if config.dataset in IN_MEMORY_DATASETS and tuple(config[key]) != default:
-      raise ConfigError(f"config.{key}={tuple(config[key])} applies to the ImageNet random "
-                        f"resized crop only; dataset {config.dataset!r} uses a padded random "
-                        f"crop (keep the default {default})")
+    if (config.dataset in IN_MEMORY_DATASETS and config.augment != "random_resized_crop"
+        and tuple(config[key]) != default):
+      raise ConfigError(f"config.{key}={tuple(config[key])} applies to the random resized "
+                        f"crop only; dataset {config.dataset!r} uses config.augment="
+                        f"{config.augment!r} (keep the default {default}, or set "
+                        f"--config.augment=random_resized_crop)")
+
+
+def _dataset(config) -> None:
+  """A preset name, 'imagefolder:PATH' or a TFDS-style name (whether it exists is checked later)."""
+  try:
+    data_sources.check_dataset_name(config.dataset)
+  except DataError as e:
+    raise ConfigError(f"config.{e}") from None
+
+
+def _augment_and_normalization(config) -> None:
+  """augment in AUGMENTATIONS (and fitting a preset's pipeline); mean/std () or 3 numbers."""
+  _choice(config, "augment", data_sources.AUGMENTATIONS)
+  for key, lo, what in (("mean", 0.0, "0 <= m <= 1"), ("std", None, "0 < s <= 1")):
+    value = config[key]
+    try:
+      numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+      numbers = None
+    ok = numbers is not None and (not numbers or (len(numbers) == 3 and all(
+        math.isfinite(v) and v <= 1.0 and (v >= lo if lo is not None else v > 0.0)
+        for v in numbers)))
+    if not ok:
+      raise ConfigError(f"config.{key}={value!r} is not accepted; accepted: () for the "
+                        f"dataset's default or three per-channel numbers in [0, 1] pixel units "
+                        f"with {what}, e.g. --config.{key}=(0.5071,0.4867,0.4408)")
 
 
 def _method_keys(config) -> None:
@@ -376,7 +413,7 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
     raise ConfigError(f"unknown config.loss keys {unknown_loss}; accepted: "
                       f"{sorted(base_config().loss.keys())}")
   _method_keys(config)
-  _choice(config, "dataset", DATASETS)
+  _dataset(config)
   _choice(config, "student", sorted(model_names))
   if methods.needs_teacher(config):
     _choice(config, "teacher", sorted(model_names))
@@ -386,7 +423,7 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
   _choice(config, "schedule", SCHEDULES)
   _choice(config, "optimizer", OPTIMIZERS)
   _choice(config, "loss.rank_form", kendall.FORMS)
-  if config.num_classes != NUM_CLASSES[config.dataset]:
+  if config.dataset in NUM_CLASSES and config.num_classes != NUM_CLASSES[config.dataset]:
     raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
                       f"{config.dataset!r}, which has {NUM_CLASSES[config.dataset]} classes")
   for key in ("learning_rate", "batch_size", "eval_batch_size", "loss.temperature",
@@ -398,8 +435,12 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
               "loss.alpha", "loss.beta", "loss.alpha_temperature", "loss.warmup_epochs",
               "loss.label_smoothing", "loss.bkln_weight", "loss.bkln_until_epoch",
               "loss.rank_weight", "loss.rank_top_k", "lr_warmup_epochs",
-              "train_examples", "eval_examples", "num_devices"):
+              "train_examples", "eval_examples", "num_devices", "in_memory_budget_mb"):
     _positive(config, key, allow_zero=True)
+  if not isinstance(config.num_classes, int) or config.num_classes < 1:
+    raise ConfigError(f"config.num_classes={config.num_classes!r} is not accepted; expected a "
+                      f"positive integer")
+  _augment_and_normalization(config)
   _crop_ranges(config)
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs} and config.num_train_steps="
@@ -418,7 +459,3 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
                         f"{num_devices} devices in use; use a multiple of {num_devices} "
                         f"(or set config.num_devices)")
 
-
-def image_size(config) -> int:
-  """The input height/width of a run: config.image_size, else the student's."""
-  return config.image_size or models.input_size(config.student)
