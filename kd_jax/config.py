@@ -93,12 +93,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_examples = 0
   c.eval_split = "test"
   c.image_size = 0              # 0 = the dataset's (32 CIFAR, 224 streamed, else the images' own)
-  c.tfds_name = ""              # streamed datasets: TFDS name if not `dataset` (e.g. a subset)
-  # Streamed (ImageNet) training crop: area fraction and width/height ranges of the random
-  # resized crop (torchvision defaults; DHKD's DALI loader uses (0.1, 1) and (0.8, 1.25)).
+  c.tfds_name = ""              # TFDS name read instead of `dataset` (not for CIFAR/synthetic)
+  # augment='random_resized_crop' (ImageNet's 'auto'): area fraction and width/height ranges
+  # of the crop (torchvision defaults; DHKD's DALI loader uses (0.1, 1) and (0.8, 1.25)).
   c.crop_area = (0.08, 1.0)
   c.crop_aspect = (3.0 / 4.0, 4.0 / 3.0)
-  c.augment = "auto"            # auto | pad_crop_flip | random_resized_crop | none (training images)
+  c.augment = "auto"            # auto | pad_crop_flip | random_resized_crop | none (training)
   c.mean = ()                   # per-channel mean, [0, 1] pixel units; () = the dataset's default
   c.std = ()                    # per-channel std, [0, 1] pixel units; () = the dataset's default
   c.in_memory_budget_mb = 4096.0  # MB: TFDS data whose uint8 training split fits is held in memory
