@@ -71,9 +71,10 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("eval_split", "test", "the split evaluated after each epoch"),
     ("image_size", 0, "input height/width (0 = the dataset's: 32 CIFAR, 224 streamed, else the "
      "images' own)"),
-    ("tfds_name", "", "streamed datasets: the TFDS name if not `dataset` (e.g. a subset)"),
-    ("crop_area", (0.08, 1.0), "streamed training crop: area fraction range (lo, hi)"),
-    ("crop_aspect", (3.0 / 4.0, 4.0 / 3.0), "streamed training crop: width/height range"),
+    ("tfds_name", "", "TFDS name read instead of `dataset` (not for CIFAR/synthetic)"),
+    ("crop_area", (0.08, 1.0), "augment='random_resized_crop': area fraction range (lo, hi)"),
+    ("crop_aspect", (3.0 / 4.0, 4.0 / 3.0),
+     "augment='random_resized_crop': width/height range (lo, hi)"),
     ("augment", "auto", "training augmentation: " + " | ".join(data_sources.AUGMENTATIONS)),
     ("mean", (), "per-channel mean in [0, 1] pixel units; () = the dataset's default"),
     ("std", (), "per-channel std in [0, 1] pixel units; () = the dataset's default"),

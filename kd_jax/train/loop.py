@@ -229,9 +229,6 @@ def _setup_data(config, mesh) -> _Data:
                  lambda: data_lib.eval_batches(test, config.eval_batch_size),
                  mean, std, size, augment)
   # Streaming (ImageNet and large TFDS datasets): each process reads its own shard.
-  if data_lib.imagefolder_root(config.dataset) is not None:
-    raise ConfigError(f"dataset {config.dataset!r} cannot be streamed; image folders are "
-                      "held in memory")
   pc, pi = jax.process_count(), jax.process_index()
   name = config.tfds_name or config.dataset
   mean, std = data_lib.resolve_mean_std(config.dataset, config.mean, config.std,
