@@ -457,3 +457,33 @@ def from_arg(config: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collec
   elif parsed["ls"]:
     apply_pair(config, config.teacher, config.student, ls=True)
   return config
+
+
+# ---------------------------------------------------------------------------------------
+# Descriptions of the keys (for `launch.py --print_config`).
+
+
+def _flat_keys(config, prefix: str = "") -> list[str]:
+  """Dotted names of every leaf key of `config`, in insertion order."""
+  keys = []
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(_flat_keys(value, f"{prefix}{name}."))
+    else:
+      keys.append(f"{prefix}{name}")
+  return keys
+
+
+def key_descriptions() -> dict[str, str]:
+  """Dotted key ('loss.temperature') -> one-line description, for every key of base_config().
+
+  Read from the trailing `# comments` of base_config()'s source; a key without one maps to ''.
+  """
+  import inspect  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  comments = {}
+  for line in inspect.getsource(base_config).splitlines():
+    m = re.match(r"\s*c\.([\w.]+)\s*=[^#]*#\s*(.*)$", line)
+    if m:
+      comments[m.group(1)] = m.group(2).strip()
+  return {key: comments.get(key, "") for key in _flat_keys(base_config())}

@@ -25,6 +25,7 @@ from kd_jax import methods
 from kd_jax import models
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import metrics as metrics_lib
+from kd_jax.train import progress as progress_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 from kd_jax.errors import CheckpointError, ConfigError, TeacherError, TrainingError
@@ -39,6 +40,7 @@ class RunResult:
   final: dict[str, float]
   best_top1: float
   preempted: bool
+  already_finished: bool = False   # the workdir held a finished run
 
 
 # ---------------------------------------------------------------------------------------
@@ -142,6 +144,7 @@ class _Data:
   eval_iter: Callable[[], Any]     # fresh iterator of padded host batches
   mean: tuple
   std: tuple
+  eval_batches: Any = None         # batches per evaluation, if known (progress display)
 
 
 def _setup_data(config, mesh) -> _Data:
@@ -162,7 +165,8 @@ def _setup_data(config, mesh) -> _Data:
     arrays = (_global_array(train.images, repl), _global_array(train.labels, repl))
     return _Data(True, n // config.batch_size, arrays,
                  lambda: data_lib.eval_batches(test, config.eval_batch_size),
-                 data_lib.CIFAR_MEAN, data_lib.CIFAR_STD)
+                 data_lib.CIFAR_MEAN, data_lib.CIFAR_STD,
+                 eval_batches=-(-len(test.labels) // config.eval_batch_size))
   # Streaming (ImageNet): each process reads its own shard.
   pc, pi = jax.process_count(), jax.process_index()
   name = config.tfds_name or config.dataset
@@ -193,17 +197,23 @@ def _to_global_batch(batch: dict, mesh, axis: int = 0) -> dict:
           for k, v in batch.items()}
 
 
-def evaluate(eval_fn, variables, data: _Data, mesh, num_classes: int) -> dict[str, float]:
-  """Exact top-1/top-5/loss over every example of the eval split (padded, masked batches)."""
+def evaluate(eval_fn, variables, data: _Data, mesh, num_classes: int,
+             on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+  """Exact top-1/top-5/loss over every example of the eval split (padded, masked batches).
+
+  on_batch(i) is called after the i-th batch is dispatched (progress display).
+  """
   sums = None
   first = True
-  for batch in data.eval_iter():
+  for i, batch in enumerate(data.eval_iter()):
     if first and data.in_memory:
       data_lib.validate_batch(batch, num_classes=num_classes,
                               image_shape=tuple(np.shape(batch["image"])[1:]))
       first = False
     out = eval_fn(variables, _to_global_batch(batch, mesh))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    if on_batch is not None:
+      on_batch(i + 1)
   sums = jax.device_get(sums)
   count = max(float(sums["count"]), 1.0)
   return {"top1": float(sums["top1"]) / count, "top5": float(sums["top5"]) / count,
@@ -310,6 +320,7 @@ def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Trains and evaluates the configured student; resumes from `workdir` if it holds a run."""
   t_start = time.time()
+  prog = progress_lib.Progress()
   mesh = make_mesh(config)
   num_devices = mesh.devices.size
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
@@ -318,16 +329,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
+  prog.start(f"loading data ({config.dataset})")
   data = _setup_data(config, mesh)
+  prog.finish()
   spe = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * spe)
   image_size = _image_size(config)
+  prog.start("building the student" + (f" and loading the teacher ({config.teacher})"
+                                        if config_lib.needs_teacher(config) else ""))
   trainer = build_trainer(config, mesh, steps_per_epoch=spe, total_steps=total_steps,
                           in_memory=data.in_memory, mean=data.mean, std=data.std)
   spec, schedule, teacher_vars = trainer.spec, trainer.schedule, trainer.teacher_vars
   student, teacher = spec.student, spec.teacher
   state = trainer.init_state()
+  prog.finish()
   repl = NamedSharding(mesh, P())
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
   writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps)
@@ -354,17 +370,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
       writer.write(0, {"teacher/low_precision_logit_dev": dev})
 
   if step == 0 and teacher is not None:
+    prog.start("teacher evaluation (the first batch compiles)", data.eval_batches, "batches")
     t_eval = evaluate(step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh,
                                             data.in_memory),
-                      teacher_vars, data, mesh, config.num_classes)
+                      teacher_vars, data, mesh, config.num_classes, on_batch=prog.update)
+    prog.finish(f"top-1 {100 * t_eval['top1']:.2f}%")
     writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
     console.info(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}")
 
   host_iter = None if data.in_memory else data.train(step)
   window_start, window_step = time.time(), step
   run_start, run_start_step = time.time(), step
+  compile_s = 0.0                  # left out of the ETA
   last_eval: dict[str, float] = {}
   preempted = False
+  already_finished = restored is not None and step >= total_steps
+  eval_prog = progress_lib.Progress(interval_s=prog.interval_s)
+  if step < total_steps:
+    prog.start("training", total_steps, "steps", done=step)
 
   def elapsed():
     return elapsed_before + time.time() - t_start
@@ -378,8 +401,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
       target = min(total_steps, boundary(step, config.log_every_steps),
                    boundary(step, config.checkpoint_every_steps), boundary(step, eval_every))
       n = min(config.steps_per_dispatch, target - step)
-      if n not in train_fns:
+      compiling = n not in train_fns
+      if compiling:
         train_fns[n] = step_lib.make_train_fn(spec, n)
+        prog.message(f"compiling the train step ({n} step{'s' if n > 1 else ''} per "
+                     f"dispatch)...")
+        t_compile = time.time()
       if data.in_memory:
         batch_data = data.train
       else:
@@ -390,7 +417,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         batch_data = _to_global_batch(
             {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
       state = train_fns[n](state, teacher_vars, batch_data)
+      if compiling:
+        compile_s += time.time() - t_compile
+        prog.exclude(time.time() - t_compile)
+        prog.message(f"compiled in {time.time() - t_compile:.1f} s; training")
       step += n
+      prog.update(step)
 
       if step % config.log_every_steps == 0 or step == total_steps:
         sums, count, bad, skipped = jax.device_get(
@@ -404,7 +436,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                         "skipped_steps": int(skipped)})
         if int(count) > 0:
           writer.write(step, scalars)
-        rate = (step - run_start_step) / max(now - run_start, 1e-9)
+        rate = (step - run_start_step) / max(now - run_start - compile_s, 1e-9)
+        prog.pause()
         writer.print_progress(step, scalars, (total_steps - step) / rate if rate else None)
         state = state.replace(
             metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
@@ -420,7 +453,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
 
       if step % eval_every == 0 or step == total_steps:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        last_eval = evaluate(eval_fn, variables, data, mesh, config.num_classes)
+        prog.pause()
+        eval_prog.start(f"evaluation at step {step}", data.eval_batches, "batches",
+                        announce=False)
+        last_eval = evaluate(eval_fn, variables, data, mesh, config.num_classes,
+                             on_batch=eval_prog.update)
+        eval_prog.finish(silent=True)
         epoch = math.ceil(step / spe)
         writer.write(step, {"epoch": step / spe, "eval/top1": last_eval["top1"],
                             "eval/top5": last_eval["top5"], "eval/loss": last_eval["loss"],
@@ -441,7 +479,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                      f"command again to resume")
         break
 
+  prog.finish(silent=True)
   checkpointer.wait()
   checkpointer.close()
   writer.close()
-  return RunResult(step=step, final=last_eval, best_top1=best[0], preempted=preempted)
+  return RunResult(step=step, final=last_eval, best_top1=best[0], preempted=preempted,
+                   already_finished=already_finished)

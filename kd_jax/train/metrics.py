@@ -24,6 +24,39 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
+class _ScalarEventWriter:
+  """TensorBoard scalar events written with the tensorboard package alone (no TensorFlow).
+
+  The records are what tf.summary.scalar writes: a float32 scalar tensor under the 'scalars'
+  plugin, so TensorBoard and its event readers see the same tags and values.
+  """
+
+  def __init__(self, log_dir: str):
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
+    from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+    os.makedirs(log_dir, exist_ok=True)
+    self._summary_pb2 = summary_pb2
+    self._tensor_util = tensor_util
+    self._writer = event_file_writer.EventFileWriter(log_dir)
+
+  def scalar(self, tag: str, value: float, step: int) -> None:
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    pb2 = self._summary_pb2
+    metadata = pb2.SummaryMetadata(plugin_data=pb2.SummaryMetadata.PluginData(
+        plugin_name="scalars"))
+    tensor = self._tensor_util.make_tensor_proto(float(value), dtype="float32")
+    summary = pb2.Summary(value=[pb2.Summary.Value(tag=tag, tensor=tensor, metadata=metadata)])
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class MetricWriter:
   """Appends metric lines to metrics.jsonl and TensorBoard; prints progress."""
 
@@ -34,11 +67,10 @@ class MetricWriter:
     self._tb = None
     if self.enabled and tensorboard:
       try:
-        from flax.metrics import tensorboard as flax_tb  # needs tensorflow and tensorboard
-        self._tb = flax_tb.SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = _ScalarEventWriter(os.path.join(workdir, "tensorboard"))
       except ImportError as e:
         console.warn(f"no TensorBoard events ({e}); metrics.jsonl is written as usual. "
-                     f"pip install tensorflow-cpu tensorboard for them.")
+                     f"pip install tensorboard for them.")
 
   def truncate_after(self, step: int) -> None:
     """Drops lines logged after `step` (they belong to work lost by an interruption)."""
