@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from typing import Any, Optional
 
@@ -28,27 +29,35 @@ class _ScalarEventWriter:
   """TensorBoard scalar events written with the tensorboard package alone (no TensorFlow).
 
   The records are what tf.summary.scalar writes: a float32 scalar tensor under the 'scalars'
-  plugin, so TensorBoard and its event readers see the same tags and values.
+  plugin, in an events.out.tfevents.* file of TFRecords, so TensorBoard and its event readers
+  see the same tags and values. (tensorboard's own EventFileWriter would import TensorFlow.)
   """
 
   def __init__(self, log_dir: str):
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
-    from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.summary.writer import record_writer
+    from tensorboard.util import tensor_util
+    # pylint: enable=g-import-not-at-top
     os.makedirs(log_dir, exist_ok=True)
-    self._summary_pb2 = summary_pb2
-    self._tensor_util = tensor_util
-    self._writer = event_file_writer.EventFileWriter(log_dir)
+    self._event_pb2, self._summary_pb2, self._tensor_util = event_pb2, summary_pb2, tensor_util
+    name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.kd_jax")
+    self._writer = record_writer.RecordWriter(open(os.path.join(log_dir, name), "wb"))
+    self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+    self.flush()
+
+  def _add(self, event) -> None:
+    self._writer.write(event.SerializeToString())
 
   def scalar(self, tag: str, value: float, step: int) -> None:
-    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
     pb2 = self._summary_pb2
     metadata = pb2.SummaryMetadata(plugin_data=pb2.SummaryMetadata.PluginData(
         plugin_name="scalars"))
     tensor = self._tensor_util.make_tensor_proto(float(value), dtype="float32")
     summary = pb2.Summary(value=[pb2.Summary.Value(tag=tag, tensor=tensor, metadata=metadata)])
-    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                           summary=summary))
+    self._add(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def flush(self) -> None:
     self._writer.flush()

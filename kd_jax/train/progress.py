@@ -63,7 +63,8 @@ class Progress:
     self._start = 0.0
     self._last_line = 0.0
     self._done = 0
-    self._excluded_s = 0.0
+    self._rate_start = 0.0
+    self._rate_done = 0
     self._line_open = False
 
   # -- writing ---------------------------------------------------------------------------
@@ -105,13 +106,14 @@ class Progress:
     """
     self._name, self._total, self._unit = name, total, unit
     self._start = self._last_line = self.clock()
-    self._done, self._first_done, self._excluded_s = done, done, 0.0
+    self._done = done
+    self._rate_start, self._rate_done = self._start, done
     if announce or self.live:
       self._write(self._text(), final=False)
 
-  def exclude(self, seconds: float) -> None:
-    """Leaves `seconds` (e.g. compilation) out of the phase's rate and ETA."""
-    self._excluded_s += max(seconds, 0.0)
+  def restart_rate(self) -> None:
+    """Measures the rate (and ETA) from now on, e.g. once compilation is over."""
+    self._rate_start, self._rate_done = self.clock(), self._done
 
   def update(self, done: int, extra: str = "") -> None:
     """`done` units of the phase are done; redraws or, not live, prints every interval_s."""
@@ -139,11 +141,11 @@ class Progress:
     self._name = None
 
   def eta_s(self) -> Optional[float]:
-    """Seconds left at the rate so far, excluding `exclude`d time; None before any rate."""
+    """Seconds left at the rate since start()/restart_rate(); None before any rate."""
     if self._total is None:
       return None
-    done = self._done - self._first_done
-    spent = self.clock() - self._start - self._excluded_s
+    done = self._done - self._rate_done
+    spent = self.clock() - self._rate_start
     if done <= 0 or spent <= 0:
       return None
     return (self._total - self._done) * spent / done
@@ -154,7 +156,7 @@ class Progress:
       parts.append(f"{_bar(self._done / self._total)} {self._done}/{self._total} {self._unit}"
                    .rstrip())
       eta = self.eta_s()
-      if self._done > self._first_done:
+      if self._done > self._rate_done:
         parts.append(f"ETA {format_duration(eta)}")
     elif self._done:
       parts.append(f"{self._done} {self._unit}".rstrip())
