@@ -146,6 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.max_bad_steps = 20          # consecutive non-finite steps before the run stops
   c.num_devices = 0             # 0 = all local devices of every host
+  c.wandb_project = ""          # Weights & Biases project to log to ('' = off; needs wandb)
   return c
 
 
@@ -416,6 +417,12 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
               "train_examples", "eval_examples", "num_devices"):
     _positive(config, key, allow_zero=True)
   _crop_ranges(config)
+  if config.wandb_project:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec("wandb") is None:
+      raise ConfigError(f"config.wandb_project={config.wandb_project!r} needs the wandb "
+                        f"package, which is not installed: pip install wandb (or leave "
+                        f"config.wandb_project='')")
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs} and config.num_train_steps="
                       f"{config.num_train_steps}: one of them must be > 0")

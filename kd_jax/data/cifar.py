@@ -133,8 +133,10 @@ def _not_prepared_message(name: str, data_dir: str | None, builder, reason: str)
       f"TFDS dataset {name!r} is not prepared in data_dir {root!r} (looked for "
       f"{builder.data_dir}) and {reason}. Prepare it once on a machine with "
       f"network access:\n{common.prepare_commands(name, root)}"
-      f"(or run once with download=True and network), then copy {root}/{name} "
-      "here. For an offline smoke test use name='synthetic'.")
+      f"then copy {root}/{name} here, or point the run at a prepared copy with "
+      f"--config.data_dir=DIR (the directory holding {name}/). Without the data, "
+      f"--config.dataset=synthetic runs the pipeline offline (configs/smoke.py). "
+      f"See docs/data.md.")
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -346,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   prog.finish()
   repl = NamedSharding(mesh, P())
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
-  writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps)
+  writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps,
+                                    wandb_project=config.wandb_project, run_config=config)
   best = (-1.0, 0)
   elapsed_before = 0.0
   restored = checkpointer.restore_latest(jax.tree.map(

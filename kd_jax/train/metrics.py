@@ -10,11 +10,13 @@ import math
 import os
 import socket
 import time
+import uuid
 from typing import Any, Optional
 
 import jax
 
 from kd_jax import console
+from kd_jax.errors import ConfigError
 
 
 def _jsonable(value: Any) -> Any:
@@ -23,6 +25,30 @@ def _jsonable(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
   return value
+
+
+def _start_wandb(workdir: str, project: str, run_config: Any):
+  """A Weights & Biases run for `workdir` (the same run again when the workdir resumes).
+
+  Logs the resolved config; WANDB_MODE=offline keeps everything under WORKDIR/wandb.
+  """
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConfigError(f"config.wandb_project={project!r} needs the wandb package, which is "
+                      f"not installed: pip install wandb (or leave config.wandb_project='')"
+                      ) from None
+  id_path = os.path.join(workdir, "wandb_run_id")
+  if os.path.exists(id_path):
+    with open(id_path) as f:
+      run_id = f.read().strip()
+  else:
+    run_id = uuid.uuid4().hex[:12]
+    with open(id_path, "w") as f:
+      f.write(run_id)
+  config = run_config.to_dict() if hasattr(run_config, "to_dict") else dict(run_config or {})
+  return wandb.init(project=project, id=run_id, resume="allow", dir=workdir,
+                    name=os.path.basename(os.path.abspath(workdir)), config=config)
 
 
 class _ScalarEventWriter:
@@ -69,11 +95,15 @@ class _ScalarEventWriter:
 class MetricWriter:
   """Appends metric lines to metrics.jsonl and TensorBoard; prints progress."""
 
-  def __init__(self, workdir: str, *, total_steps: int, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, total_steps: int, tensorboard: bool = True,
+               wandb_project: str = "", run_config: Any = None):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.total_steps = total_steps
     self._tb = None
+    self._wandb = None
+    if self.enabled and wandb_project:
+      self._wandb = _start_wandb(workdir, wandb_project, run_config)
     if self.enabled and tensorboard:
       try:
         self._tb = _ScalarEventWriter(os.path.join(workdir, "tensorboard"))
@@ -112,6 +142,9 @@ class MetricWriter:
         if k != "step" and isinstance(v, (int, float)):
           self._tb.scalar(k, v, step)
       self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log({k: v for k, v in record.items()
+                       if k != "step" and isinstance(v, (int, float))}, step=int(step))
 
   def print_progress(self, step: int, scalars: dict[str, Any], eta_s: Optional[float]) -> None:
     if not self.enabled:
@@ -129,3 +162,6 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
