@@ -92,10 +92,22 @@ def _load_config(spec: str) -> ml_collections.ConfigDict:
     if arg and "pair" in str(e):
       names = [p.strip() for p in arg.split(",") if p.strip() and p.strip() != "ls"]
       if len(names) >= 2:
-        hint = (f"; for a pair outside the grid start from {path} and set "
+        close = difflib.get_close_matches(",".join(names[:2]), _known_pairs(), n=2,
+                                          cutoff=0.8)
+        if close:
+          hint += f"; did you mean {' or '.join(f'`{c}`' for c in close)}?"
+        hint += (f"; for a pair outside the grid start from {path} and set "
                 f"--config.teacher={names[0]} --config.student={names[1]} (the method's "
                 f"default hyperparameters apply)")
     raise _UsageError(f"--config={spec}: {_one_line(e)}{hint}") from None
+
+
+def _known_pairs() -> list[str]:
+  try:
+    from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    return list(config_lib.known_pairs())
+  except (ImportError, AttributeError):
+    return []
 
 
 def _one_line(e: BaseException) -> str:

@@ -174,14 +174,14 @@ def test_smoke_run_learns_shows_progress_first_and_rerun_prints_the_same_summary
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     best = max(r["eval/top1"] for r in map(json.loads, f) if "eval/top1" in r)
   assert best >= 0.03, best
-  summary = out[out.index("Run finished"):].strip()
+  summary = out[out.index("Done: "):].strip()
   assert f"best eval top-1  {100 * best:.2f}%" in summary
   assert "{'top1'" not in out
   # Running the finished run again says so and prints the same summary.
   again = _run("--config=configs/smoke.py", f"--workdir={workdir}")
   assert again.returncode == 0, again.stderr[-3000:]
   assert "already finished" in again.stdout
-  assert again.stdout[again.stdout.index("Run finished"):].strip() == summary
+  assert again.stdout[again.stdout.index("Done: "):].strip() == summary
 
 
 def test_synthetic_runs_do_not_import_tensorflow(tmp_path):
@@ -223,6 +223,7 @@ def _wandb_records(path):
       yield record
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_the_metrics_and_the_config(tmp_path, monkeypatch):
   pytest.importorskip("wandb", reason="wandb is pinned in requirements-dev.txt")
   from kd_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -241,8 +242,10 @@ def test_wandb_offline_logs_the_metrics_and_the_config(tmp_path, monkeypatch):
   for record in _wandb_records(files[0]):
     kind = record.WhichOneof("record_type")
     if kind == "history":
-      row = {i.key: json.loads(i.value_json) for i in record.history.item}
-      history[row["_step"]] = {k: v for k, v in row.items() if not k.startswith("_")}
+      row = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+             for i in record.history.item}
+      history[record.history.step.num] = {k: v for k, v in row.items()
+                                          if not k.startswith("_")}
     elif kind in ("config", "run"):
       updates = record.config.update if kind == "config" else record.run.config.update
       logged_config.update({i.key: json.loads(i.value_json) for i in updates})

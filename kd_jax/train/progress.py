@@ -202,7 +202,7 @@ def run_summary(workdir: str) -> str:
   steps = max((int(r.get("step", 0)) for r in records), default=0)
   elapsed = max((float(r["elapsed_s"]) for r in records if "elapsed_s" in r), default=None)
   epochs = max((float(r["epoch"]) for r in records if "epoch" in r), default=0.0)
-  lines = [f"Run finished: {steps} steps ({epochs:.3g} epochs) in "
+  lines = [f"Done: {steps} steps ({epochs:.3g} epochs) in "
            f"{format_duration(elapsed)} wall time ({workdir})"]
   if evals:
     best = max(evals, key=lambda r: (r["eval/top1"], -r["step"]))
