@@ -358,7 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     elapsed_before = meta.get("elapsed_s", 0.0)
     step0 = int(jax.device_get(state.step))
     writer.truncate_after(step0)
-    console.info(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})")
+    if step0 < total_steps:
+      console.info(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})")
   step = int(jax.device_get(state.step))
 
   train_fns: dict[int, Callable] = {}
