@@ -477,6 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         checkpointer.save(step, state, _meta(step, best, elapsed(), config))
       if preemption.requested and step < total_steps:
         preempted = True
+        prog.pause()
         console.info(f"SIGTERM received: checkpoint saved at step {step}; run the same "
                      f"command again to resume")
         break
