@@ -272,11 +272,6 @@ def main(argv):
   except errors.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  except ImportError as e:
-    if "pip install" not in str(e):  # not an optional dependency with its install command
-      raise
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
   if jax.process_index() != 0:
     return
   if result.preempted:
