@@ -318,3 +318,17 @@ def test_every_kd_jax_package_is_packaged():
              for d, _, files in os.walk(os.path.join(REPO, "kd_jax"))
              if any(f.endswith(".py") for f in files)}
   assert folders == found
+
+
+def test_missing_dataset_hints_in_launcher_terms(tmp_path, monkeypatch):
+  import socket  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise OSError("network disabled by test")
+  monkeypatch.setattr(socket, "create_connection", refuse)
+  with pytest.raises(data.DataError) as info:
+    data.load_in_memory("cifar100", "train", data_dir=str(tmp_path / "tfds"))
+  message = str(info.value)
+  assert "--config.data_dir=" in message and "--config.dataset=synthetic" in message
+  assert "docs/data.md" in message and "name='synthetic'" not in message
