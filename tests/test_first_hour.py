@@ -118,7 +118,7 @@ def test_progress_prints_periodic_lines_when_not_a_terminal():
   clock.t = 10
   p.update(5)          # compilation done at t=10 after 5 steps
   assert out.getvalue().count("\n") == 1   # within the interval: nothing printed
-  p.restart_rate()
+  p.restart_rate(5)
   clock.t = 20
   p.update(15)         # 10 steps in 10 s after compilation -> 85 steps left = 85 s
   assert p.eta_s() == pytest.approx(85.0)

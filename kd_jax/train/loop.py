@@ -420,11 +420,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
             {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
       state = train_fns[n](state, teacher_vars, batch_data)
       step += n
-      prog.update(step)
       if compiling:
         compile_s += time.time() - t_compile
         prog.message(f"compiled in {time.time() - t_compile:.1f} s; training")
-        prog.restart_rate()   # the ETA leaves compilation out
+        prog.restart_rate(step)   # the ETA leaves compilation out
+      prog.update(step)
 
       if step % config.log_every_steps == 0 or step == total_steps:
         sums, count, bad, skipped = jax.device_get(

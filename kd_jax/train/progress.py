@@ -80,12 +80,10 @@ class Progress:
     self.stream.flush()
 
   def message(self, text: str) -> None:
-    """A line of its own (closes a live line first)."""
+    """A line of its own (a live line is cleared first and redrawn by the next update)."""
     if not self.enabled:
       return
-    if self._line_open:
-      self.stream.write("\n")
-      self._line_open = False
+    self.pause()
     self.stream.write(text + "\n")
     self.stream.flush()
 
@@ -111,8 +109,10 @@ class Progress:
     if announce or self.live:
       self._write(self._text(), final=False)
 
-  def restart_rate(self) -> None:
-    """Measures the rate (and ETA) from now on, e.g. once compilation is over."""
+  def restart_rate(self, done: Optional[int] = None) -> None:
+    """Measures the rate (and ETA) from now and `done` units on, e.g. after compilation."""
+    if done is not None:
+      self._done = done
     self._rate_start, self._rate_done = self.clock(), self._done
 
   def update(self, done: int, extra: str = "") -> None:
@@ -202,7 +202,7 @@ def run_summary(workdir: str) -> str:
   steps = max((int(r.get("step", 0)) for r in records), default=0)
   elapsed = max((float(r["elapsed_s"]) for r in records if "elapsed_s" in r), default=None)
   epochs = max((float(r["epoch"]) for r in records if "epoch" in r), default=0.0)
-  lines = [f"Done: {steps} steps ({epochs:.3g} epochs) in "
+  lines = [f"Done: {steps} steps ({epochs:.3g} epoch{'' if epochs == 1 else 's'}) in "
            f"{format_duration(elapsed)} wall time ({workdir})"]
   if evals:
     best = max(evals, key=lambda r: (r["eval/top1"], -r["step"]))
