@@ -424,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         compile_s += time.time() - t_compile
         prog.message(f"compiled in {time.time() - t_compile:.1f} s; training")
         prog.restart_rate(step)   # the ETA leaves compilation out
+        window_start, window_step = time.time(), step - n   # and so does images_per_sec
       prog.update(step)
 
       if step % config.log_every_steps == 0 or step == total_steps:
