@@ -100,6 +100,7 @@ def test_non_finite_step_is_skipped_and_counted():
   assert any(jax.tree.leaves(changed))
 
 
+@pytest.mark.slow
 def test_consecutive_bad_steps_stop_the_run_keeping_good_checkpoints(tmp_path):
   workdir = str(tmp_path / "run")
   # A learning rate this large makes the weights blow up within a few steps.
@@ -130,6 +131,7 @@ def test_checkpointer_refuses_non_finite_state(tmp_path):
 # --- Checkpoint faults -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny("kd", steps=6), workdir)
@@ -147,6 +149,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
   assert result.step == 8
 
 
+@pytest.mark.slow
 def test_interrupted_save_leaves_no_partial_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny("kd", steps=4), workdir)
