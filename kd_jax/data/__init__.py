@@ -6,6 +6,10 @@ TensorFlow / TFDS are imported lazily, only by the functions that read TFDS data
 from kd_jax.data.cifar import ACCEPTED_NAMES
 from kd_jax.data.cifar import augment_cifar
 from kd_jax.data.cifar import cifar_augment_params
+from kd_jax.data.cifar import cifar_batch_indices
+from kd_jax.data.cifar import cifar_num_views
+from kd_jax.data.cifar import cifar_view_index
+from kd_jax.data.cifar import cifar_view_params
 from kd_jax.data.cifar import CIFAR_MEAN
 from kd_jax.data.cifar import CIFAR_STD
 from kd_jax.data.cifar import cifar_train_batch
@@ -26,6 +30,7 @@ from kd_jax.data.imagenet import imagenet_train
 
 __all__ = [
     "ACCEPTED_NAMES", "augment_cifar", "build_fake_imagenet", "cifar_augment_params",
+    "cifar_batch_indices", "cifar_num_views", "cifar_view_index", "cifar_view_params",
     "CIFAR_MEAN", "CIFAR_STD", "cifar_train_batch", "crop_and_flip", "DataError",
     "eval_batches", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_eval", "imagenet_steps_per_epoch", "imagenet_train",
     "InMemoryData", "load_in_memory", "normalize", "steps_per_epoch", "validate_batch",
