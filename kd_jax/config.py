@@ -104,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher_checkpoint = ""     # .pth file, kd_jax run workdir / Orbax dir, or 'random:SEED' (tests)
   c.dtype = "float32"           # student compute dtype (params stay float32)
   c.teacher_dtype = "float32"
+  c.teacher_cache = ""          # dir of exact teacher-logit tables (in-memory data); '' = off
   # Loss hyperparameters (methods.md). Unused keys are ignored by a method.
   c.loss = ml_collections.ConfigDict()
   c.loss.ce_weight = 0.1
@@ -416,6 +417,10 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
               "train_examples", "eval_examples", "num_devices"):
     _positive(config, key, allow_zero=True)
   _crop_ranges(config)
+  if config.teacher_cache and config.dataset not in IN_MEMORY_DATASETS:
+    raise ConfigError(f"config.teacher_cache={config.teacher_cache!r} needs an in-memory "
+                      f"dataset with a finite set of augmented views {sorted(IN_MEMORY_DATASETS)}; "
+                      f"got dataset {config.dataset!r} (set config.teacher_cache='')")
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs} and config.num_train_steps="
                       f"{config.num_train_steps}: one of them must be > 0")

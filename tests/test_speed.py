@@ -63,3 +63,146 @@ def test_forced_scan_equals_per_step_calls(method):
   init = jax.tree.leaves(jax.device_get(trainer.init_state().params))[0]
   assert np.abs(first - init).max() > 1e-6
   _assert_states_close(s1, s2)
+
+
+# ---------------------------------------------------------------------------------------
+# The teacher-logit table.
+
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from kd_jax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kd_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _train_and_eval_values(records):
+  keys = sorted({k for r in records for k in r if k.startswith(("train/", "eval/"))})
+  return {(r["step"], k): r[k] for r in records for k in keys if k in r}
+
+
+def test_view_numbers_cover_every_crop_and_flip_once():
+  offsets = np.array([[dy, dx] for dy in range(9) for dx in range(9) for _ in (0, 1)])
+  flips = np.array([f for _ in range(81) for f in (False, True)])
+  views = np.asarray(data_lib.cifar_view_index(offsets, flips))
+  assert sorted(views.tolist()) == list(range(162))
+  for v, o, f in zip(views, offsets, flips):
+    assert data_lib.cifar_view_params(int(v)) == ((int(o[0]), int(o[1])), bool(f))
+  assert data_lib.cifar_num_views("none") == 1
+
+
+def test_table_rows_are_the_teacher_on_each_augmented_view():
+  """Independent check of build_table: crop/flip by numpy slicing, then the teacher."""
+  config = tiny_config()
+  mesh = loop.make_mesh(config)
+  teacher, tvars = loop.load_teacher(config)
+  images = data_lib.load_in_memory("synthetic", "train", num_examples=8).images
+  table = teacher_cache.build_table(teacher, tvars, images, num_classes=100,
+                                    augment="pad_crop_flip", mean=data_lib.CIFAR_MEAN,
+                                    std=data_lib.CIFAR_STD, mesh=mesh, chunk=8)
+  assert table.shape == (8, 162, 100)
+  padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  for view, (dy, dx, flip) in [(0, (0, 0, 0)), (1, (0, 0, 1)), (161, (8, 8, 1)),
+                               (2 * (3 * 9 + 5), (3, 5, 0))]:
+    crop = padded[:, dy:dy + 32, dx:dx + 32]
+    if flip:
+      crop = crop[:, :, ::-1]
+    x = (crop / 255.0 - np.array(data_lib.CIFAR_MEAN)) / np.array(data_lib.CIFAR_STD)
+    want = np.asarray(teacher.apply(tvars, x.astype(np.float32), train=False))
+    np.testing.assert_allclose(table[:, view], want, rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_cache_run_equals_online_run_and_is_reused(tmp_path, monkeypatch):
+  online = str(tmp_path / "online")
+  loop.train_and_evaluate(tiny_config("dkd"), online)
+  cache = str(tmp_path / "cache")
+  first = tiny_config("dkd")
+  first.teacher_cache = cache
+  loop.train_and_evaluate(first, str(tmp_path / "cached1"))
+  tables = os.listdir(cache)
+  assert len(tables) == 1 and os.path.exists(os.path.join(cache, tables[0], "logits.npy"))
+  stamp = os.stat(os.path.join(cache, tables[0], "logits.npy")).st_mtime_ns
+
+  def no_build(*args, **kwargs):
+    raise AssertionError("the table was rebuilt")
+  monkeypatch.setattr(teacher_cache, "build_table", no_build)
+  second = tiny_config("dkd")
+  second.teacher_cache = cache
+  loop.train_and_evaluate(second, str(tmp_path / "cached2"))
+  assert os.stat(os.path.join(cache, tables[0], "logits.npy")).st_mtime_ns == stamp
+  want = _train_and_eval_values(_metrics(online))
+  assert any(k[1] == "train/nckd" for k in want) and any(k[1] == "eval/top1" for k in want)
+  for run in ("cached1", "cached2"):
+    got = _train_and_eval_values(_metrics(str(tmp_path / run)))
+    assert sorted(got) == sorted(want)
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{run} {k}")
+
+
+def test_teacher_cache_sharded_resume_and_forced_scan(tmp_path):
+  """8 devices: a run interrupted and resumed with the table equals the unbroken one; the
+  forced-scan path reads the table as the per-step path does."""
+  cache = str(tmp_path / "cache")
+  unbroken = tiny_config("kd", num_devices=8, steps=12)
+  unbroken.teacher_cache = cache
+  loop.train_and_evaluate(unbroken, str(tmp_path / "unbroken"))
+  partial = tiny_config("kd", num_devices=8, steps=8)
+  partial.teacher_cache = cache
+  loop.train_and_evaluate(partial, str(tmp_path / "broken"))
+  rest = tiny_config("kd", num_devices=8, steps=12)
+  rest.teacher_cache = cache
+  loop.train_and_evaluate(rest, str(tmp_path / "broken"))
+  a = _metrics(str(tmp_path / "unbroken"))
+  b = _metrics(str(tmp_path / "broken"))
+  for key in ("train/loss", "eval/top1", "eval/loss"):
+    assert [r for r in a if key in r][-1][key] == [r for r in b if key in r][-1][key], key
+
+  config = tiny_config("kd", num_devices=8)
+  mesh, data, trainer = _setup(config)
+  images, labels = (np.asarray(jax.device_get(x)) for x in data.train)
+  table, info = teacher_cache.load_or_build(
+      cache, teacher=trainer.spec.teacher, teacher_vars=trainer.teacher_vars,
+      teacher_name=config.teacher, teacher_dtype="float32", dataset="synthetic", split="train",
+      images=images, labels=labels, augment="pad_crop_flip", mean=data.mean, std=data.std,
+      num_classes=100, mesh=mesh)
+  assert not info["built"]
+  spec = trainer.spec.__class__(**{**trainer.spec.__dict__, "teacher_table": True})
+  online = step_lib.make_train_fn(trainer.spec, 4)(trainer.init_state(), trainer.teacher_vars,
+                                                   data.train)
+  scanned = step_lib.make_train_fn(spec, 4, force_scan=True)(trainer.init_state(), table,
+                                                            data.train)
+  _assert_states_close(online, scanned)
+
+
+def test_stale_or_damaged_table_is_rebuilt(tmp_path, capsys):
+  config = tiny_config()
+  mesh = loop.make_mesh(config)
+  teacher, tvars = loop.load_teacher(config)
+  split = data_lib.load_in_memory("synthetic", "train", num_examples=8)
+  kwargs = dict(teacher=teacher, teacher_vars=tvars, teacher_name="resnet8",
+                teacher_dtype="float32", dataset="synthetic", split="train",
+                images=split.images, labels=split.labels, augment="none",
+                mean=data_lib.CIFAR_MEAN, std=data_lib.CIFAR_STD, num_classes=100, mesh=mesh)
+  table, info = teacher_cache.load_or_build(str(tmp_path), **kwargs)
+  assert info["built"] and table.shape == (8, 1, 100)
+  # Damaged file: the checksum no longer matches -> one line, rebuilt, same values.
+  path = os.path.join(info["dir"], "logits.npy")
+  arr = np.load(path)
+  arr[0, 0, 0] += 1.0
+  np.save(path, arr)
+  capsys.readouterr()
+  table2, info2 = teacher_cache.load_or_build(str(tmp_path), **kwargs)
+  assert info2["built"] and "checksum" in capsys.readouterr().out
+  np.testing.assert_array_equal(np.asarray(table2), np.asarray(table))
+  # Other weights: a new table in a new directory, and one line naming what differs.
+  other = jax.tree.map(lambda x: x * 1.01, tvars)
+  _, info3 = teacher_cache.load_or_build(str(tmp_path), **dict(kwargs, teacher_vars=other))
+  assert info3["built"] and info3["dir"] != info["dir"]
+  assert "teacher_weights_sha256" in capsys.readouterr().out
+  # Unchanged inputs: reused.
+  _, info4 = teacher_cache.load_or_build(str(tmp_path), **kwargs)
+  assert not info4["built"]
