@@ -116,6 +116,7 @@ def test_table_rows_are_the_teacher_on_each_augmented_view():
     np.testing.assert_allclose(table[:, view], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_teacher_cache_run_equals_online_run_and_is_reused(tmp_path, monkeypatch):
   online = str(tmp_path / "online")
   loop.train_and_evaluate(tiny_config("dkd"), online)
@@ -143,6 +144,7 @@ def test_teacher_cache_run_equals_online_run_and_is_reused(tmp_path, monkeypatch
       np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{run} {k}")
 
 
+@pytest.mark.slow
 def test_teacher_cache_sharded_resume_and_forced_scan(tmp_path):
   """8 devices: a run interrupted and resumed with the table equals the unbroken one; the
   forced-scan path reads the table as the per-step path does."""
