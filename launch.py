@@ -42,7 +42,14 @@ def main(argv):
   print(f"kd_jax: process {jax.process_index()}/{jax.process_count()}, "
         f"{jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)
   try:
-    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if _CONFIG.value.get("sweep"):
+      from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
+      results = sweep.train_sweep(_CONFIG.value, _WORKDIR.value)
+      result = results[0]
+      print(f"Sweep of {len(results)} runs: per-run metrics in "
+            f"{os.path.join(_WORKDIR.value, 'runs')}", flush=True)
+    else:
+      result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except errors.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

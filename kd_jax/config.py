@@ -147,6 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.max_bad_steps = 20          # consecutive non-finite steps before the run stops
   c.num_devices = 0             # 0 = all local devices of every host
+  c.sweep = ""                  # 'KEY=V1,V2;KEY2=V3' runs the product in one program ('' = one run)
   return c
 
 

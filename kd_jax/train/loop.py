@@ -332,6 +332,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   t_start = time.time()
   mesh = make_mesh(config)
   num_devices = mesh.devices.size
+  if config.get("sweep"):
+    raise ConfigError(f"config.sweep={config.sweep!r}: a sweep runs through "
+                      f"kd_jax.train.sweep.train_sweep (launch.py does this), not "
+                      f"train_and_evaluate")
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
   check_workdir(workdir)
   if jax.process_index() == 0:
