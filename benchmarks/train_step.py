@@ -33,6 +33,7 @@ from kd_jax import models  # pylint: disable=wrong-import-position
 from kd_jax.train import loop  # pylint: disable=wrong-import-position
 from kd_jax.train import state as state_lib  # pylint: disable=wrong-import-position
 from kd_jax.train import step as step_lib  # pylint: disable=wrong-import-position
+from kd_jax.train import sweep  # pylint: disable=wrong-import-position
 from kd_jax.train import teacher_cache  # pylint: disable=wrong-import-position
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -103,14 +104,18 @@ def build(args: argparse.Namespace) -> Setup:
   key = jax.random.PRNGKey(config.seed)
   names = step_lib.metric_names(loss_spec)
 
-  def init_state():
+  def init_state(key):
     x = jnp.zeros((1, 32, 32, 3), jnp.float32)
     variables = student.init({"params": jax.random.fold_in(key, 10 ** 6),
                               "dropout": jax.random.fold_in(key, 10 ** 6 + 1)}, x, train=False)
     return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
                                   key, names)
 
-  state = jax.jit(init_state, out_shardings=repl)()
+  if args.runs > 1:  # runs with seeds seed, seed+1, ... stacked as by --config.sweep
+    keys = jnp.stack([jax.random.PRNGKey(config.seed + r) for r in range(args.runs)])
+    state = jax.jit(jax.vmap(init_state), out_shardings=repl)(keys)
+  else:
+    state = jax.jit(init_state, out_shardings=repl)(key)
   spec = step_lib.StepSpec(
       student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
       steps_per_epoch=spe, batch_size=config.batch_size, seed=config.seed, in_memory=True,
@@ -133,7 +138,12 @@ def run(args: argparse.Namespace) -> dict:
   setup = build(args)
   config, state, teacher_vars, data = setup.config, setup.state, setup.teacher_vars, setup.data
   k = config.steps_per_dispatch
-  train_fn = step_lib.make_train_fn(setup.spec, k)
+  if args.runs > 1:
+    hp = {"seed": np.arange(config.seed, config.seed + args.runs, dtype=np.int32)}
+    sweep_fn = sweep.make_sweep_train_fn(setup.spec, config, config.num_train_steps, k)
+    train_fn = lambda s, t, d: sweep_fn(s, hp, t, d)
+  else:
+    train_fn = step_lib.make_train_fn(setup.spec, k)
 
   jax.block_until_ready((state, teacher_vars, data))
   # compile_s: the first call, i.e. compilation plus one dispatch (as torch_reference.py).
@@ -154,6 +164,8 @@ def run(args: argparse.Namespace) -> dict:
     windows.append(time.perf_counter() - t0)
 
   sums, count, skipped = jax.device_get((state.metric_sums, state.metric_count, state.skipped))
+  sums = {n: np.sum(v) for n, v in sums.items()}
+  count, skipped = np.sum(count), np.sum(skipped)
   steps = dispatches * k
   seconds = statistics.median(windows)
   dev = jax.devices()[0]
@@ -162,8 +174,10 @@ def run(args: argparse.Namespace) -> dict:
       "method": args.method, "teacher": config.teacher or None, "student": args.student,
       "batch_size": args.batch_size, "dtype": args.dtype, "steps": steps,
       "repeats": args.repeats, "steps_per_dispatch": k,
-      "images_per_sec": args.batch_size * steps / seconds,
-      "step_ms": 1000.0 * seconds / steps,
+      "runs": args.runs,
+      "images_per_sec": args.batch_size * steps / seconds * args.runs,
+      "images_per_sec_per_run": args.batch_size * steps / seconds,
+      "step_ms": 1000.0 * seconds / steps,  # one step of all runs
       "step_ms_runs": [1000.0 * w / steps for w in windows],
       "compile_s": compile_s,
       "final_loss": float(sums["loss"]) / max(int(count), 1),
@@ -204,8 +218,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="the step reads a prebuilt exact teacher-logit table (its build is timed "
                       "separately) instead of running the teacher")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--runs", type=int, default=1,
+                 help="N runs (seeds seed..seed+N-1) vmapped in one step, as --config.sweep; "
+                      "images_per_sec counts all runs, images_per_sec_per_run one")
   args = p.parse_args(argv)
-  for name in ("batch_size", "steps", "steps_per_dispatch", "repeats"):
+  for name in ("batch_size", "steps", "steps_per_dispatch", "repeats", "runs"):
     if getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be >= 1")
   if args.num_examples < 0:

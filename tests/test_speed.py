@@ -283,3 +283,18 @@ def test_sweep_equals_the_runs_launched_alone(tmp_path):
       np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{name} {k}")
     cfg = json.load(open(str(tmp_path / "sweep" / "runs" / name / "config.json")))
     assert (cfg["seed"], cfg["loss"]["beta"]) == (run.seed, run.loss.beta)
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_with_table_and_runs():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import train_step  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  common = ["--teacher", "resnet8", "--student", "resnet8", "--method", "kd", "--batch-size",
+            "16", "--steps", "2", "--warmup", "0", "--num-devices", "1"]
+  cached = train_step.main(common + ["--teacher-cache", "--num-examples", "16"])
+  assert cached["teacher_cache"] and cached["table_build_s"] > 0
+  assert cached["num_examples"] == 16 and np.isfinite(cached["final_loss"])
+  runs = train_step.main(common + ["--runs", "2", "--num-examples", "64"])
+  assert runs["runs"] == 2 and not runs["teacher_cache"]
+  np.testing.assert_allclose(runs["images_per_sec"], 2 * runs["images_per_sec_per_run"])
+  assert np.isfinite(runs["final_loss"]) and runs["skipped_steps"] == 0
