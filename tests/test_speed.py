@@ -298,3 +298,16 @@ def test_train_step_benchmark_with_table_and_runs():
   assert runs["runs"] == 2 and not runs["teacher_cache"]
   np.testing.assert_allclose(runs["images_per_sec"], 2 * runs["images_per_sec_per_run"])
   assert np.isfinite(runs["final_loss"]) and runs["skipped_steps"] == 0
+
+
+@pytest.mark.slow
+def test_epoch_benchmark_with_table_and_runs():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import epoch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  rec = epoch.main(["--teacher", "resnet8", "--student", "resnet8", "--batch-size", "16",
+                    "--eval-batch-size", "16", "--epochs", "2", "--train-examples", "32",
+                    "--eval-examples", "16", "--num-devices", "1", "--teacher-cache", "tmp",
+                    "--runs", "2"])
+  assert rec["runs"] == 2 and rec["teacher_cache"] and len(rec["epoch_s"]) == 2
+  np.testing.assert_allclose(rec["steady_total_train_images_per_sec"],
+                             2 * rec["steady_train_images_per_sec"])
