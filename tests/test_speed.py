@@ -311,3 +311,17 @@ def test_epoch_benchmark_with_table_and_runs():
   assert rec["runs"] == 2 and rec["teacher_cache"] and len(rec["epoch_s"]) == 2
   np.testing.assert_allclose(rec["steady_total_train_images_per_sec"],
                              2 * rec["steady_train_images_per_sec"])
+
+
+def test_launch_refuses_a_bad_sweep_with_one_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch.py"),
+       f"--config={os.path.join(REPO, 'configs', 'smoke.py')}:dkd",
+       f"--workdir={tmp_path / 'w'}", "--config.sweep=student=resnet8,resnet20"],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors_ = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors_) == 1 and "'student' cannot be swept" in errors_[0]
+  assert "Traceback" not in proc.stderr
