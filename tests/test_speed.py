@@ -325,3 +325,32 @@ def test_launch_refuses_a_bad_sweep_with_one_line(tmp_path):
   errors_ = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors_) == 1 and "'student' cannot be swept" in errors_[0]
   assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_with_table_on_8_devices_resumes_exactly(tmp_path):
+  """A sweep reading the teacher table, sharded over 8 devices, interrupted after 8 steps and
+  resumed to 12, logs what the unbroken sweep logs; each run matches its lone online run."""
+  cache = str(tmp_path / "cache")
+
+  def cfg(steps):
+    c = tiny_config("kd", num_devices=8, steps=steps)
+    c.sweep = "seed=0,1;loss.kd_weight=0.5"
+    c.teacher_cache = cache
+    return c
+  sweep.train_sweep(cfg(12), str(tmp_path / "unbroken"))
+  sweep.train_sweep(cfg(8), str(tmp_path / "broken"))
+  sweep.train_sweep(cfg(12), str(tmp_path / "broken"))
+  names = [n for n, _ in sweep.expand(cfg(12))]
+  for name in names:
+    a = _train_and_eval_values(_metrics(str(tmp_path / "unbroken" / "runs" / name)))
+    b = _train_and_eval_values(_metrics(str(tmp_path / "broken" / "runs" / name)))
+    assert a == b and (12, "eval/top1") in a, name
+  alone_cfg = dict(sweep.expand(cfg(12)))[names[1]]
+  alone_cfg.teacher_cache = ""
+  loop.train_and_evaluate(alone_cfg, str(tmp_path / "alone"))
+  want = _train_and_eval_values(_metrics(str(tmp_path / "alone")))
+  got = _train_and_eval_values(_metrics(str(tmp_path / "unbroken" / "runs" / names[1])))
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=str(k))
