@@ -272,7 +272,14 @@ def main(argv):
   try:
     config_lib.check_overrides(list(config_flags.get_override_values(flags.FLAGS["config"])),
                                config_flags.get_config_filename(flags.FLAGS["config"]))
-    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if _CONFIG.value.get("sweep"):
+      from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
+      results = sweep.train_sweep(_CONFIG.value, _WORKDIR.value)
+      result = results[0]
+      print(f"Sweep of {len(results)} runs: per-run metrics in "
+            f"{os.path.join(_WORKDIR.value, 'runs')}", flush=True)
+    else:
+      result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except errors.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

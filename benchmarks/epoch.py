@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # pylint: disable=wrong-import-position
 
 from kd_jax.train import loop  # pylint: disable=wrong-import-position
+from kd_jax.train import sweep  # pylint: disable=wrong-import-position
 
 
 def build_config(args: argparse.Namespace):
@@ -41,6 +42,8 @@ def build_config(args: argparse.Namespace):
   config.train_examples = args.train_examples
   config.eval_examples = args.eval_examples
   config.num_devices = args.num_devices
+  if args.runs > 1:
+    config.sweep = "seed=" + ",".join(str(config.seed + r) for r in range(args.runs))
   return config
 
 
@@ -54,8 +57,16 @@ def run(args: argparse.Namespace) -> dict:
   config = build_config(args)
   with tempfile.TemporaryDirectory() as tmp:
     workdir = args.workdir or os.path.join(tmp, "run")
-    result = loop.train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    if args.teacher_cache and config.teacher:
+      config.teacher_cache = (args.teacher_cache if args.teacher_cache != "tmp"
+                              else os.path.join(tmp, "tables"))
+    if config.sweep:
+      result = sweep.train_sweep(config, workdir)[0]
+      first_run = os.path.join(workdir, "runs", sweep.expand(config)[0][0])
+    else:
+      result = loop.train_and_evaluate(config, workdir)
+      first_run = workdir
+    with open(os.path.join(first_run, "metrics.jsonl")) as f:
       records = [json.loads(line) for line in f]
   seconds = epoch_seconds(records)
   if len(seconds) != args.epochs:
@@ -71,6 +82,9 @@ def run(args: argparse.Namespace) -> dict:
       "epoch_s": seconds, "first_epoch_s": seconds[0],
       "steady_epoch_s": statistics.median(steady),
       "steady_train_images_per_sec": train_images / statistics.median(steady),
+      "runs": args.runs,
+      "steady_total_train_images_per_sec": args.runs * train_images / statistics.median(steady),
+      "teacher_cache": bool(args.teacher_cache and config.teacher),
       "final_eval_top1": result.final.get("top1"),
       "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}",
       "jax": jax.__version__,
@@ -85,9 +99,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--train-examples", type=int, default=50000)
   p.add_argument("--eval-examples", type=int, default=10000)
   p.add_argument("--workdir", default="", help="keep the run here (default: a temp dir)")
+  p.add_argument("--teacher-cache", default="",
+                 help="DIR of teacher tables (config.teacher_cache; 'tmp' = a temp dir, so the "
+                      "table's build falls in epoch 1)")
+  p.add_argument("--runs", type=int, default=1,
+                 help="N seeds in one program (config.sweep); epoch_s are of the whole sweep")
   args = p.parse_args(argv)
   for name in ("batch_size", "eval_batch_size", "epochs", "steps_per_dispatch",
-               "train_examples", "eval_examples"):
+               "train_examples", "eval_examples", "runs"):
     if getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be >= 1")
   return args

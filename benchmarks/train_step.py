@@ -1,6 +1,10 @@
 """Times the project's real jitted KD train step on synthetic device-resident CIFAR-like data.
 
 Builds the run exactly as kd_jax/train/loop.py does; prints one JSON line (images/s, step ms).
+With --teacher-cache the step reads the exact teacher-logit table (kd_jax/train/teacher_cache.py)
+of a small synthetic split (--num-examples, default 64) instead of running the teacher; the
+table's build is timed separately (table_build_s). The step's cost does not depend on the
+split's size: it gathers B rows whatever N is.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from kd_jax import models  # pylint: disable=wrong-import-position
 from kd_jax.train import loop  # pylint: disable=wrong-import-position
 from kd_jax.train import state as state_lib  # pylint: disable=wrong-import-position
 from kd_jax.train import step as step_lib  # pylint: disable=wrong-import-position
+from kd_jax.train import sweep  # pylint: disable=wrong-import-position
+from kd_jax.train import teacher_cache  # pylint: disable=wrong-import-position
 
 
 
@@ -65,6 +71,7 @@ class Setup:
   teacher_vars: Any
   data: tuple[jax.Array, jax.Array]
   num_devices: int
+  table_build_s: float = 0.0      # --teacher-cache: seconds to build the table (not in the step)
 
 
 def build(args: argparse.Namespace) -> Setup:
@@ -77,7 +84,7 @@ def build(args: argparse.Namespace) -> Setup:
 
   # Synthetic CIFAR-shaped split, device-resident and replicated like loop._setup_data.
   rng = np.random.default_rng(args.seed)
-  n = max(args.num_examples, config.batch_size)
+  n = max(args.num_examples or (64 if args.teacher_cache else 50000), config.batch_size)
   images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, config.num_classes, size=(n,), dtype=np.int32)
   data = (jax.device_put(images, repl), jax.device_put(labels, repl))
@@ -96,20 +103,33 @@ def build(args: argparse.Namespace) -> Setup:
   key = jax.random.PRNGKey(config.seed)
   names = step_lib.metric_names(loss_spec)
 
-  def init_state():
+  def init_state(key):
     x = jnp.zeros((1, 32, 32, 3), jnp.float32)
     variables = student.init({"params": jax.random.fold_in(key, 10 ** 6),
                               "dropout": jax.random.fold_in(key, 10 ** 6 + 1)}, x, train=False)
     return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
                                   key, names)
 
-  state = jax.jit(init_state, out_shardings=repl)()
+  if args.runs > 1:  # runs with seeds seed, seed+1, ... stacked as by --config.sweep
+    keys = jnp.stack([jax.random.PRNGKey(config.seed + r) for r in range(args.runs)])
+    state = jax.jit(jax.vmap(init_state), out_shardings=repl)(keys)
+  else:
+    state = jax.jit(init_state, out_shardings=repl)(key)
   spec = step_lib.StepSpec(
       student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
       steps_per_epoch=spe, batch_size=config.batch_size, seed=config.seed, in_memory=True,
       mean=tuple(data_lib.CIFAR_MEAN), std=tuple(data_lib.CIFAR_STD),
       max_bad_steps=config.max_bad_steps, mesh=mesh)
-  return Setup(config, spec, state, teacher_vars, data, num_devices)
+  build_s = 0.0
+  if args.teacher_cache and teacher is not None:
+    t0 = time.perf_counter()
+    table = teacher_cache.build_table(
+        teacher, teacher_vars, images, num_classes=config.num_classes, augment="pad_crop_flip",
+        mean=spec.mean, std=spec.std, mesh=mesh)
+    build_s = time.perf_counter() - t0
+    teacher_vars = jax.device_put(table, repl)
+    spec = dataclasses.replace(spec, teacher_table=True)
+  return Setup(config, spec, state, teacher_vars, data, num_devices, build_s)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -117,7 +137,12 @@ def run(args: argparse.Namespace) -> dict:
   setup = build(args)
   config, state, teacher_vars, data = setup.config, setup.state, setup.teacher_vars, setup.data
   k = config.steps_per_dispatch
-  train_fn = step_lib.make_train_fn(setup.spec, k)
+  if args.runs > 1:
+    hp = {"seed": np.arange(config.seed, config.seed + args.runs, dtype=np.int32)}
+    sweep_fn = sweep.make_sweep_train_fn(setup.spec, config, config.num_train_steps, k)
+    train_fn = lambda s, t, d: sweep_fn(s, hp, t, d)
+  else:
+    train_fn = step_lib.make_train_fn(setup.spec, k)
 
   jax.block_until_ready((state, teacher_vars, data))
   # compile_s: the first call, i.e. compilation plus one dispatch (as torch_reference.py).
@@ -138,6 +163,8 @@ def run(args: argparse.Namespace) -> dict:
     windows.append(time.perf_counter() - t0)
 
   sums, count, skipped = jax.device_get((state.metric_sums, state.metric_count, state.skipped))
+  sums = {n: np.sum(v) for n, v in sums.items()}
+  count, skipped = np.sum(count), np.sum(skipped)
   steps = dispatches * k
   seconds = statistics.median(windows)
   dev = jax.devices()[0]
@@ -146,12 +173,17 @@ def run(args: argparse.Namespace) -> dict:
       "method": args.method, "teacher": config.teacher or None, "student": args.student,
       "batch_size": args.batch_size, "dtype": args.dtype, "steps": steps,
       "repeats": args.repeats, "steps_per_dispatch": k,
-      "images_per_sec": args.batch_size * steps / seconds,
-      "step_ms": 1000.0 * seconds / steps,
+      "runs": args.runs,
+      "images_per_sec": args.batch_size * steps / seconds * args.runs,
+      "images_per_sec_per_run": args.batch_size * steps / seconds,
+      "step_ms": 1000.0 * seconds / steps,  # one step of all runs
       "step_ms_runs": [1000.0 * w / steps for w in windows],
       "compile_s": compile_s,
       "final_loss": float(sums["loss"]) / max(int(count), 1),
       "skipped_steps": int(skipped),
+      "teacher_cache": bool(args.teacher_cache and config.teacher),
+      "table_build_s": setup.table_build_s,
+      "num_examples": int(data[1].shape[0]),
       "device": f"{dev.platform}:{dev.device_kind} x{setup.num_devices}",
       "jax": jax.__version__,
   }
@@ -178,13 +210,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--repeats", type=int, default=1,
                  help="timed windows of --steps steps; the median is reported")
-  p.add_argument("--num-examples", type=int, default=50000,
-                 help="size of the synthetic device-resident training split (CIFAR: 50000)")
+  p.add_argument("--num-examples", type=int, default=0,
+                 help="size of the synthetic device-resident training split (default: 50000, "
+                      "or 64 with --teacher-cache)")
+  p.add_argument("--teacher-cache", action="store_true",
+                 help="the step reads a prebuilt exact teacher-logit table (its build is timed "
+                      "separately) instead of running the teacher")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--runs", type=int, default=1,
+                 help="N runs (seeds seed..seed+N-1) vmapped in one step, as --config.sweep; "
+                      "images_per_sec counts all runs, images_per_sec_per_run one")
   args = p.parse_args(argv)
-  for name in ("batch_size", "steps", "steps_per_dispatch", "repeats", "num_examples"):
+  for name in ("batch_size", "steps", "steps_per_dispatch", "repeats", "runs"):
     if getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be >= 1")
+  if args.num_examples < 0:
+    p.error("--num-examples must be >= 1 (or 0 for the default)")
   if args.warmup < 0:
     p.error("--warmup must be >= 0")
   return args

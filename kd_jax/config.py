@@ -88,6 +88,8 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
      "teacher weights: PyTorch .pth, kd_jax run workdir, or 'random:SEED' (tests)"),
     ("dtype", "float32", "student compute dtype (parameters stay float32)"),
     ("teacher_dtype", "float32", "teacher compute dtype (bfloat16 only within tolerance)"),
+    ("teacher_cache", "",
+     "dir of exact teacher-logit tables for every augmented view (in-memory data); '' = off"),
     # Loss hyperparameters (docs/methods.md); a method ignores the keys it does not use.
     ("loss.ce_weight", 0.1, "weight of the cross-entropy on the main head"),
     ("loss.kd_weight", 0.9, "KD: weight of T^2 KL"),
@@ -129,6 +131,7 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("keep_checkpoints", 3, "checkpoints kept"),
     ("max_bad_steps", 20, "consecutive non-finite steps before the run stops"),
     ("num_devices", 0, "devices used (0 = all local devices of every host)"),
+    ("sweep", "", "'KEY=V1,V2;KEY2=V3' trains the product as runs of one program ('' = one run)"),
     ("wandb_project", "", "Weights & Biases project to log to ('' = off; needs wandb)"),
 )
 
@@ -443,6 +446,12 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
     raise ConfigError(f"config.num_classes={config.num_classes!r} is not accepted; expected a "
                       f"positive integer")
   _augment_and_normalization(config)
+  if config.teacher_cache and (config.dataset not in IN_MEMORY_DATASETS or
+                              config.augment not in ("auto", "pad_crop_flip", "none")):
+    raise ConfigError(f"config.teacher_cache={config.teacher_cache!r} needs an in-memory "
+                      f"dataset {sorted(IN_MEMORY_DATASETS)} with augment 'pad_crop_flip' or "
+                      f"'none' (a finite set of views); got dataset {config.dataset!r}, augment "
+                      f"{config.augment!r} (set config.teacher_cache='')")
   if config.wandb_project:
     import importlib.util  # pylint: disable=g-import-not-at-top
     if importlib.util.find_spec("wandb") is None:

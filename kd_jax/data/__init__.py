@@ -7,6 +7,10 @@ from kd_jax.data.cifar import ACCEPTED_NAMES
 from kd_jax.data.cifar import augment_batch
 from kd_jax.data.cifar import augment_cifar
 from kd_jax.data.cifar import cifar_augment_params
+from kd_jax.data.cifar import cifar_batch_indices
+from kd_jax.data.cifar import cifar_num_views
+from kd_jax.data.cifar import cifar_view_index
+from kd_jax.data.cifar import cifar_view_params
 from kd_jax.data.cifar import CIFAR_MEAN
 from kd_jax.data.cifar import CIFAR_STD
 from kd_jax.data.cifar import cifar_train_batch
@@ -41,10 +45,13 @@ from kd_jax.data.sources import STREAMED_IMAGE_SIZE
 from kd_jax.data.sources import tfds_layout
 
 __all__ = [
-    "ACCEPTED_NAMES", "AUGMENTATIONS", "augment_batch", "augment_cifar", "channel_stats",
-    "imagefolder_root", "in_memory_bytes", "KNOWN_DATASETS", "load_imagefolder", "prepare_tfds",
-    "random_resized_crop_boxes", "resized_crop", "RRC_AREA", "RRC_ASPECT", "resolve_augment", "resolve_mean_std", "STREAMED_IMAGE_SIZE", "tfds_layout", "build_fake_imagenet", "cifar_augment_params",
-    "CIFAR_MEAN", "CIFAR_STD", "cifar_train_batch", "crop_and_flip", "DataError",
-    "eval_batches", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_eval", "imagenet_steps_per_epoch", "imagenet_train",
-    "InMemoryData", "load_in_memory", "normalize", "steps_per_epoch", "validate_batch",
+    "ACCEPTED_NAMES", "augment_batch", "augment_cifar", "AUGMENTATIONS", "build_fake_imagenet",
+    "channel_stats", "cifar_augment_params", "cifar_batch_indices", "CIFAR_MEAN",
+    "cifar_num_views", "CIFAR_STD", "cifar_train_batch", "cifar_view_index",
+    "cifar_view_params", "crop_and_flip", "DataError", "eval_batches", "imagefolder_root",
+    "imagenet_eval", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_steps_per_epoch",
+    "imagenet_train", "in_memory_bytes", "InMemoryData", "KNOWN_DATASETS", "load_imagefolder",
+    "load_in_memory", "normalize", "prepare_tfds", "random_resized_crop_boxes", "resized_crop",
+    "resolve_augment", "resolve_mean_std", "RRC_AREA", "RRC_ASPECT", "steps_per_epoch",
+    "STREAMED_IMAGE_SIZE", "tfds_layout", "validate_batch",
 ]

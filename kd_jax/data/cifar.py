@@ -177,20 +177,28 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
-def cifar_train_batch(images: Any, labels: Any, *, seed: Any, step: Any,
-                      batch_size: int):
-  """The global batch for `step`: a (seed, epoch)-seeded permutation, sliced.
+def cifar_batch_indices(num_examples: int, *, seed: Any, step: Any,
+                        batch_size: int) -> jnp.ndarray:
+  """Indices int32 [B] into the split of the examples of `step`'s global batch.
 
-  epoch = step // (N // batch_size); the remainder of each epoch is dropped.
-  jit-able with traced `step` and `seed`; returns (uint8 [B,H,W,3], labels [B]).
+  A (seed, epoch)-seeded permutation, sliced; epoch = step // (N // batch_size) and the
+  remainder of each epoch is dropped. jit-able with traced `step` and `seed`.
   """
-  n = images.shape[0]
-  spe = steps_per_epoch(n, batch_size)
+  spe = steps_per_epoch(num_examples, batch_size)
   step = jnp.asarray(step, jnp.int32)
   epoch, pos = step // spe, step % spe
   key = jax.random.fold_in(jax.random.key(seed), _PERMUTATION_STREAM)
-  perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-  idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
+  perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  return jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
+
+
+def cifar_train_batch(images: Any, labels: Any, *, seed: Any, step: Any,
+                      batch_size: int):
+  """The global batch for `step` (examples `cifar_batch_indices`).
+
+  jit-able with traced `step` and `seed`; returns (uint8 [B,H,W,3], labels [B]).
+  """
+  idx = cifar_batch_indices(images.shape[0], seed=seed, step=step, batch_size=batch_size)
   return jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
 
 
@@ -200,6 +208,33 @@ def cifar_augment_params(rng: Any, batch_size: int, *, padding: int = 4):
   offsets = jax.random.randint(k_off, (batch_size, 2), 0, 2 * padding + 1, jnp.int32)
   flips = jax.random.bernoulli(k_flip, 0.5, (batch_size,))
   return offsets, flips
+
+
+def cifar_num_views(augment: str, *, padding: int = 4) -> int:
+  """How many distinct views `augment` makes of one image: (2p+1)^2 crops x 2 flips, or 1."""
+  if augment == "none":
+    return 1
+  if augment == "pad_crop_flip":
+    return (2 * padding + 1) ** 2 * 2
+  raise DataError(f"augmentation {augment!r} has no finite set of views; accepted: "
+                  "'pad_crop_flip', 'none'.")
+
+
+def cifar_view_index(offsets: Any, flips: Any, *, padding: int = 4) -> jnp.ndarray:
+  """The view number int32 [B] in [0, cifar_num_views) of crop offsets [B, 2] and flips [B].
+
+  view = (dy * (2p+1) + dx) * 2 + flip; `cifar_view_params` is its inverse.
+  """
+  offsets = jnp.asarray(offsets, jnp.int32)
+  side = 2 * padding + 1
+  return (offsets[:, 0] * side + offsets[:, 1]) * 2 + jnp.asarray(flips).astype(jnp.int32)
+
+
+def cifar_view_params(view: int, *, padding: int = 4) -> tuple[tuple[int, int], bool]:
+  """((dy, dx), flip) of view number `view` (the inverse of `cifar_view_index`)."""
+  side = 2 * padding + 1
+  crop, flip = divmod(int(view), 2)
+  return divmod(crop, side), bool(flip)
 
 
 def crop_and_flip(images_uint8: Any, offsets: Any, flips: Any, *,

@@ -28,6 +28,7 @@ from kd_jax.train import metrics as metrics_lib
 from kd_jax.train import progress as progress_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
+from kd_jax.train import teacher_cache
 from kd_jax.errors import CheckpointError, ConfigError, TeacherError, TrainingError
 
 PyTree = Any
@@ -398,12 +399,29 @@ def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars
   return dataclasses.replace(spec, teacher=reference), dev
 
 
+def _teacher_table(config, spec: step_lib.StepSpec, teacher_vars, data: _Data, mesh):
+  """The teacher-logit table of config.teacher_cache for this teacher and training split."""
+  images, labels = (np.asarray(jax.device_get(a)) for a in data.train)
+  table, _ = teacher_cache.load_or_build(
+      config.teacher_cache, teacher=spec.teacher, teacher_vars=teacher_vars,
+      teacher_name=config.teacher,
+      teacher_dtype=str(jnp.dtype(getattr(spec.teacher, "dtype", None) or jnp.float32)),
+      dataset=config.dataset, split="train", images=images, labels=labels,
+      augment=data.augment, mean=spec.mean, std=spec.std,
+      num_classes=config.num_classes, mesh=mesh)
+  return table
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Trains and evaluates the configured student; resumes from `workdir` if it holds a run."""
   t_start = time.time()
   prog = progress_lib.Progress()
   mesh = make_mesh(config)
   num_devices = mesh.devices.size
+  if config.get("sweep"):
+    raise ConfigError(f"config.sweep={config.sweep!r}: a sweep runs through "
+                      f"kd_jax.train.sweep.train_sweep (launch.py does this), not "
+                      f"train_and_evaluate")
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
   check_workdir(workdir)
   prog.start(f"loading data ({config.dataset})")
@@ -462,6 +480,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
     console.info(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}")
 
+  # What the train step reads for the teacher: its variables, or the teacher-logit table.
+  step_teacher = teacher_vars
+  if teacher is not None and config.teacher_cache:
+    step_teacher = _teacher_table(config, spec, teacher_vars, data, mesh)
+    spec = dataclasses.replace(spec, teacher_table=True)
+
   host_iter = None if data.in_memory else data.train(step)
   window_start, window_step = time.time(), step
   run_start, run_start_step = time.time(), step
@@ -500,7 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                                   image_shape=(image_size, image_size, 3))
         batch_data = _to_global_batch(
             {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
-      state = train_fns[n](state, teacher_vars, batch_data)
+      state = train_fns[n](state, step_teacher, batch_data)
       step += n
       if compiling:
         compile_s += time.time() - t_compile

@@ -77,6 +77,9 @@ class StepSpec:
   augment: str = "pad_crop_flip"   # in-memory transform: pad_crop_flip | random_resized_crop | none
   crop_area: tuple[float, float] = data_lib.RRC_AREA      # random_resized_crop ranges
   crop_aspect: tuple[float, float] = data_lib.RRC_ASPECT
+  # teacher_vars is a table of teacher logits float32 [N, views, classes] for every view of every
+  # training image (train/teacher_cache.py), gathered instead of running the teacher.
+  teacher_table: bool = False
 
 
 def metric_names(loss: methods.LossSpec) -> tuple[str, ...]:
@@ -118,12 +121,15 @@ def _project_conflict(g_task: PyTree, g_distill: PyTree) -> PyTree:
 
 
 def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: jax.Array,
-              labels: jax.Array) -> TrainState:
-  """One training step on a global batch of normalized float images [B,H,W,3] and labels [B]."""
+              labels: jax.Array, teacher_logits: Optional[jax.Array] = None) -> TrainState:
+  """One training step on a global batch of normalized float images [B,H,W,3] and labels [B].
+
+  teacher_logits: the teacher's float32 logits [B, C] of these images when known (a teacher
+  table), else the teacher runs here.
+  """
   epoch = state.step // spec.steps_per_epoch + 1
   step_rng = jax.random.fold_in(state.rng, state.step)
-  teacher_logits = None
-  if spec.teacher is not None:
+  if teacher_logits is None and spec.teacher is not None and not spec.teacher_table:
     teacher_logits = jax.lax.stop_gradient(
         spec.teacher.apply(teacher_vars, images, train=False)).astype(jnp.float32)
 
@@ -170,20 +176,37 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
       skipped=state.skipped + (~finite).astype(jnp.int32))
 
 
-def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all):
-  """In memory: the step's batch from the device-resident split, augmented on device."""
-  images, labels = data_lib.cifar_train_batch(
-      images_u8, labels_all, seed=spec.seed, step=state.step, batch_size=spec.batch_size)
+def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all, table=None):
+  """In memory: the step's batch from the device-resident split, augmented on device.
+
+  Returns (images, labels, teacher logits or None): with a teacher table [N, views, C] the
+  logits of each example's drawn view (the same crop offsets and flip as its image).
+  """
+  idx = data_lib.cifar_batch_indices(images_u8.shape[0], seed=spec.seed, step=state.step,
+                                     batch_size=spec.batch_size)
+  images, labels = jnp.take(images_u8, idx, axis=0), jnp.take(labels_all, idx, axis=0)
   aug_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
-  images = data_lib.augment_batch(aug_rng, images, augment=spec.augment, mean=spec.mean,
-                                  std=spec.std, crop_area=spec.crop_area,
-                                  crop_aspect=spec.crop_aspect)
+  views = jnp.zeros_like(idx)   # 'none': one view per image
+  if spec.augment == "pad_crop_flip":
+    # = data_lib.augment_cifar(aug_rng, images), with the draws kept for the table's view index.
+    offsets, flips = data_lib.cifar_augment_params(aug_rng, spec.batch_size)
+    images = data_lib.normalize(data_lib.crop_and_flip(images, offsets, flips), spec.mean,
+                                spec.std)
+    views = data_lib.cifar_view_index(offsets, flips)
+  else:
+    images = data_lib.augment_batch(aug_rng, images, augment=spec.augment, mean=spec.mean,
+                                    std=spec.std, crop_area=spec.crop_area,
+                                    crop_aspect=spec.crop_aspect)
   sharding = _batch_sharding(spec.mesh)
+  teacher_logits = None
+  if table is not None:
+    teacher_logits = jax.lax.with_sharding_constraint(table[idx, views], sharding)
   return (jax.lax.with_sharding_constraint(images, sharding),
-          jax.lax.with_sharding_constraint(labels, sharding))
+          jax.lax.with_sharding_constraint(labels, sharding), teacher_logits)
 
 
-def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
+def make_train_fn(spec: StepSpec, num_steps: int, *,
+                  force_scan: bool = False) -> Callable[..., TrainState]:
   """`fn(state, teacher_vars, data) -> state` running `num_steps` steps, jit-compiled.
 
   data: (images_u8 [N,H,W,3], labels [N]) replicated, for in-memory datasets; or a dict with
@@ -194,8 +217,10 @@ def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
   On accelerators the steps run in one `lax.scan`. On CPU they are `num_steps` calls of the
   compiled one-step function: XLA:CPU runs the convolutions of a while-loop body tens of times
   slower than outside a loop (BENCHMARKS.md), and unrolling would multiply the compile time.
+  `force_scan=True` takes the accelerator path (one `lax.scan`) on CPU too, for tests.
+  With `spec.teacher_table`, teacher_vars is the teacher-logit table.
   """
-  if num_steps > 1 and spec.mesh.devices.flat[0].platform == "cpu":
+  if num_steps > 1 and spec.mesh.devices.flat[0].platform == "cpu" and not force_scan:
     one_step = make_train_fn(spec, 1)
 
     def run_steps(state, teacher_vars, data):
@@ -207,12 +232,14 @@ def make_train_fn(spec: StepSpec, num_steps: int) -> Callable[..., TrainState]:
 
   def body(carry, xs, teacher_vars, data):
     state = carry
+    teacher_logits = None
     if spec.in_memory:
-      images, labels = _in_memory_batch(spec, state, *data)
+      images, labels, teacher_logits = _in_memory_batch(
+          spec, state, *data, table=teacher_vars if spec.teacher_table else None)
     else:
       images, labels = xs["image"], xs["label"]
     stopped = state.bad_streak >= spec.max_bad_steps
-    new_state = _one_step(spec, state, teacher_vars, images, labels)
+    new_state = _one_step(spec, state, teacher_vars, images, labels, teacher_logits)
     return _tree_where(stopped, state, new_state), None
 
   def run(state, teacher_vars, data):

@@ -1,0 +1,356 @@
+"""The accelerator path on CPU (forced lax.scan) and the exact teacher-logit table (issue 14)."""
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax.train import loop
+from kd_jax.train import step as step_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def tiny_config(method: str = "kd", num_devices: int = 1, steps: int = 8):
+  config = smoke.get_config(method)
+  config.train_examples = 64
+  config.eval_examples = 32
+  config.num_train_steps = steps
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 4
+  config.steps_per_dispatch = 4
+  config.eval_batch_size = 16
+  config.num_devices = num_devices
+  return config
+
+
+def _setup(config):
+  mesh = loop.make_mesh(config)
+  data = loop._setup_data(config, mesh)  # pylint: disable=protected-access
+  trainer = loop.build_trainer(config, mesh, steps_per_epoch=data.steps_per_epoch,
+                               total_steps=config.num_train_steps, in_memory=True,
+                               mean=data.mean, std=data.std)
+  return mesh, data, trainer
+
+
+def _assert_states_close(a, b, rtol=2e-5, atol=1e-6):
+  a, b = jax.device_get((a, b))
+  np.testing.assert_array_equal(a.step, b.step)
+  paths_a = jax.tree_util.tree_flatten_with_path((a.params, a.batch_stats, a.metric_sums))[0]
+  leaves_b = jax.tree.leaves((b.params, b.batch_stats, b.metric_sums))
+  assert len(paths_a) == len(leaves_b)
+  for (path, x), y in zip(paths_a, leaves_b):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("method", ["kd"])
+def test_forced_scan_equals_per_step_calls(method):
+  """The multi-step lax.scan (the GPU/TPU path) on CPU gives the per-step path's state."""
+  config = tiny_config(method)
+  _, data, trainer = _setup(config)
+  per_step = step_lib.make_train_fn(trainer.spec, 4)
+  scanned = step_lib.make_train_fn(trainer.spec, 4, force_scan=True)
+  s1 = per_step(trainer.init_state(), trainer.teacher_vars, data.train)
+  s2 = scanned(trainer.init_state(), trainer.teacher_vars, data.train)
+  assert int(jax.device_get(s1.metric_count)) == 4
+  # The first step alone changes the parameters: the comparison is not between two no-ops.
+  s0 = step_lib.make_train_fn(trainer.spec, 1)(trainer.init_state(), trainer.teacher_vars,
+                                               data.train)
+  first = jax.tree.leaves(jax.device_get(s0.params))[0]
+  init = jax.tree.leaves(jax.device_get(trainer.init_state().params))[0]
+  assert np.abs(first - init).max() > 1e-6
+  _assert_states_close(s1, s2)
+
+
+# ---------------------------------------------------------------------------------------
+# The teacher-logit table.
+
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from kd_jax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kd_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _train_and_eval_values(records):
+  keys = sorted({k for r in records for k in r if k.startswith(("train/", "eval/"))})
+  return {(r["step"], k): r[k] for r in records for k in keys if k in r}
+
+
+def test_view_numbers_cover_every_crop_and_flip_once():
+  offsets = np.array([[dy, dx] for dy in range(9) for dx in range(9) for _ in (0, 1)])
+  flips = np.array([f for _ in range(81) for f in (False, True)])
+  views = np.asarray(data_lib.cifar_view_index(offsets, flips))
+  assert sorted(views.tolist()) == list(range(162))
+  for v, o, f in zip(views, offsets, flips):
+    assert data_lib.cifar_view_params(int(v)) == ((int(o[0]), int(o[1])), bool(f))
+  assert data_lib.cifar_num_views("none") == 1
+
+
+def test_table_rows_are_the_teacher_on_each_augmented_view():
+  """Independent check of build_table: crop/flip by numpy slicing, then the teacher."""
+  config = tiny_config()
+  mesh = loop.make_mesh(config)
+  teacher, tvars = loop.load_teacher(config)
+  images = data_lib.load_in_memory("synthetic", "train", num_examples=8).images
+  table = teacher_cache.build_table(teacher, tvars, images, num_classes=100,
+                                    augment="pad_crop_flip", mean=data_lib.CIFAR_MEAN,
+                                    std=data_lib.CIFAR_STD, mesh=mesh, chunk=8)
+  assert table.shape == (8, 162, 100)
+  padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  for view, (dy, dx, flip) in [(0, (0, 0, 0)), (1, (0, 0, 1)), (161, (8, 8, 1)),
+                               (2 * (3 * 9 + 5), (3, 5, 0))]:
+    crop = padded[:, dy:dy + 32, dx:dx + 32]
+    if flip:
+      crop = crop[:, :, ::-1]
+    x = (crop / 255.0 - np.array(data_lib.CIFAR_MEAN)) / np.array(data_lib.CIFAR_STD)
+    want = np.asarray(teacher.apply(tvars, x.astype(np.float32), train=False))
+    np.testing.assert_allclose(table[:, view], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_teacher_cache_run_equals_online_run_and_is_reused(tmp_path, monkeypatch):
+  online = str(tmp_path / "online")
+  loop.train_and_evaluate(tiny_config("dkd"), online)
+  cache = str(tmp_path / "cache")
+  first = tiny_config("dkd")
+  first.teacher_cache = cache
+  loop.train_and_evaluate(first, str(tmp_path / "cached1"))
+  tables = os.listdir(cache)
+  assert len(tables) == 1 and os.path.exists(os.path.join(cache, tables[0], "logits.npy"))
+  stamp = os.stat(os.path.join(cache, tables[0], "logits.npy")).st_mtime_ns
+
+  def no_build(*args, **kwargs):
+    raise AssertionError("the table was rebuilt")
+  monkeypatch.setattr(teacher_cache, "build_table", no_build)
+  second = tiny_config("dkd")
+  second.teacher_cache = cache
+  loop.train_and_evaluate(second, str(tmp_path / "cached2"))
+  assert os.stat(os.path.join(cache, tables[0], "logits.npy")).st_mtime_ns == stamp
+  want = _train_and_eval_values(_metrics(online))
+  assert any(k[1] == "train/nckd" for k in want) and any(k[1] == "eval/top1" for k in want)
+  for run in ("cached1", "cached2"):
+    got = _train_and_eval_values(_metrics(str(tmp_path / run)))
+    assert sorted(got) == sorted(want)
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{run} {k}")
+
+
+@pytest.mark.slow
+def test_teacher_cache_sharded_resume_and_forced_scan(tmp_path):
+  """8 devices: a run interrupted and resumed with the table equals the unbroken one; the
+  forced-scan path reads the table as the per-step path does."""
+  cache = str(tmp_path / "cache")
+  unbroken = tiny_config("kd", num_devices=8, steps=12)
+  unbroken.teacher_cache = cache
+  loop.train_and_evaluate(unbroken, str(tmp_path / "unbroken"))
+  partial = tiny_config("kd", num_devices=8, steps=8)
+  partial.teacher_cache = cache
+  loop.train_and_evaluate(partial, str(tmp_path / "broken"))
+  rest = tiny_config("kd", num_devices=8, steps=12)
+  rest.teacher_cache = cache
+  loop.train_and_evaluate(rest, str(tmp_path / "broken"))
+  a = _metrics(str(tmp_path / "unbroken"))
+  b = _metrics(str(tmp_path / "broken"))
+  for key in ("train/loss", "eval/top1", "eval/loss"):
+    assert [r for r in a if key in r][-1][key] == [r for r in b if key in r][-1][key], key
+
+  config = tiny_config("kd", num_devices=8)
+  mesh, data, trainer = _setup(config)
+  images, labels = (np.asarray(jax.device_get(x)) for x in data.train)
+  table, info = teacher_cache.load_or_build(
+      cache, teacher=trainer.spec.teacher, teacher_vars=trainer.teacher_vars,
+      teacher_name=config.teacher, teacher_dtype="float32", dataset="synthetic", split="train",
+      images=images, labels=labels, augment="pad_crop_flip", mean=data.mean, std=data.std,
+      num_classes=100, mesh=mesh)
+  assert not info["built"]
+  spec = trainer.spec.__class__(**{**trainer.spec.__dict__, "teacher_table": True})
+  online = step_lib.make_train_fn(trainer.spec, 4)(trainer.init_state(), trainer.teacher_vars,
+                                                   data.train)
+  scanned = step_lib.make_train_fn(spec, 4, force_scan=True)(trainer.init_state(), table,
+                                                            data.train)
+  _assert_states_close(online, scanned)
+
+
+def test_stale_or_damaged_table_is_rebuilt(tmp_path, capsys):
+  config = tiny_config()
+  mesh = loop.make_mesh(config)
+  teacher, tvars = loop.load_teacher(config)
+  split = data_lib.load_in_memory("synthetic", "train", num_examples=8)
+  kwargs = dict(teacher=teacher, teacher_vars=tvars, teacher_name="resnet8",
+                teacher_dtype="float32", dataset="synthetic", split="train",
+                images=split.images, labels=split.labels, augment="none",
+                mean=data_lib.CIFAR_MEAN, std=data_lib.CIFAR_STD, num_classes=100, mesh=mesh)
+  table, info = teacher_cache.load_or_build(str(tmp_path), **kwargs)
+  assert info["built"] and table.shape == (8, 1, 100)
+  # Damaged file: the checksum no longer matches -> one line, rebuilt, same values.
+  path = os.path.join(info["dir"], "logits.npy")
+  arr = np.load(path)
+  arr[0, 0, 0] += 1.0
+  np.save(path, arr)
+  capsys.readouterr()
+  table2, info2 = teacher_cache.load_or_build(str(tmp_path), **kwargs)
+  assert info2["built"] and "checksum" in capsys.readouterr().out
+  np.testing.assert_array_equal(np.asarray(table2), np.asarray(table))
+  # Other weights: a new table in a new directory, and one line naming what differs.
+  other = jax.tree.map(lambda x: x * 1.01, tvars)
+  _, info3 = teacher_cache.load_or_build(str(tmp_path), **dict(kwargs, teacher_vars=other))
+  assert info3["built"] and info3["dir"] != info["dir"]
+  assert "teacher_weights_sha256" in capsys.readouterr().out
+  # Unchanged inputs: reused.
+  _, info4 = teacher_cache.load_or_build(str(tmp_path), **kwargs)
+  assert not info4["built"]
+
+
+# ---------------------------------------------------------------------------------------
+# Sweeps: many runs in one program.
+
+from kd_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("student=resnet8", "cannot be swept"), ("batch_size=8,16", "cannot be swept"),
+    ("seed=0,x", "not an integer"), ("loss.beta", "not KEY=V1"), ("seed=0;seed=1", "twice"),
+    ("", "lists no values")])
+def test_bad_sweeps_are_refused_in_one_line(text, fragment):
+  config = tiny_config("dkd")
+  config.sweep = text
+  with pytest.raises(errors.ConfigError, match=fragment) as e:
+    sweep.expand(config)
+  assert "\n" not in str(e.value)
+
+
+def test_sweep_names_and_values():
+  config = tiny_config("dkd")
+  config.sweep = "seed=0,1;loss.beta=2,8"
+  named = sweep.expand(config)
+  assert [n for n, _ in named] == ["seed=0,loss.beta=2", "seed=0,loss.beta=8",
+                                   "seed=1,loss.beta=2", "seed=1,loss.beta=8"]
+  assert [(c.seed, c.loss.beta, c.sweep) for _, c in named] == [
+      (0, 2.0, ""), (0, 8.0, ""), (1, 2.0, ""), (1, 8.0, "")]
+
+
+def test_sweep_step_forced_scan_equals_per_step_and_lone_runs():
+  """Two runs (seed, beta, learning rate) vmapped: scan == calls == each run's own step."""
+  config = tiny_config("dkd")
+  config.sweep = "seed=0,1;loss.beta=2;learning_rate=0.02,0.05"
+  named = sweep.expand(config)[1:3]
+  runs = [c for _, c in named]
+  keys = ["seed", "loss.beta", "learning_rate"]
+  _, data, trainer0 = _setup(runs[0])
+  trainers = [trainer0, _setup(runs[1])[2]]
+  stacked = lambda: jax.tree.map(lambda *x: np.stack(x), *[t.init_state() for t in trainers])
+  hp = sweep.hyperparameters(runs, keys)
+  calls = sweep.make_sweep_train_fn(trainer0.spec, config, 8, 4)(
+      stacked(), hp, trainer0.teacher_vars, data.train)
+  scanned = sweep.make_sweep_train_fn(trainer0.spec, config, 8, 4, force_scan=True)(
+      stacked(), hp, trainer0.teacher_vars, data.train)
+  # The summed losses of the 4 steps agree to float rounding. The parameters agree to about 1%
+  # of their 4-step change (atol 5e-4 against changes of 2e-3..2e-2, measured up to 1.4e-4):
+  # XLA:CPU rounds the vmapped and looped convolutions differently, and the BatchNorm gradients
+  # of this 16-example batch cancel to small sums that magnify it.
+  _assert_states_close(calls, scanned, rtol=1e-3, atol=5e-4)
+  np.testing.assert_allclose(calls.metric_sums["loss"], scanned.metric_sums["loss"], rtol=1e-5)
+  for i, t in enumerate(trainers):
+    alone = step_lib.make_train_fn(t.spec, 4)(t.init_state(), t.teacher_vars, data.train)
+    one = jax.tree.map(lambda x: x[i], calls)  # pylint: disable=cell-var-from-loop
+    _assert_states_close(alone, one, rtol=1e-3, atol=5e-4)
+    np.testing.assert_allclose(one.metric_sums["loss"], alone.metric_sums["loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sweep_equals_the_runs_launched_alone(tmp_path):
+  """Done-when of issue 14: seed=0,1 x loss.beta=2,8 on smoke dkd == the four lone runs."""
+  config = tiny_config("dkd")
+  config.sweep = "seed=0,1;loss.beta=2,8"
+  sweep.train_sweep(config, str(tmp_path / "sweep"))
+  for name, run in sweep.expand(config):
+    alone = str(tmp_path / name)
+    loop.train_and_evaluate(run, alone)
+    want = _train_and_eval_values(_metrics(alone))
+    got = _train_and_eval_values(_metrics(str(tmp_path / "sweep" / "runs" / name)))
+    assert sorted(got) == sorted(want) and len(want) > 4, name
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{name} {k}")
+    cfg = json.load(open(str(tmp_path / "sweep" / "runs" / name / "config.json")))
+    assert (cfg["seed"], cfg["loss"]["beta"]) == (run.seed, run.loss.beta)
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_with_table_and_runs():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import train_step  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  common = ["--teacher", "resnet8", "--student", "resnet8", "--method", "kd", "--batch-size",
+            "16", "--steps", "2", "--warmup", "0", "--num-devices", "1"]
+  cached = train_step.main(common + ["--teacher-cache", "--num-examples", "16"])
+  assert cached["teacher_cache"] and cached["table_build_s"] > 0
+  assert cached["num_examples"] == 16 and np.isfinite(cached["final_loss"])
+  runs = train_step.main(common + ["--runs", "2", "--num-examples", "64"])
+  assert runs["runs"] == 2 and not runs["teacher_cache"]
+  np.testing.assert_allclose(runs["images_per_sec"], 2 * runs["images_per_sec_per_run"])
+  assert np.isfinite(runs["final_loss"]) and runs["skipped_steps"] == 0
+
+
+@pytest.mark.slow
+def test_epoch_benchmark_with_table_and_runs():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import epoch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  rec = epoch.main(["--teacher", "resnet8", "--student", "resnet8", "--batch-size", "16",
+                    "--eval-batch-size", "16", "--epochs", "2", "--train-examples", "32",
+                    "--eval-examples", "16", "--num-devices", "1", "--teacher-cache", "tmp",
+                    "--runs", "2"])
+  assert rec["runs"] == 2 and rec["teacher_cache"] and len(rec["epoch_s"]) == 2
+  np.testing.assert_allclose(rec["steady_total_train_images_per_sec"],
+                             2 * rec["steady_train_images_per_sec"])
+
+
+def test_launch_refuses_a_bad_sweep_with_one_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch.py"),
+       f"--config={os.path.join(REPO, 'configs', 'smoke.py')}:dkd",
+       f"--workdir={tmp_path / 'w'}", "--config.sweep=student=resnet8,resnet20"],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors_ = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors_) == 1 and "'student' cannot be swept" in errors_[0]
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_with_table_on_8_devices_resumes_exactly(tmp_path):
+  """A sweep reading the teacher table, sharded over 8 devices, interrupted after 8 steps and
+  resumed to 12, logs what the unbroken sweep logs; each run matches its lone online run."""
+  cache = str(tmp_path / "cache")
+
+  def cfg(steps):
+    c = tiny_config("kd", num_devices=8, steps=steps)
+    c.sweep = "seed=0,1;loss.kd_weight=0.5"
+    c.teacher_cache = cache
+    return c
+  sweep.train_sweep(cfg(12), str(tmp_path / "unbroken"))
+  sweep.train_sweep(cfg(8), str(tmp_path / "broken"))
+  sweep.train_sweep(cfg(12), str(tmp_path / "broken"))
+  names = [n for n, _ in sweep.expand(cfg(12))]
+  for name in names:
+    a = _train_and_eval_values(_metrics(str(tmp_path / "unbroken" / "runs" / name)))
+    b = _train_and_eval_values(_metrics(str(tmp_path / "broken" / "runs" / name)))
+    assert a == b and (12, "eval/top1") in a, name
+  alone_cfg = dict(sweep.expand(cfg(12)))[names[1]]
+  alone_cfg.teacher_cache = ""
+  loop.train_and_evaluate(alone_cfg, str(tmp_path / "alone"))
+  want = _train_and_eval_values(_metrics(str(tmp_path / "alone")))
+  got = _train_and_eval_values(_metrics(str(tmp_path / "unbroken" / "runs" / names[1])))
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=str(k))
