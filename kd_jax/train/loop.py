@@ -231,7 +231,7 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
   student = models.create(config.student, config.num_classes,
                           aux_head=config.aux_head or None, dtype=_DTYPES[config.dtype])
   schedule = state_lib.learning_rate_schedule(config, steps_per_epoch, total_steps)
-  tx = state_lib.make_optimizer(config, schedule)
+  tx = state_lib.make_optimizer(config)
   rng = jax.random.PRNGKey(config.seed)
   image_size = _image_size(config)
   names = step_lib.metric_names(loss_spec)

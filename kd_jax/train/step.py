@@ -23,6 +23,7 @@ from kd_jax import console
 from kd_jax import data as data_lib
 from kd_jax import losses
 from kd_jax import methods
+from kd_jax.train import state as state_lib
 from kd_jax.train.state import TrainState
 
 PyTree = Any
@@ -122,7 +123,8 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
   teacher_logits = None
   if spec.teacher is not None:
     teacher_logits = jax.lax.stop_gradient(
-        spec.teacher.apply(teacher_vars, images, train=False)).astype(jnp.float32)
+        spec.teacher.apply(teacher_vars, images, train=False))
+    teacher_logits = teacher_logits.astype(jnp.promote_types(teacher_logits.dtype, jnp.float32))
 
   def forward(params):
     out, new_vars = spec.student.apply(
@@ -150,6 +152,9 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
 
   loss = sum(terms.values())
   updates, new_opt_state = spec.tx.update(grads, state.opt_state, state.params)
+  # The LR is a function of the run's step (so of its epoch), not of optax's count, which a
+  # skipped step would freeze.
+  updates = state_lib.apply_learning_rate(updates, spec.schedule(state.step))
   new_params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_stats)
   top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
