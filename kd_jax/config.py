@@ -101,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.student = "resnet8x4"
   c.aux_head = ""               # '' | 'linear' | 'nonlinear' (DHKD)
   c.teacher = "resnet32x4"
-  c.teacher_checkpoint = ""     # .pth file, kd_jax run workdir / Orbax dir, or 'random:SEED' (tests)
+  c.teacher_checkpoint = ""     # .pth, .msgpack, kd_jax workdir (WORKDIR[:best|:latest]) or 'random:SEED'
+  c.student_init = ""           # '' (random init) | .pth | .msgpack | kd_jax workdir (last state; WORKDIR:best)
   c.dtype = "float32"           # student compute dtype (params stay float32)
   c.teacher_dtype = "float32"
   # Loss hyperparameters (methods.md). Unused keys are ignored by a method.
