@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 import ml_collections
 
 from kd_jax.data import imagenet as imagenet_data
+from kd_jax.data import sources as data_sources
 from kd_jax.errors import ConfigError
 
 METHODS = ("ce", "teacher", "kd", "dkd", "rld", "dhkd", "rkkd")
@@ -85,18 +86,22 @@ def base_config() -> ml_collections.ConfigDict:
   # later `--config.method=` / `--config.base_method=` override is caught ('' = not checked).
   c.defaults_for = ""
   # Data.
-  c.dataset = "cifar100"
+  c.dataset = "cifar100"        # a preset name, 'imagefolder:PATH' or a TFDS name (docs/data.md)
   c.data_dir = ""               # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
   c.num_classes = 100
   c.train_examples = 0          # 0 = the whole split (smaller values for smoke runs)
   c.eval_examples = 0
   c.eval_split = "test"
-  c.image_size = 0              # 0 = the dataset's (32 CIFAR, 224 ImageNet)
+  c.image_size = 0              # 0 = the dataset's (32 CIFAR, 224 streamed, else the images' own)
   c.tfds_name = ""              # streamed datasets: TFDS name if not `dataset` (e.g. a subset)
   # Streamed (ImageNet) training crop: area fraction and width/height ranges of the random
   # resized crop (torchvision defaults; DHKD's DALI loader uses (0.1, 1) and (0.8, 1.25)).
   c.crop_area = (0.08, 1.0)
   c.crop_aspect = (3.0 / 4.0, 4.0 / 3.0)
+  c.augment = "auto"            # auto | pad_crop_flip | random_resized_crop | none (training images)
+  c.mean = ()                   # per-channel mean, [0, 1] pixel units; () = the dataset's default
+  c.std = ()                    # per-channel std, [0, 1] pixel units; () = the dataset's default
+  c.in_memory_budget_mb = 4096.0  # MB: TFDS data whose uint8 training split fits is held in memory
   # Models.
   c.student = "resnet8x4"
   c.aux_head = ""               # '' | 'linear' | 'nonlinear' (DHKD)
@@ -342,6 +347,42 @@ def _crop_ranges(config) -> None:
                         f"crop (keep the default {default})")
 
 
+def _dataset(config) -> None:
+  """A preset name, 'imagefolder:PATH' or a TFDS-style name (whether it exists is checked later)."""
+  try:
+    data_sources.check_dataset_name(config.dataset)
+  except data_sources.DataError as e:
+    raise ConfigError(f"config.{e}") from None
+
+
+def _augment_and_normalization(config) -> None:
+  """augment in AUGMENTATIONS (and fitting a preset's pipeline); mean/std () or 3 numbers."""
+  _choice(config, "augment", data_sources.AUGMENTATIONS)
+  preset = data_sources.KNOWN_DATASETS.get(config.dataset)
+  if preset is not None:
+    try:
+      data_sources.resolve_augment(config.augment, in_memory=preset[0])
+    except data_sources.DataError as e:
+      raise ConfigError(f"config.{e} (dataset {config.dataset!r})") from None
+    if preset[0] and config.augment == "random_resized_crop":
+      raise ConfigError(f"config.augment='random_resized_crop' applies to streamed datasets; "
+                        f"dataset {config.dataset!r} is held in memory; accepted here: auto, "
+                        f"pad_crop_flip, none")
+  for key, lo, what in (("mean", 0.0, "0 <= m <= 1"), ("std", None, "0 < s <= 1")):
+    value = config[key]
+    try:
+      numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+      numbers = None
+    ok = numbers is not None and (not numbers or (len(numbers) == 3 and all(
+        math.isfinite(v) and v <= 1.0 and (v >= lo if lo is not None else v > 0.0)
+        for v in numbers)))
+    if not ok:
+      raise ConfigError(f"config.{key}={value!r} is not accepted; accepted: () for the "
+                        f"dataset's default or three per-channel numbers in [0, 1] pixel units "
+                        f"with {what}, e.g. --config.{key}=(0.5071,0.4867,0.4408)")
+
+
 def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
              num_devices: int) -> None:
   """Raises ConfigError naming the first bad key; cheap (no JAX compile, no data access)."""
@@ -369,7 +410,7 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
         f"settings are the defaults of {config.defaults_for!r}, which a command-line override "
         f"does not change; start from {hint} so that its defaults (weights, temperature, "
         f"warm-up) apply")
-  _choice(config, "dataset", DATASETS)
+  _dataset(config)
   _choice(config, "student", sorted(model_names))
   _choice(config, "aux_head", AUX_HEADS)
   _choice(config, "dtype", DTYPES)
@@ -377,7 +418,7 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
   _choice(config, "schedule", SCHEDULES)
   _choice(config, "optimizer", ("sgd",))
   _choice(config, "loss.rank_form", RANK_FORMS)
-  if config.num_classes != NUM_CLASSES[config.dataset]:
+  if config.dataset in NUM_CLASSES and config.num_classes != NUM_CLASSES[config.dataset]:
     raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
                       f"{config.dataset!r}, which has {NUM_CLASSES[config.dataset]} classes")
   base = effective_method(config)
@@ -414,8 +455,12 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
               "loss.beta", "loss.alpha_temperature", "loss.warmup_epochs",
               "loss.label_smoothing", "loss.bkln_weight", "loss.bkln_until_epoch",
               "loss.rank_weight", "loss.rank_top_k", "lr_warmup_epochs",
-              "train_examples", "eval_examples", "num_devices"):
+              "train_examples", "eval_examples", "num_devices", "in_memory_budget_mb"):
     _positive(config, key, allow_zero=True)
+  if not isinstance(config.num_classes, int) or config.num_classes < 1:
+    raise ConfigError(f"config.num_classes={config.num_classes!r} is not accepted; expected a "
+                      f"positive integer")
+  _augment_and_normalization(config)
   _crop_ranges(config)
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs} and config.num_train_steps="

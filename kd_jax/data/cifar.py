@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.data import common
+from kd_jax.data import sources
 from kd_jax.data.common import DataError, InMemoryData
 
 CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR_STD = (0.2675, 0.2565, 0.2761)
 
-# name -> label key, for the TFDS datasets loaded whole into memory.
-_TFDS_IN_MEMORY = {"cifar100": "label", "cifar10": "label"}
+# The in-memory presets; load_in_memory also reads image folders and other TFDS datasets.
 ACCEPTED_NAMES = ("cifar100", "cifar10", "synthetic")
 
 # Synthetic stand-in: split -> (default size, seed); 100 classes of 32x32x3.
@@ -31,23 +31,34 @@ _PERMUTATION_STREAM = 0x0DA7A
 
 
 def load_in_memory(name: str, split: str, *, data_dir: str | None = None,
-                   num_examples: int | None = None,
-                   download: bool = True) -> InMemoryData:
+                   num_examples: int | None = None, download: bool = True,
+                   image_size: int = 0) -> InMemoryData:
   """Loads a whole split as uint8 images [N,H,W,3] and int32 labels [N].
 
-  name: 'cifar100' or 'cifar10' (TFDS, prepared in data_dir or downloaded) or
-  'synthetic' (offline, deterministic per split). num_examples caps N.
+  name: 'synthetic' (offline, deterministic per split), 'imagefolder:PATH' (see
+  sources.load_imagefolder) or a TFDS dataset with 'image' and 'label' features such as
+  'cifar100' (prepared in data_dir or downloaded). num_examples caps N. image_size > 0
+  resizes every image of another size to image_size x image_size (bilinear, antialiased);
+  0 keeps the images' own size.
   """
   if num_examples is not None and num_examples <= 0:
     raise DataError(f"num_examples={num_examples}; accepted: None or a positive integer.")
+  if not isinstance(image_size, (int, np.integer)) or image_size < 0:
+    raise DataError(f"image_size={image_size!r}; accepted: 0 (the images' own size) or a "
+                    "positive integer.")
+  root = sources.imagefolder_root(name)
+  if root is not None:
+    return sources.load_imagefolder(root, split, image_size=int(image_size),
+                                    num_examples=num_examples)
   if name == "synthetic":
     images, labels, num_classes = _synthetic(split, num_examples)
-  elif name in _TFDS_IN_MEMORY:
+    if image_size and images.shape[1:3] != (image_size, image_size):
+      images = np.stack([sources.resize_uint8(im, int(image_size)) for im in images])
+  else:
+    sources.check_dataset_name(name)
     images, labels, num_classes = _load_tfds(name, split, data_dir=data_dir,
                                              num_examples=num_examples,
-                                             download=download)
-  else:
-    raise DataError(f"unknown in-memory dataset {name!r}; accepted: {list(ACCEPTED_NAMES)}.")
+                                             download=download, image_size=int(image_size))
   common.check_arrays(name, split, images, labels, num_classes)
   return InMemoryData(images=images, labels=labels.astype(np.int32),
                       num_classes=num_classes)
@@ -81,9 +92,10 @@ def _synthetic(split: str, num_examples: int | None):
 
 
 def _load_tfds(name: str, split: str, *, data_dir: str | None,
-               num_examples: int | None, download: bool):
+               num_examples: int | None, download: bool, image_size: int = 0):
   """Reads a TFDS image-classification split fully into numpy arrays."""
   tfds = common.import_tfds()
+  tf = common.import_tf()
   builder = common.tfds_builder(name, data_dir)
   ds = common.open_split(builder, split)
   if ds is None:
@@ -92,8 +104,19 @@ def _load_tfds(name: str, split: str, *, data_dir: str | None,
     if ds is None:
       raise DataError(_not_prepared_message(
           name, data_dir, builder, "download_and_prepare() left no data behind"))
-  label_key = _TFDS_IN_MEMORY[name]
-  ds = ds.map(lambda ex: (ex["image"], ex[label_key]))
+  layout = sources.tfds_layout(name, data_dir, split)
+  if image_size:
+    def resize(image):
+      same = tf.reduce_all(tf.shape(image)[:2] == image_size)
+      return tf.cond(same, lambda: image, lambda: tf.cast(tf.clip_by_value(tf.round(
+          tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size],
+                          method="bilinear", antialias=True)), 0, 255), tf.uint8))
+    ds = ds.map(lambda ex: (resize(ex["image"]), ex["label"]))
+  elif layout.image_shape is None:
+    raise DataError(f"TFDS dataset {name!r} has images of varying size and image_size=0; "
+                    "accepted: image_size > 0 (every image is resized to it).")
+  else:
+    ds = ds.map(lambda ex: (ex["image"], ex["label"]))
   if num_examples is not None:
     ds = ds.take(num_examples)
   images, labels = [], []
@@ -103,8 +126,7 @@ def _load_tfds(name: str, split: str, *, data_dir: str | None,
   if not images:
     raise DataError(f"dataset {name!r} split {split!r} is empty; accepted: a "
                     "split with at least one example.")
-  num_classes = int(builder.info.features[label_key].num_classes)
-  return np.concatenate(images), np.concatenate(labels), num_classes
+  return np.concatenate(images), np.concatenate(labels), layout.num_classes
 
 
 def _prepare(builder, name: str, *, data_dir: str | None, download: bool) -> None:
@@ -191,3 +213,18 @@ def augment_cifar(rng: Any, images_uint8: Any, *, mean: Sequence[float] = CIFAR_
   offsets, flips = cifar_augment_params(rng, images_uint8.shape[0], padding=padding)
   return common.normalize(crop_and_flip(images_uint8, offsets, flips, padding=padding),
                           mean, std)
+
+
+def augment_batch(rng: Any, images_uint8: Any, *, augment: str,
+                  mean: Sequence[float] = CIFAR_MEAN,
+                  std: Sequence[float] = CIFAR_STD) -> jnp.ndarray:
+  """The in-memory training transform: 'pad_crop_flip' (augment_cifar) or 'none'.
+
+  'none' is normalisation only, (x / 255 - mean) / std, and ignores rng.
+  """
+  if augment == "none":
+    return common.normalize(images_uint8, mean, std)
+  if augment == "pad_crop_flip":
+    return augment_cifar(rng, images_uint8, mean=mean, std=std)
+  raise DataError(f"augment={augment!r} for data held in memory; accepted: pad_crop_flip, "
+                  "none.")

@@ -75,6 +75,7 @@ class StepSpec:
   std: tuple[float, float, float]
   max_bad_steps: int
   mesh: jax.sharding.Mesh
+  augment: str = "pad_crop_flip"   # in-memory training transform: pad_crop_flip | none
 
 
 def metric_names(loss: methods.LossSpec) -> tuple[str, ...]:
@@ -173,11 +174,12 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
 
 
 def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all):
-  """CIFAR: the step's batch from the device-resident split, augmented on device."""
+  """In memory: the step's batch from the device-resident split, augmented on device."""
   images, labels = data_lib.cifar_train_batch(
       images_u8, labels_all, seed=spec.seed, step=state.step, batch_size=spec.batch_size)
   aug_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
-  images = data_lib.augment_cifar(aug_rng, images, mean=spec.mean, std=spec.std)
+  images = data_lib.augment_batch(aug_rng, images, augment=spec.augment, mean=spec.mean,
+                                  std=spec.std)
   sharding = _batch_sharding(spec.mesh)
   return (jax.lax.with_sharding_constraint(images, sharding),
           jax.lax.with_sharding_constraint(labels, sharding))
