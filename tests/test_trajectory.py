@@ -1,0 +1,170 @@
+"""The proof: a whole kd_jax run follows the reference PyTorch training loop step for step.
+
+Same data (an image folder of 64 training images, 10 classes, no augmentation), same teacher
+and student weights (.pth), one full-batch step per epoch (so batch order does not matter),
+30 epochs with LR steps after epochs 10 and 20. kd_jax runs through launch.py and its student
+comes back through `python -m kd_jax.export`; tests/torch_trainer.py is the PyTorch side.
+
+Yardstick: float32 round-off grows from step to step on such a small full-batch problem, so
+the PyTorch loop runs in float64 (the reference trajectory) and in float32; kd_jax (float32)
+must stay within a small multiple of PyTorch's own float32-vs-float64 drift, measured here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+Image = pytest.importorskip("PIL.Image")
+import torch_trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_twins_a  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES, SIZE, N_TRAIN, N_TEST, EPOCHS = 10, 32, 64, 20, 30
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+# kd_jax's error may be this many times PyTorch's own float32-vs-float64 drift, plus a floor
+# for round-off in a run that barely drifts.
+FACTOR, FLOOR = 10.0, 1e-5
+
+# method id -> (config file[:arg], extra overrides, aux head of the student)
+METHODS = {
+    "kd": ("configs/kd.py", [], None),
+    "kd_ls": ("configs/kd.py:resnet32x4,resnet8x4,ls", [], None),
+    "dkd": ("configs/dkd.py", ["--config.loss.warmup_epochs=20"], None),
+    "rld": ("configs/rld.py", [], None),
+    "dhkd": ("configs/dhkd.py", ["--config.aux_head=linear", "--config.loss.grad_align=True"],
+             "linear"),
+    "rkkd": ("configs/rkkd.py", ["--config.loss.rank_top_k=0"], None),
+}
+
+
+def _class_images(rng, c: int, n: int) -> np.ndarray:
+  """n SIZExSIZE RGB uint8 images of class c: a class-specific colour and stripe, plus noise."""
+  base = np.zeros((SIZE, SIZE, 3))
+  base[..., c % 3] = 60 + 15 * c
+  base[(c * 3) % SIZE:(c * 3) % SIZE + 3, :, :] += 80
+  noise = rng.normal(0, 40, size=(n, SIZE, SIZE, 3))
+  return np.clip(base[None] + noise + 40, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """The image folder and the teacher/student .pth files, shared by every method."""
+  root = tmp_path_factory.mktemp("traj")
+  rng = np.random.default_rng(0)
+  counts = {"train": [N_TRAIN // NUM_CLASSES + (c < N_TRAIN % NUM_CLASSES)
+                      for c in range(NUM_CLASSES)],
+            "test": [N_TEST // NUM_CLASSES] * NUM_CLASSES}
+  for split, per_class in counts.items():
+    for c, n in enumerate(per_class):
+      d = root / "data" / split / f"class{c:02d}"
+      d.mkdir(parents=True)
+      for i, img in enumerate(_class_images(rng, c, n)):
+        Image.fromarray(img).save(d / f"{i}.png")
+  torch.manual_seed(0)
+  calib = torch.randn(16, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+  teacher = torch_twins_a.randomize_(torch_twins_a.build("resnet8", NUM_CLASSES), calib, seed=3)
+  torch.save({"model": teacher.state_dict()}, root / "t.pth")
+  for aux in (None, "linear"):
+    torch.manual_seed(7)
+    student = torch_twins_a.build("resnet8", NUM_CLASSES, aux)
+    torch.save({"model": student.state_dict()}, root / f"s_{aux}.pth")
+  return root
+
+
+def _read_split(root, split, dtype):
+  """(normalized NCHW images, labels) read with PIL; class ids = sorted folder names."""
+  xs, ys = [], []
+  classes = sorted(os.listdir(root / "data" / split))
+  for c, name in enumerate(classes):
+    for f in sorted(os.listdir(root / "data" / split / name)):
+      xs.append(np.asarray(Image.open(root / "data" / split / name / f).convert("RGB")))
+      ys.append(c)
+  x = (np.stack(xs).astype(np.float64) / 255.0 - np.array(MEAN)) / np.array(STD)
+  return (torch.tensor(x.transpose(0, 3, 1, 2), dtype=dtype),
+          torch.tensor(ys, dtype=torch.long))
+
+
+def _torch_run(root, config, aux, dtype):
+  student = torch_twins_a.build("resnet8", NUM_CLASSES, aux)
+  student.load_state_dict(torch.load(root / f"s_{aux}.pth", weights_only=True)["model"])
+  teacher = torch_twins_a.build("resnet8", NUM_CLASSES)
+  teacher.load_state_dict(torch.load(root / "t.pth", weights_only=True)["model"])
+  student, teacher = student.to(dtype), teacher.to(dtype)
+  x, y = _read_split(root, "train", dtype)
+  losses = torch_trainer.train(student, teacher, x, y, config)
+  return student, np.array(losses)
+
+
+def _rel(a, b) -> float:
+  """max |a - b| / max |b|."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _test_logits(model, root):
+  x, _ = _read_split(root, "test", torch.float64)
+  model = model.double().eval()
+  with torch.no_grad():
+    out = model(x)
+  return (out[0] if isinstance(out, tuple) else out).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_kd_jax_run_follows_the_pytorch_loop(setup, tmp_path, method):
+  root = setup
+  config_file, extra, aux = METHODS[method]
+  workdir = tmp_path / "run"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"),
+         f"--config={os.path.join(REPO, config_file)}", f"--workdir={workdir}",
+         f"--config.dataset=imagefolder:{root / 'data'}",
+         f"--config.num_classes={NUM_CLASSES}", "--config.teacher=resnet8",
+         "--config.student=resnet8", f"--config.teacher_checkpoint={root / 't.pth'}",
+         f"--config.student_init={root / f's_{aux}.pth'}", "--config.augment=none",
+         f"--config.mean={MEAN}", f"--config.std={STD}", f"--config.batch_size={N_TRAIN}",
+         f"--config.eval_batch_size={N_TEST}", f"--config.num_epochs={EPOCHS}",
+         "--config.num_train_steps=0", "--config.lr_milestones=(10,20)",
+         "--config.learning_rate=0.01", "--config.lr_warmup_epochs=0",
+         "--config.log_every_steps=1", f"--config.eval_every_epochs={EPOCHS}",
+         f"--config.checkpoint_every_steps={EPOCHS}", "--config.num_devices=1", *extra]
+  res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1500)
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(workdir / "config.json") as f:
+    config = json.load(f)
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  jax_losses = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+  assert sorted(jax_losses) == list(range(1, EPOCHS + 1))
+  jax_losses = np.array([jax_losses[s] for s in range(1, EPOCHS + 1)])
+
+  s64, ref = _torch_run(root, config, aux, torch.float64)
+  s32, l32 = _torch_run(root, config, aux, torch.float32)
+  assert ref[-1] < ref[0]  # it really trains
+  drift = np.abs(l32 - ref) / np.abs(ref)
+  err = np.abs(jax_losses - ref) / np.abs(ref)
+  # The exported student, loaded strictly into the PyTorch model.
+  out = tmp_path / "s2.pth"
+  res = subprocess.run([sys.executable, "-m", "kd_jax.export", str(workdir), "--out", str(out)],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  assert res.returncode == 0, res.stderr[-2000:]
+  exported = torch_twins_a.build("resnet8", NUM_CLASSES, aux)
+  exported.load_state_dict(torch.load(out, weights_only=True)["model"], strict=True)
+  sd_jax, sd64, sd32 = (m.state_dict() for m in (exported, s64, s32))
+  keys = [k for k in sd64 if not k.endswith("num_batches_tracked")]
+  w_err = max(_rel(sd_jax[k].numpy(), sd64[k].numpy()) for k in keys)
+  w_drift = max(_rel(sd32[k].numpy(), sd64[k].numpy()) for k in keys)
+  z64 = _test_logits(s64, root)
+  z_err = _rel(_test_logits(exported, root), z64)
+  z_drift = _rel(_test_logits(s32, root), z64)
+  print(f"\n[trajectory] {method}: loss rel err kd_jax {err.max():.2e} (torch f32 "
+        f"{drift.max():.2e}); weights {w_err:.2e} ({w_drift:.2e}); test logits {z_err:.2e} "
+        f"({z_drift:.2e}); loss {ref[0]:.4f} -> {ref[-1]:.4f}")
+  np.testing.assert_array_less(err, FACTOR * drift.max() + FLOOR)
+  assert w_err <= FACTOR * w_drift + FLOOR
+  assert z_err <= FACTOR * z_drift + FLOOR
