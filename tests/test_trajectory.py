@@ -31,16 +31,19 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 # for round-off in a run that barely drifts.
 FACTOR, FLOOR = 10.0, 1e-5
 
-# method id -> (config file[:arg], extra overrides, aux head of the student)
+# method id -> (config file[:arg], extra config overrides, aux head of the student)
 METHODS = {
-    "kd": ("configs/kd.py", [], None),
-    "kd_ls": ("configs/kd.py:resnet32x4,resnet8x4,ls", [], None),
-    "dkd": ("configs/dkd.py", ["--config.loss.warmup_epochs=20"], None),
-    "rld": ("configs/rld.py", [], None),
-    "dhkd": ("configs/dhkd.py", ["--config.aux_head=linear", "--config.loss.grad_align=True"],
-             "linear"),
-    "rkkd": ("configs/rkkd.py", ["--config.loss.rank_top_k=0"], None),
+    "kd": ("configs/kd.py", {}, None),
+    "kd_ls": ("configs/kd.py:resnet32x4,resnet8x4,ls", {}, None),
+    "dkd": ("configs/dkd.py", {"loss.warmup_epochs": 20}, None),
+    "rld": ("configs/rld.py", {}, None),
+    "dhkd": ("configs/dhkd.py", {"aux_head": "linear", "loss.grad_align": True}, "linear"),
+    "rkkd": ("configs/rkkd.py", {"loss.rank_top_k": 0}, None),
 }
+# The run settings every method shares (besides data, weights and normalization).
+COMMON = {"num_classes": NUM_CLASSES, "teacher": "resnet8", "student": "resnet8",
+          "num_epochs": EPOCHS, "learning_rate": 0.01, "lr_milestones": (10, 20),
+          "lr_warmup_epochs": 0, "num_devices": 1}
 
 
 def _class_images(rng, c: int, n: int) -> np.ndarray:
@@ -119,21 +122,21 @@ def _test_logits(model, root):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_kd_jax_run_follows_the_pytorch_loop(setup, tmp_path, method):
   root = setup
-  config_file, extra, aux = METHODS[method]
+  config_file, overrides, aux = METHODS[method]
+  settings = dict(COMMON, **overrides)
   workdir = tmp_path / "run"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   cmd = [sys.executable, os.path.join(REPO, "launch.py"),
          f"--config={os.path.join(REPO, config_file)}", f"--workdir={workdir}",
          f"--config.dataset=imagefolder:{root / 'data'}",
-         f"--config.num_classes={NUM_CLASSES}", "--config.teacher=resnet8",
-         "--config.student=resnet8", f"--config.teacher_checkpoint={root / 't.pth'}",
+         f"--config.teacher_checkpoint={root / 't.pth'}",
          f"--config.student_init={root / f's_{aux}.pth'}", "--config.augment=none",
-         f"--config.mean={MEAN}", f"--config.std={STD}", f"--config.batch_size={N_TRAIN}",
-         f"--config.eval_batch_size={N_TEST}", f"--config.num_epochs={EPOCHS}",
-         "--config.num_train_steps=0", "--config.lr_milestones=(10,20)",
-         "--config.learning_rate=0.01", "--config.lr_warmup_epochs=0",
+         f"--config.mean={MEAN}".replace(" ", ""), f"--config.std={STD}".replace(" ", ""),
+         f"--config.batch_size={N_TRAIN}",
+         f"--config.eval_batch_size={N_TEST}", "--config.num_train_steps=0",
          "--config.log_every_steps=1", f"--config.eval_every_epochs={EPOCHS}",
-         f"--config.checkpoint_every_steps={EPOCHS}", "--config.num_devices=1", *extra]
+         f"--config.checkpoint_every_steps={EPOCHS}",
+         *(f"--config.{k}={v}".replace(" ", "") for k, v in settings.items())]
   res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1500)
   assert res.returncode == 0, res.stderr[-3000:]
   with open(workdir / "config.json") as f:
@@ -168,3 +171,38 @@ def test_kd_jax_run_follows_the_pytorch_loop(setup, tmp_path, method):
   np.testing.assert_array_less(err, FACTOR * drift.max() + FLOOR)
   assert w_err <= FACTOR * w_drift + FLOOR
   assert z_err <= FACTOR * z_drift + FLOOR
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_kd_jax_step_in_float64_equals_torch_double(setup, tmp_path, method):
+  """The same trajectory with kd_jax's real train step in float64 (JAX x64) against the
+  PyTorch loop in float64: no round-off amplification, so they must agree to ~1e-8."""
+  root = setup
+  config_file, overrides, aux = METHODS[method]
+  settings = dict(COMMON, **overrides)
+  out = tmp_path / "x64"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+  res = subprocess.run([sys.executable, os.path.join(REPO, "tests", "x64_runner.py"),
+                        os.path.join(REPO, config_file), json.dumps(settings), str(root),
+                        str(aux), str(out)],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=1500)
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(out / "config.json") as f:
+    config = json.load(f)
+  s64, ref = _torch_run(root, config, aux, torch.float64)
+  assert ref[-1] < ref[0]
+  jax_losses = np.load(out / "losses.npy")
+  loss_err = float(np.max(np.abs(jax_losses - ref) / np.abs(ref)))
+  student = dict(np.load(out / "student.npz"))
+  sd64 = s64.state_dict()
+  keys = [k for k in sd64 if not k.endswith("num_batches_tracked")]
+  assert sorted(student) == sorted(keys)
+  w_err = max(_rel(student[k], sd64[k].numpy()) for k in keys)
+  moved = max(_rel(sd64[k].numpy(), torch.load(root / f"s_{aux}.pth", weights_only=True)[
+      "model"][k].double().numpy()) for k in keys)
+  print(f"\n[trajectory x64] {method}: loss rel err {loss_err:.2e} (float32 metric sums); "
+        f"weights {w_err:.2e} (the weights moved by {moved:.2e})")
+  assert loss_err < 1e-6           # the logged loss is a float32 sum
+  assert w_err < 1e-7 and moved > 1e-3
