@@ -7,7 +7,10 @@ one full-batch step per epoch on an image folder. Writes OUT/config.json, OUT/lo
 per-step train/loss, float32 metric sums) and OUT/student.npz (the final student as a torch-layout
 state_dict, float64).
 
-  python tests/x64_runner.py CONFIG_FILE[:ARG] OVERRIDES_JSON ROOT AUX OUT
+  python tests/x64_runner.py CONFIG_FILE[:ARG] OVERRIDES_JSON ROOT AUX PER_CLASS OUT
+
+PER_CLASS > 0 keeps only the first PER_CLASS training images of each class (float64
+convolutions are slow on CPU).
 """
 from __future__ import annotations
 
@@ -21,13 +24,15 @@ import numpy as np
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-def read_split(root: str, split: str):
-  """(normalized NHWC float64 images, int labels) of ROOT/data/SPLIT, read with PIL."""
+def read_split(root: str, split: str, per_class: int = 0):
+  """(normalized NHWC float64 images, int labels) of ROOT/data/SPLIT, read with PIL; sorted
+  class folders are the class ids; per_class > 0 keeps the first per_class files of each."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   xs, ys = [], []
   base = os.path.join(root, "data", split)
   for c, name in enumerate(sorted(os.listdir(base))):
-    for f in sorted(os.listdir(os.path.join(base, name))):
+    files = sorted(os.listdir(os.path.join(base, name)))
+    for f in files[:per_class] if per_class else files:
       xs.append(np.asarray(Image.open(os.path.join(base, name, f)).convert("RGB")))
       ys.append(c)
   x = (np.stack(xs).astype(np.float64) / 255.0 - np.array(MEAN)) / np.array(STD)
@@ -50,7 +55,7 @@ def _config(spec: str, overrides: dict):
 
 
 def main(argv) -> None:
-  spec, overrides, root, aux, out = argv
+  spec, overrides, root, aux, per_class, out = argv
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -64,7 +69,7 @@ def main(argv) -> None:
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "config.json"), "w") as f:
     f.write(config.to_json_best_effort())
-  x, y = read_split(root, "train")
+  x, y = read_split(root, "train", int(per_class))
   f64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
   student = models.create(config.student, config.num_classes, aux_head=aux, dtype=jnp.float64)
   teacher = models.create(config.teacher, config.num_classes, dtype=jnp.float64)
@@ -84,6 +89,8 @@ def main(argv) -> None:
   state = state_lib.create_state(sv["params"], sv["batch_stats"], tx, jax.random.PRNGKey(0),
                                  step_lib.metric_names(loss))
   fn = step_lib.make_train_fn(step_spec, 1)
+  # Committed like the step's outputs, so the step compiles once.
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   data = {"image": jnp.asarray(x[None]), "label": jnp.asarray(y[None])}
   losses = []
   for _ in range(total):

@@ -139,10 +139,10 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
     def grouped(params):
       terms, extra = forward(params)
       return methods.split_for_grad_align(terms), (terms, extra)
-    _, vjp_fn, (terms, (new_stats, logits)) = jax.vjp(grouped, state.params, has_aux=True)
-    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
-    (g_task,) = vjp_fn((one, zero))
-    (g_distill,) = vjp_fn((zero, one))
+    (task, distill), vjp_fn, (terms, (new_stats, logits)) = jax.vjp(
+        grouped, state.params, has_aux=True)
+    (g_task,) = vjp_fn((jnp.ones_like(task), jnp.zeros_like(distill)))
+    (g_distill,) = vjp_fn((jnp.zeros_like(task), jnp.ones_like(distill)))
     grads = _project_conflict(g_task, g_distill)
   else:
     def total(params):
