@@ -196,7 +196,6 @@ def test_kd_jax_step_in_float64_equals_torch_double(setup, tmp_path, method):
   with open(out / "config.json") as f:
     config = json.load(f)
   s64, ref = _torch_run(root, config, aux, torch.float64, per_class)
-  assert ref[-1] < ref[0]
   jax_losses = np.load(out / "losses.npy")
   loss_err = float(np.max(np.abs(jax_losses - ref) / np.abs(ref)))
   student = dict(np.load(out / "student.npz"))
