@@ -100,14 +100,14 @@ def _torch_run(root, config, aux, dtype, per_class=0, perturb=0.0):
   (1 + perturb * N(0, 1)) first, to measure how much the problem amplifies round-off."""
   student = torch_twins_a.build("resnet8", NUM_CLASSES, aux)
   student.load_state_dict(torch.load(root / f"s_{aux}.pth", weights_only=True)["model"])
+  teacher = torch_twins_a.build("resnet8", NUM_CLASSES)
+  teacher.load_state_dict(torch.load(root / "t.pth", weights_only=True)["model"])
+  student, teacher = student.to(dtype), teacher.to(dtype)
   if perturb:
     gen = torch.Generator().manual_seed(11)
     with torch.no_grad():
       for p in student.parameters():
-        p.mul_(1 + perturb * torch.randn(p.shape, generator=gen))
-  teacher = torch_twins_a.build("resnet8", NUM_CLASSES)
-  teacher.load_state_dict(torch.load(root / "t.pth", weights_only=True)["model"])
-  student, teacher = student.to(dtype), teacher.to(dtype)
+        p.mul_(1 + perturb * torch.randn(p.shape, generator=gen, dtype=dtype))
   x, y = _read_split(root, "train", dtype, per_class)
   losses = torch_trainer.train(student, teacher, x, y, config)
   return student, np.array(losses)
