@@ -223,5 +223,7 @@ def test_kd_jax_step_in_float64_equals_torch_double(setup, tmp_path, method):
         f"{w_sens:.2e}; the weights moved by {moved:.2e})")
   assert moved > 1e-3
   # The logged loss is a float32 sum (~1e-7); the weights are float64 throughout.
-  assert loss_err < max(1e-6, 1e4 * loss_sens)
-  assert w_err < max(1e-7, 1e4 * w_sens)
+  # RKKD amplifies a 1e-12 start perturbation ~5e7-fold (measured 5e-5 in the weights), and
+  # kd_jax's float64 round-off, injected at every step, lands within ~10x of that.
+  assert loss_err < max(1e-6, 100 * loss_sens)
+  assert w_err < max(1e-7, 100 * w_sens)
