@@ -99,7 +99,7 @@ def build(args: argparse.Namespace) -> Setup:
   student = models.create(config.student, config.num_classes,
                           aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
   schedule = state_lib.learning_rate_schedule(config, spe, total_steps)
-  tx = state_lib.make_optimizer(config, schedule)
+  tx = state_lib.make_optimizer(config)
   key = jax.random.PRNGKey(config.seed)
   names = step_lib.metric_names(loss_spec)
 

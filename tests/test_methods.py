@@ -117,13 +117,14 @@ def test_multistep_schedule_matches_per_epoch_rule():
 def test_sgd_matches_torch_semantics():
   # torch.optim.SGD(lr, momentum, weight_decay): g += wd*p; buf = m*buf + g; p -= lr*buf.
   config = kdc.base_config()
-  tx = state_lib.make_optimizer(config, lambda _: 0.1)
+  tx = state_lib.make_optimizer(config)  # the LR is applied by the step
   p = {"w": jnp.array([1.0, -2.0])}
   state = tx.init(p)
   buf = np.zeros(2)
   ref = np.array([1.0, -2.0])
   for g in ([0.5, 0.1], [-0.3, 0.2]):
     upd, state = tx.update({"w": jnp.array(g)}, state, p)
+    upd = state_lib.apply_learning_rate(upd, jnp.float32(0.1))
     p = jax.tree.map(lambda a, b: a + b, p, upd)
     gg = np.array(g) + 5e-4 * ref
     buf = 0.9 * buf + gg

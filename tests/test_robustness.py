@@ -66,7 +66,7 @@ def _step_spec(config):
   student = models.create(config.student, config.num_classes)
   teacher = models.create(config.teacher, config.num_classes)
   schedule = state_lib.learning_rate_schedule(config, 8, 8)
-  tx = state_lib.make_optimizer(config, schedule)
+  tx = state_lib.make_optimizer(config)
   loss = methods.LossSpec.from_config(config)
   spec = step_lib.StepSpec(student=student, teacher=teacher, tx=tx, schedule=schedule,
                            loss=loss, steps_per_epoch=8, batch_size=4, seed=0, in_memory=False,

@@ -31,10 +31,51 @@ def conv(features: int, kernel_size: int, *, strides: int = 1, padding: Optional
                  kernel_init=kernel_init, name=name)
 
 
-def batch_norm(train: bool, *, name: str, dtype: Dtype = jnp.float32) -> nn.BatchNorm:
-  """BatchNorm with PyTorch conventions (eps 1e-5, momentum 0.1 == Flax momentum 0.9)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, param_dtype=jnp.float32, name=name)
+class BatchNorm(nn.Module):
+  """BatchNorm over the last axis with PyTorch's semantics and Flax's variable names.
+
+  Training normalizes with the biased batch variance and updates the running variance with
+  the unbiased one, var * n / (n - 1) (n = elements per channel), as torch.nn.BatchNorm does;
+  flax's nn.BatchNorm stores the biased variance. Variables: params `scale`, `bias`;
+  batch_stats `mean`, `var`. Statistics are computed in float32 (float64 for float64 input,
+  in x64 mode) with two passes; the output is cast to `dtype`.
+  """
+  use_running_average: bool
+  momentum: float = 0.9            # flax convention: ra = momentum * ra + (1 - momentum) * batch
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    xc = x.astype(compute)
+    if self.use_running_average:
+      mean, var = ra_mean.value.astype(compute), ra_var.value.astype(compute)
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xc, axis=axes)
+      var = jnp.mean(jnp.square(xc - mean), axis=axes)
+      n = x.size // max(features, 1)
+      if not self.is_initializing():
+        m = self.momentum
+        unbiased = var * (n / max(n - 1, 1))
+        ra_mean.value = (m * ra_mean.value + (1.0 - m) * mean).astype(ra_mean.value.dtype)
+        ra_var.value = (m * ra_var.value + (1.0 - m) * unbiased).astype(ra_var.value.dtype)
+    mul = scale.astype(compute) * jax.lax.rsqrt(var + self.epsilon)
+    y = (xc - mean) * mul + bias.astype(compute)
+    return y.astype(self.dtype)
+
+
+def batch_norm(train: bool, *, name: str, dtype: Dtype = jnp.float32) -> BatchNorm:
+  """BatchNorm with PyTorch conventions (eps 1e-5, momentum 0.1 == Flax momentum 0.9,
+  unbiased running variance)."""
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                   name=name)
 
 
 def torch_default_bias(fan_in: int) -> Callable[..., jax.Array]:
@@ -76,12 +117,18 @@ def dense(features: int, *, name: str, dtype: Dtype = jnp.float32,
   return Linear(features, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, name=name)
 
 
+def at_least_f32(x: jax.Array) -> jax.Array:
+  """x as float32, or unchanged when it is float64 (x64 mode, used by the fidelity tests)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """Mean over H, W of an NHWC map (== the references' fixed pools on their native size).
 
-  The reduction runs in float32 and the result is cast back to the input dtype.
+  The reduction runs in float32 (float64 for float64 maps) and the result is cast back to
+  the input dtype.
   """
-  return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
+  return jnp.mean(at_least_f32(x), axis=(1, 2)).astype(x.dtype)
 
 
 def check_aux_head(aux_head: Optional[str]) -> None:
@@ -93,23 +140,28 @@ def check_aux_head(aux_head: Optional[str]) -> None:
 
 def classifier_heads(h: jax.Array, num_classes: int, aux_head: Optional[str], train: bool,
                      dtype: Dtype = jnp.float32, kernel_init=torch_default_kernel,
-                     bias_init=None):
+                     bias_init=None, aux_kernel_init=torch_default_kernel, aux_bias_init=None):
   """Main head `head` and, for DHKD, a sibling `aux_head` on the same pooled feature h.
 
   Must be called inside a parent's `nn.compact` method: the heads become its children,
   so params hold `params['head']` and `params['aux_head']` side by side.
+  `aux_kernel_init`/`aux_bias_init` initialise every Linear of the auxiliary head (the DHKD
+  code's per-family init; None bias means PyTorch's default).
   Returns logits [B, C], or (logits, aux_logits) when aux_head is set. Logits are float32.
   """
   check_aux_head(aux_head)
   logits = dense(num_classes, name="head", dtype=dtype, kernel_init=kernel_init,
-                 bias_init=bias_init)(h).astype(jnp.float32)
+                 bias_init=bias_init)(h)
+  logits = at_least_f32(logits)
   if aux_head is None:
     return logits
   if aux_head == "linear":
-    aux = dense(num_classes, name="aux_head", dtype=dtype)(h)
+    aux = dense(num_classes, name="aux_head", dtype=dtype, kernel_init=aux_kernel_init,
+                bias_init=aux_bias_init)(h)
   else:
-    aux = AuxNonlinearHead(num_classes, dtype=dtype, name="aux_head")(h, train)
-  return logits, aux.astype(jnp.float32)
+    aux = AuxNonlinearHead(num_classes, dtype=dtype, kernel_init=aux_kernel_init,
+                           bias_init=aux_bias_init, name="aux_head")(h, train)
+  return logits, at_least_f32(aux)
 
 
 class AuxNonlinearHead(nn.Module):
@@ -121,11 +173,15 @@ class AuxNonlinearHead(nn.Module):
   num_classes: int
   hidden: int = 200
   dtype: Dtype = jnp.float32
+  kernel_init: Callable[..., jax.Array] = torch_default_kernel
+  bias_init: Optional[Callable[..., jax.Array]] = None
 
   @nn.compact
   def __call__(self, h, train: bool = False):
-    x = dense(self.hidden, name="net_0", dtype=self.dtype)(h)
+    x = dense(self.hidden, name="net_0", dtype=self.dtype, kernel_init=self.kernel_init,
+              bias_init=self.bias_init)(h)
     x = nn.Dropout(0.1, deterministic=not train)(x)
     x = batch_norm(train, name="net_2", dtype=self.dtype)(x)
     x = nn.relu(x)
-    return dense(self.num_classes, name="net_4", dtype=self.dtype)(x)
+    return dense(self.num_classes, name="net_4", dtype=self.dtype, kernel_init=self.kernel_init,
+                 bias_init=self.bias_init)(x)

@@ -86,8 +86,11 @@ class MobileNetV2(nn.Module):
     x = nn.relu(layers.batch_norm(train, name="conv2_1", dtype=self.dtype)(x))
     # AvgPool2d(H, ceil_mode=True) with H = input/16 covers the whole (input/32) map.
     h = jnp.mean(x, axis=(1, 2))
+    # DHKD builds the aux head before _initialize_weights, so it gets the same Linear init.
     return layers.classifier_heads(h, self.num_classes, self.aux_head, train, self.dtype,
-                                   kernel_init=_LINEAR_INIT, bias_init=nn.initializers.zeros)
+                                   kernel_init=_LINEAR_INIT, bias_init=nn.initializers.zeros,
+                                   aux_kernel_init=_LINEAR_INIT,
+                                   aux_bias_init=nn.initializers.zeros)
 
 
 class MobileNetV1(nn.Module):

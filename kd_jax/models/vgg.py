@@ -50,7 +50,9 @@ class VGG(nn.Module):
         x = nn.relu(x)
     h = jnp.mean(x, axis=(1, 2))
     return layers.classifier_heads(h, self.num_classes, self.aux_head, train, self.dtype,
-                                   kernel_init=_LINEAR_INIT, bias_init=nn.initializers.zeros)
+                                   kernel_init=_LINEAR_INIT, bias_init=nn.initializers.zeros,
+                                   aux_kernel_init=_LINEAR_INIT,
+                                   aux_bias_init=nn.initializers.zeros)
 
 
 def _factory(depth: int) -> Callable[..., VGG]:

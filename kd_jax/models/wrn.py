@@ -63,9 +63,11 @@ class WideResNet(nn.Module):
                        name=f"block{b}_layer_{i}")(x, train)
     x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
     h = layers.global_avg_pool(x)
-    # The reference zeroes the fc bias (weight keeps PyTorch's default).
+    # The reference zeroes every Linear bias, the DHKD aux head's too (weights keep
+    # PyTorch's default).
     return layers.classifier_heads(h, self.num_classes, self.aux_head, train, self.dtype,
-                                   bias_init=nn.initializers.zeros)
+                                   bias_init=nn.initializers.zeros,
+                                   aux_bias_init=nn.initializers.zeros)
 
 
 def _factory(depth: int, k: int) -> Callable[..., WideResNet]:

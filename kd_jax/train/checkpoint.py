@@ -81,19 +81,21 @@ class Checkpointer:
     self.best.close()
 
 
-def restore_variables(directory: str) -> tuple[PyTree, str]:
-  """Student variables {'params', 'batch_stats'} of a kd_jax run (its best, else its latest).
+def restore_variables(directory: str, which: str = "auto") -> tuple[PyTree, str]:
+  """Student variables {'params', 'batch_stats'} of a kd_jax run, as numpy arrays.
 
-  `directory` is a run's workdir, or its `best/` or `checkpoints/` subdirectory. Returns the
-  variables as numpy arrays and the path they were read from.
+  `directory` is a run's workdir, or its `best/` or `checkpoints/` subdirectory. For a workdir,
+  `which` picks 'latest' (the last saved state), 'best' (the best-eval student), or 'auto'
+  (best if there is one, else latest). Returns the variables and the path they came from.
   """
+  if which not in ("auto", "latest", "best"):
+    raise ValueError(f"which={which!r}; accepted: 'auto', 'latest', 'best'")
   directory = os.path.abspath(directory)
-  candidates = []
-  if os.path.isdir(os.path.join(directory, "best")):
-    candidates.append((os.path.join(directory, "best"), "variables"))
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    candidates.append((os.path.join(directory, "checkpoints"), "state"))
-  if not candidates:
+  best = (os.path.join(directory, "best"), "variables")
+  latest = (os.path.join(directory, "checkpoints"), "state")
+  order = {"auto": [best, latest], "latest": [latest], "best": [best]}[which]
+  candidates = [c for c in order if os.path.isdir(c[0])]
+  if not os.path.isdir(best[0]) and not os.path.isdir(latest[0]):
     kind = "variables" if os.path.basename(directory.rstrip("/")) == "best" else "state"
     candidates.append((directory, kind))
   for path, item in candidates:
@@ -108,6 +110,8 @@ def restore_variables(directory: str) -> tuple[PyTree, str]:
       restored = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
     variables = jax.tree.map(np.asarray, dict(restored))
     return variables, os.path.join(path, str(step))
+  looked = {"auto": "best/ and checkpoints/", "latest": "checkpoints/", "best": "best/"}[which]
   raise CheckpointError(
-      f"no kd_jax checkpoint found under {directory} (looked for best/ and checkpoints/ "
-      f"step directories); pass a kd_jax run workdir or a PyTorch .pth file")
+      f"no kd_jax checkpoint found under {directory} (looked for {looked} step directories); "
+      f"pass a kd_jax run workdir (WORKDIR for its last state, WORKDIR:best for its best), a "
+      f"PyTorch .pth file or a .msgpack file")

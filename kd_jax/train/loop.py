@@ -29,6 +29,7 @@ from kd_jax.train import progress as progress_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 from kd_jax.train import teacher_cache
+from kd_jax.train import weights as weights_lib
 from kd_jax.errors import CheckpointError, ConfigError, TeacherError, TrainingError
 
 PyTree = Any
@@ -85,35 +86,10 @@ def _image_size(config) -> int:
   return preset[1] if preset else 32
 
 
-def _abstract_variables(module, image_size: int) -> PyTree:
-  return jax.eval_shape(lambda: module.init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-      jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False))
-
-
-def _check_like(variables: PyTree, abstract: PyTree, what: str) -> None:
-  """Same tree structure and shapes as the model expects, or a TeacherError naming the leaf."""
-  got = {jax.tree_util.keystr(p): np.shape(v)
-         for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
-  want = {jax.tree_util.keystr(p): tuple(v.shape)
-          for p, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-  missing = sorted(set(want) - set(got))
-  unexpected = sorted(set(got) - set(want))
-  if missing or unexpected:
-    raise TeacherError(f"{what}: parameters do not fit the configured teacher; missing "
-                       f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
-                       f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-  for k in sorted(want):
-    if tuple(got[k]) != want[k]:
-      raise TeacherError(f"{what}: {k} has shape {tuple(got[k])}, the configured teacher "
-                         f"expects {want[k]} (wrong architecture or class count?)")
-
-
 def load_teacher(config) -> tuple[Any, PyTree]:
   """The frozen teacher module and its variables, from config.teacher_checkpoint."""
   dtype = models.DTYPES[config.teacher_dtype]
   module = models.create(config.teacher, config.num_classes, dtype=dtype)
-  abstract = _abstract_variables(module, _image_size(config))
   source = config.teacher_checkpoint
   if source.startswith("random:"):
     seed = int(source.split(":", 1)[1] or 0)
@@ -121,21 +97,21 @@ def load_teacher(config) -> tuple[Any, PyTree]:
     variables = jax.jit(lambda k: module.init({"params": k}, x, train=False))(
         jax.random.PRNGKey(seed))
     return module, jax.tree.map(np.asarray, dict(variables))
-  if not os.path.exists(source):
-    raise TeacherError(f"config.teacher_checkpoint={source!r} does not exist; expected a "
-                       f"PyTorch .pth file or a kd_jax run workdir")
-  if os.path.isdir(source):
-    try:
-      variables, read_from = ckpt_lib.restore_variables(source)
-    except CheckpointError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      raise TeacherError(f"teacher checkpoint {source!r} could not be read: {e!r:.300}") from None
-    _check_like(variables, abstract, f"teacher checkpoint {read_from}")
-  else:
-    variables = models.import_torch_checkpoint(source, config.teacher, config.num_classes)
-    _check_like(variables, abstract, f"teacher file {source}")
+  variables, _ = weights_lib.load_variables(
+      source, config.teacher, config.num_classes, aux_head=None,
+      image_size=_image_size(config), role="teacher", key="teacher_checkpoint",
+      missing_error=TeacherError, default_which="auto")
   return module, variables
+
+
+def load_student_init(config) -> PyTree:
+  """The student's starting variables from config.student_init (a .pth, .msgpack or workdir)."""
+  variables, read_from = weights_lib.load_variables(
+      config.student_init, config.student, config.num_classes,
+      aux_head=config.aux_head or None, image_size=_image_size(config), role="student",
+      key="student_init", missing_error=ConfigError, default_which="latest")
+  console.info(f"student {config.student} starts from {read_from}")
+  return variables
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,17 +297,25 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
   student = models.create(config.student, config.num_classes,
                           aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
   schedule = state_lib.learning_rate_schedule(config, steps_per_epoch, total_steps)
-  tx = state_lib.make_optimizer(config, schedule)
+  tx = state_lib.make_optimizer(config)
   rng = jax.random.PRNGKey(config.seed)
   image_size = _image_size(config)
   names = step_lib.metric_names(loss_spec)
 
-  def init_state():
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = student.init({"params": jax.random.fold_in(rng, 10 ** 6),
-                              "dropout": jax.random.fold_in(rng, 10 ** 6 + 1)}, x, train=False)
+  given = load_student_init(config) if config.get("student_init") else None
+
+  def init_fn(given):
+    if given is None:
+      x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+      variables = student.init({"params": jax.random.fold_in(rng, 10 ** 6),
+                                "dropout": jax.random.fold_in(rng, 10 ** 6 + 1)}, x,
+                               train=False)
+    else:
+      variables = given
     return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
                                   rng, names)
+
+  init_jit = jax.jit(init_fn, out_shardings=repl)
 
   spec = step_lib.StepSpec(
       student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
@@ -341,7 +325,7 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
       augment=data_lib.resolve_augment(config.augment, in_memory),
       crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect))
   return Trainer(spec=spec, schedule=schedule, teacher_vars=teacher_vars,
-                 init_state=jax.jit(init_state, out_shardings=repl))
+                 init_state=lambda: init_jit(given))
 
 
 # ---------------------------------------------------------------------------------------

@@ -47,11 +47,23 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> op
   return optax.join_schedules([ramp, lambda s: main(s + warm)], [warm])
 
 
-def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """torch.optim.SGD semantics: coupled L2 decay on all params, then momentum, then the LR."""
-  return optax.chain(
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
+def make_optimizer(config) -> optax.GradientTransformation:
+  """torch.optim.SGD semantics without the LR: coupled L2 decay on all params, then momentum.
+
+  The step multiplies the result by -schedule(state.step) (`apply_learning_rate`), so the LR
+  is a function of the run's step (hence of its epoch) as in the reference trainers, and a
+  skipped non-finite step does not shift the milestones (optax's own count would freeze).
+  """
+  parts = [optax.add_decayed_weights(config.weight_decay)]
+  # A swept momentum is a traced value (train/sweep.py): always keep the trace then.
+  if not isinstance(config.momentum, (int, float)) or config.momentum:
+    parts.append(optax.trace(decay=config.momentum, nesterov=config.nesterov))
+  return optax.chain(*parts)
+
+
+def apply_learning_rate(updates: PyTree, lr: jax.Array) -> PyTree:
+  """Descent direction -> parameter deltas: -lr * updates, in each leaf's dtype."""
+  return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
 
 
 def create_state(params: PyTree, batch_stats: PyTree, tx: optax.GradientTransformation,

@@ -23,6 +23,7 @@ from kd_jax import console
 from kd_jax import data as data_lib
 from kd_jax import losses
 from kd_jax import methods
+from kd_jax.train import state as state_lib
 from kd_jax.train.state import TrainState
 
 PyTree = Any
@@ -131,7 +132,8 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
   step_rng = jax.random.fold_in(state.rng, state.step)
   if teacher_logits is None and spec.teacher is not None and not spec.teacher_table:
     teacher_logits = jax.lax.stop_gradient(
-        spec.teacher.apply(teacher_vars, images, train=False)).astype(jnp.float32)
+        spec.teacher.apply(teacher_vars, images, train=False))
+    teacher_logits = teacher_logits.astype(jnp.promote_types(teacher_logits.dtype, jnp.float32))
 
   def forward(params):
     out, new_vars = spec.student.apply(
@@ -145,10 +147,10 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
     def grouped(params):
       terms, extra = forward(params)
       return methods.split_for_grad_align(terms), (terms, extra)
-    _, vjp_fn, (terms, (new_stats, logits)) = jax.vjp(grouped, state.params, has_aux=True)
-    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
-    (g_task,) = vjp_fn((one, zero))
-    (g_distill,) = vjp_fn((zero, one))
+    (task, distill), vjp_fn, (terms, (new_stats, logits)) = jax.vjp(
+        grouped, state.params, has_aux=True)
+    (g_task,) = vjp_fn((jnp.ones_like(task), jnp.zeros_like(distill)))
+    (g_distill,) = vjp_fn((jnp.zeros_like(task), jnp.ones_like(distill)))
     grads = _project_conflict(g_task, g_distill)
   else:
     def total(params):
@@ -159,6 +161,9 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
 
   loss = sum(terms.values())
   updates, new_opt_state = spec.tx.update(grads, state.opt_state, state.params)
+  # The LR is a function of the run's step (so of its epoch), not of optax's count, which a
+  # skipped step would freeze.
+  updates = state_lib.apply_learning_rate(updates, spec.schedule(state.step))
   new_params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_stats)
   top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))

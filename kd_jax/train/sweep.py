@@ -126,7 +126,7 @@ def run_spec(spec: step_lib.StepSpec, config, hp: dict, total_steps: int) -> ste
         setattr(ns, k, hp[k])
     schedule = state_lib.learning_rate_schedule(ns, spec.steps_per_epoch, total_steps)
     spec = dataclasses.replace(spec, schedule=schedule,
-                               tx=state_lib.make_optimizer(ns, schedule))
+                               tx=state_lib.make_optimizer(ns))
   return dataclasses.replace(spec, loss=loss, seed=hp.get("seed", spec.seed))
 
 

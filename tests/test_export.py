@@ -1,0 +1,187 @@
+"""Given weights in, trained weights out (issue 15 items 3 and 4, issue 13 item 8).
+
+`config.student_init` / `config.teacher_checkpoint` from .pth, .msgpack and workdirs;
+`python -m kd_jax.export` writes state_dicts the PyTorch twins load strictly, and
+import -> export is exact.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kd_jax import errors
+from kd_jax import export as export_lib
+from kd_jax import models
+from kd_jax.models import torch_import
+from kd_jax.train import loop
+
+torch = pytest.importorskip("torch")
+import torch_twins_a  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_twins_b  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_B_NAMES = ("vgg", "MobileNet", "Shuffle")
+
+
+def twin(name: str, num_classes: int, aux=None, seed: int = 0):
+  """A PyTorch twin of `name` with random weights and non-trivial BN statistics."""
+  torch.manual_seed(seed)
+  if name.startswith(_B_NAMES):
+    return torch_twins_b.randomize_(torch_twins_b.build(name, num_classes, aux), seed).eval()
+  size = 224 if name.startswith("imagenet_") else 32
+  calib = torch.randn(2 if size == 224 else 8, 3, size, size,
+                      generator=torch.Generator().manual_seed(seed))
+  return torch_twins_a.randomize_(torch_twins_a.build(name, num_classes, aux), calib, seed)
+
+
+# Every family, with and without the DHKD heads (each head name per family once).
+ROUND_TRIP = [("resnet8", None), ("resnet8", "linear"), ("resnet8x4", "nonlinear"),
+              ("ResNet18", "linear"), ("wrn_16_1", "nonlinear"), ("wrn_16_2", None),
+              ("vgg8", "nonlinear"), ("MobileNetV2", "linear"), ("MobileNetV2", None),
+              ("ShuffleV1", "linear"), ("ShuffleV2", "nonlinear"), ("MobileNetV1", None),
+              ("imagenet_resnet18", None)]
+
+
+@pytest.mark.parametrize("name,aux", ROUND_TRIP)
+def test_import_then_export_is_exact_and_loads_strictly(tmp_path, name, aux):
+  c = 10
+  model = twin(name, c, aux)
+  original = {k: v.clone() for k, v in model.state_dict().items()}
+  path = tmp_path / "w.pth"
+  torch.save({"model": original}, path)
+  variables = models.import_torch_checkpoint(str(path), name, c, aux_head=aux)
+  sd = export_lib.to_state_dict(variables, name, num_batches_tracked=7)
+  assert set(sd) == set(original)
+  fresh = twin(name, c, aux, seed=1)
+  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()},
+                        strict=True)
+  for k, v in fresh.state_dict().items():
+    if not k.endswith("num_batches_tracked"):
+      assert torch.equal(v, original[k]), k
+
+
+def _train(tmp_path, name="run", steps=4, **overrides):
+  config = smoke.get_config("ce")
+  config.train_examples, config.eval_examples = 64, 32
+  config.batch_size, config.eval_batch_size = 16, 32
+  config.num_train_steps, config.log_every_steps = steps, 2
+  config.checkpoint_every_steps, config.steps_per_dispatch = 2, 1
+  config.eval_every_epochs = 1
+  config.num_devices = 1
+  for k, v in overrides.items():
+    config[k] = v
+  workdir = str(tmp_path / name)
+  loop.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _eval_logits(name, variables, x_nhwc, aux=None):
+  model = models.create(name, 100, aux_head=aux)
+  out = model.apply(variables, jnp.asarray(x_nhwc), train=False)
+  return np.asarray(out[0] if isinstance(out, tuple) else out)
+
+
+def test_export_cli_writes_a_pth_the_twin_loads_with_the_same_logits(tmp_path):
+  _, workdir = _train(tmp_path)
+  out = tmp_path / "student.pth"
+  assert export_lib.main([workdir, "--out", str(out)]) == 0
+  sd = torch.load(out, weights_only=True)["model"]
+  model = torch_twins_a.build("resnet8", 100)
+  model.load_state_dict(sd, strict=True)
+  assert int(sd["bn1.num_batches_tracked"]) == 4  # one forward per step, as torch counts
+  x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    want = model.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  variables, _ = loop.ckpt_lib.restore_variables(workdir, "latest")
+  got = _eval_logits("resnet8", variables, x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  # --best and --format msgpack; the msgpack holds the best student's exact variables.
+  mp = tmp_path / "best.msgpack"
+  assert export_lib.main([workdir, "--out", str(mp), "--best", "--format", "msgpack"]) == 0
+  with open(mp, "rb") as f:
+    restored = flax.serialization.msgpack_restore(f.read())
+  best, _ = loop.ckpt_lib.restore_variables(workdir, "best")
+  jax.tree.map(np.testing.assert_array_equal, restored, best)
+
+
+def test_export_bad_arguments_are_one_line_exit_2(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cases = [[str(tmp_path / "nope"), "--out", str(tmp_path / "x.pth")],   # no such workdir
+           [str(tmp_path), "--out", str(tmp_path / "x.pth")],            # not a run workdir
+           [str(tmp_path), "--out", "x.pth", "--format", "onnx"],        # bad format
+           [str(tmp_path)]]                                              # --out missing
+  for args in cases:
+    res = subprocess.run([sys.executable, "-m", "kd_jax.export", *args], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=300)
+    assert res.returncode == 2, (args, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+  assert "nope" in subprocess.run(
+      [sys.executable, "-m", "kd_jax.export", *cases[0]], capture_output=True, text=True,
+      env=env, cwd=REPO, timeout=300).stderr
+
+
+def _init_state_params(config):
+  mesh = loop.make_mesh(config)
+  trainer = loop.build_trainer(config, mesh, steps_per_epoch=1, total_steps=1, in_memory=True,
+                               mean=(0.5,) * 3, std=(0.25,) * 3)
+  state = trainer.init_state()
+  return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+
+def test_student_init_from_pth_msgpack_and_workdir(tmp_path):
+  config = smoke.get_config("ce")
+  config.num_devices = 1
+  model = twin("resnet8", 100)
+  pth = tmp_path / "s.pth"
+  torch.save({"model": model.state_dict()}, pth)
+  want = models.import_torch_checkpoint(str(pth), "resnet8", 100)
+  config.student_init = str(pth)
+  got = _init_state_params(config)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  # The converter's .msgpack (issue 13 item 8): as a student init and as a teacher.
+  mp = tmp_path / "s.msgpack"
+  torch_import._main([str(pth), "--model", "resnet8", "--num-classes", "100", "--out", str(mp)])
+  config.student_init = str(mp)
+  jax.tree.map(np.testing.assert_array_equal, _init_state_params(config), want)
+  kd = smoke.get_config("kd")
+  kd.teacher, kd.teacher_checkpoint = "resnet8", str(mp)
+  _, teacher_vars = loop.load_teacher(kd)
+  jax.tree.map(np.testing.assert_array_equal, teacher_vars, want)
+  # A workdir: its last state by default, its best with ':best'.
+  _, workdir = _train(tmp_path, steps=2)
+  for source, which in ((workdir, "latest"), (workdir + ":best", "best")):
+    config.student_init = source
+    want_w, _ = loop.ckpt_lib.restore_variables(workdir, which)
+    jax.tree.map(np.testing.assert_array_equal, _init_state_params(config), want_w)
+
+
+def test_student_init_errors_name_the_source(tmp_path):
+  config = smoke.get_config("ce")
+  config.num_classes, config.num_devices = 10, 1
+  config.student_init = str(tmp_path / "missing.pth")
+  with pytest.raises(errors.ConfigError, match="missing.pth"):
+    loop.load_student_init(config)
+  pth = tmp_path / "r20.pth"
+  torch.save({"model": torch_twins_a.build("resnet20", 10).state_dict()}, pth)
+  config.student_init = str(pth)
+  with pytest.raises(errors.WeightsFileError, match="r20.pth"):
+    loop.load_student_init(config)
+  bad = tmp_path / "bad.msgpack"
+  bad.write_bytes(b"\x00\x01not msgpack")
+  config.student_init = str(bad)
+  with pytest.raises(errors.WeightsFileError, match="bad.msgpack"):
+    loop.load_student_init(config)
+  config.student_init = str(pth) + ":best"
+  with pytest.raises(errors.ConfigError, match="is a file"):
+    loop.load_student_init(config)
