@@ -146,6 +146,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.max_bad_steps = 20          # consecutive non-finite steps before the run stops
   c.num_devices = 0             # 0 = all local devices of every host
+  # Identity keys allowed to differ from the checkpoint's when resuming a workdir, comma-separated
+  # (e.g. 'num_epochs' to extend a run); '' = a changed identity key is refused (workdir.py).
+  c.allow_changed = ""
   return c
 
 
