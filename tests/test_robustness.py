@@ -153,11 +153,17 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     if os.path.isfile(path):
       with open(path, "wb") as f:
         f.write(b"\x00garbage")
-  result = loop.train_and_evaluate(tiny("kd", steps=8), workdir)
+  result = loop.train_and_evaluate(tiny("kd", steps=8, allow_changed="num_train_steps"),
+                                   workdir)
   captured = capsys.readouterr()
   assert "step 6" in captured.err and "unreadable" in captured.err
   assert "Resuming from step 4" in captured.out
   assert result.step == 8
+  # The damaged step was moved aside (kept for inspection) and written afresh, not kept.
+  assert len(glob.glob(os.path.join(workdir, "unreadable_checkpoints", "6-*"))) == 1
+  assert 6 in saved_steps(workdir)
+  restored = restore_params(workdir, 6)
+  assert int(restored["step"]) == 6
 
 
 def test_interrupted_save_leaves_no_partial_checkpoint(tmp_path):
@@ -166,7 +172,8 @@ def test_interrupted_save_leaves_no_partial_checkpoint(tmp_path):
   # What a SIGKILL in the middle of writing step 6 leaves behind: Orbax's temporary dir.
   tmp_dir = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-1234")
   shutil.copytree(os.path.join(workdir, "checkpoints", "4"), tmp_dir)
-  result = loop.train_and_evaluate(tiny("kd", steps=6), workdir)
+  result = loop.train_and_evaluate(tiny("kd", steps=6, allow_changed="num_train_steps"),
+                                   workdir)
   assert result.step == 6
   assert not os.path.exists(tmp_dir)
   assert saved_steps(workdir)[-1] == 6
@@ -213,8 +220,9 @@ def test_teacher_pth_of_wrong_architecture_and_truncated_file(tmp_path):
   with pytest.raises(Exception, match="cut.pth"):
     loop.train_and_evaluate(tiny("kd", teacher_checkpoint=truncated), str(tmp_path / "b"))
   # Nothing was half-initialised: no run state was written for either attempt.
+  # (checkpoints/ itself exists: it is probed for writing at start.)
   for run in ("a", "b"):
-    assert not os.path.exists(os.path.join(tmp_path, run, "checkpoints"))
+    assert not saved_steps(os.path.join(tmp_path, run))
 
 
 def test_launcher_prints_one_line_for_user_errors(tmp_path):

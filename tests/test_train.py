@@ -113,6 +113,7 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path):
   broken = str(tmp_path / "broken")
   first = tiny_config("kd", 8, steps=12)
   first.num_train_steps = 12
+  first.allow_changed = "num_train_steps"   # extending a run is the documented override
   # Stop after 8 steps by running a shorter run in the same workdir, then continue to 12.
   partial = tiny_config("kd", 8, steps=8)
   loop.train_and_evaluate(partial, broken)

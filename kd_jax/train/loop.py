@@ -340,6 +340,17 @@ def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars
   return dataclasses.replace(spec, teacher=reference), dev
 
 
+def check_teacher_logits(teacher_eval_fn, teacher_vars, data: _Data, mesh, teacher: str) -> None:
+  """TeacherError unless the teacher's logits on the first eval batch are finite (its loss
+  there is finite): a NaN/inf teacher would silently poison every step."""
+  batch = next(iter(data.eval_iter()))
+  out = jax.device_get(teacher_eval_fn(teacher_vars, _to_global_batch(batch, mesh)))
+  if not np.isfinite(float(out["loss"])):
+    raise TeacherError(f"teacher {teacher} gives non-finite logits on the first eval batch "
+                       f"(its parameters or the checkpoint are broken); check "
+                       f"config.teacher_checkpoint")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Trains and evaluates the configured student; resumes from `workdir` if it holds a run.
 
@@ -401,10 +412,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step == 0:
       writer.write(0, {"teacher/low_precision_logit_dev": dev})
 
+  if teacher is not None:
+    teacher_eval_fn = step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh, data.in_memory)
+    check_teacher_logits(teacher_eval_fn, teacher_vars, data, mesh, config.teacher)
   if step == 0 and teacher is not None:
-    t_eval = evaluate(step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh,
-                                            data.in_memory),
-                      teacher_vars, data, mesh, config.num_classes)
+    t_eval = evaluate(teacher_eval_fn, teacher_vars, data, mesh, config.num_classes)
     writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
     console.info(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}")
 

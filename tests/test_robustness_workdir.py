@@ -1,0 +1,162 @@
+"""One workdir = one run: the lock, the run-identity check, write probes and failed saves."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from kd_jax import errors
+from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax.train import loop
+from kd_jax.train import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from test_robustness import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _dead_pid():
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+# --- Lock ----------------------------------------------------------------------------------
+
+
+def test_lock_refuses_a_live_holder_naming_it(tmp_path):
+  lock_file = tmp_path / "lock"
+  holder = {"host": socket.gethostname(), "pid": os.getppid(), "since": "2026-12-01 10:00:00 UTC"}
+  lock_file.write_text(json.dumps(holder))
+  with pytest.raises(errors.WorkdirError) as e:
+    workdir_lib.WorkdirLock(tmp_path).acquire()
+  msg = str(e.value)
+  assert f"pid {os.getppid()}" in msg and socket.gethostname() in msg
+  assert "2026-12-01 10:00:00 UTC" in msg
+  assert json.loads(lock_file.read_text()) == holder  # untouched
+
+
+def test_lock_of_another_host_is_refused_even_if_the_pid_is_free_here(tmp_path):
+  (tmp_path / "lock").write_text(json.dumps({"host": "elsewhere", "pid": _dead_pid(),
+                                             "since": "x"}))
+  with pytest.raises(errors.WorkdirError, match="on host elsewhere"):
+    workdir_lib.WorkdirLock(tmp_path).acquire()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_and_released(tmp_path):
+  dead = _dead_pid()
+  (tmp_path / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead,
+                                             "since": "x"}))
+  lock = workdir_lib.WorkdirLock(tmp_path).acquire()
+  assert lock.took_over["pid"] == dead
+  assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+  lock.release()
+  assert not (tmp_path / "lock").exists()
+
+
+def test_lock_is_not_taken_by_other_processes_of_a_multi_host_run(tmp_path):
+  lock = workdir_lib.WorkdirLock(tmp_path, enabled=False).acquire()
+  assert not (tmp_path / "lock").exists()
+  lock.release()
+
+
+# --- Run identity ----------------------------------------------------------------------------
+
+
+def test_changed_identity_keys_are_listed_with_old_and_new_values():
+  old = {"batch_size": 16, "seed": 0, "loss": {"temperature": 4.0}, "log_every_steps": 10,
+         "allow_changed": ""}
+  new = {"batch_size": 32, "seed": 1, "loss": {"temperature": 2.0}, "log_every_steps": 50,
+         "allow_changed": ""}
+  assert workdir_lib.changed_identity_keys(old, new) == [
+      ("batch_size", 16, 32), ("loss.temperature", 4.0, 2.0), ("seed", 0, 1)]
+  with pytest.raises(errors.ConfigError) as e:
+    workdir_lib.check_identity(old, new, workdir="W", step=40)
+  msg = str(e.value)
+  assert "batch_size 16 -> 32" in msg and "seed 0 -> 1" in msg and "loss.temperature" in msg
+  assert "log_every_steps" not in msg  # a non-identity key may change
+  assert "--config.allow_changed=batch_size,loss.temperature,seed" in msg
+  # The explicit override accepts exactly the keys it names.
+  new["allow_changed"] = "batch_size,seed,loss.temperature"
+  workdir_lib.check_identity(old, new, workdir="W", step=40)
+  new["allow_changed"] = "bogus_key"
+  with pytest.raises(errors.ConfigError, match="bogus_key"):
+    workdir_lib.check_identity(old, new, workdir="W", step=40)
+
+
+def test_keys_unknown_to_the_classification_count_as_identity():
+  # A key added by another part of kd_jax (not in NON_IDENTITY_KEYS) is refused when changed;
+  # a key the old run did not have is not compared.
+  assert workdir_lib.changed_identity_keys({"student_init": "a"}, {"student_init": "b"}) == [
+      ("student_init", "a", "b")]
+  assert workdir_lib.changed_identity_keys({}, {"student_init": "b"}) == []
+
+
+def test_resume_with_changed_batch_size_is_refused_and_files_untouched(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=4), workdir)
+  before = {n: open(os.path.join(workdir, n)).read() for n in ("config.json", "metrics.jsonl")}
+  with pytest.raises(errors.ConfigError, match="batch_size 16 -> 32"):
+    loop.train_and_evaluate(tiny("kd", steps=4, batch_size=32), workdir)
+  after = {n: open(os.path.join(workdir, n)).read() for n in ("config.json", "metrics.jsonl")}
+  assert before == after
+  assert not os.path.exists(os.path.join(workdir, "lock"))  # released after the refusal
+  # Cadence keys may change; extending the run needs the documented override.
+  with pytest.raises(errors.ConfigError, match="num_train_steps 4 -> 6"):
+    loop.train_and_evaluate(tiny("kd", steps=6), workdir)
+  result = loop.train_and_evaluate(
+      tiny("kd", steps=6, log_every_steps=3, checkpoint_every_steps=3,
+           allow_changed="num_train_steps"), workdir)
+  assert result.step == 6
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["num_train_steps"] == 6 and saved["log_every_steps"] == 3
+
+
+# --- Write failures --------------------------------------------------------------------------
+
+
+def test_probe_names_the_directory_and_errno(tmp_path):
+  blocker = tmp_path / "checkpoints"
+  blocker.write_text("a file where a directory must be")
+  with pytest.raises(errors.WorkdirError) as e:
+    workdir_lib.probe_writable([tmp_path / "best", blocker])
+  assert str(blocker) in str(e.value) and "errno" in str(e.value)
+
+
+def test_failed_background_save_stops_the_run_with_path_and_errno(tmp_path, monkeypatch):
+  """A background write that fails (here: disk full) surfaces at the next boundary as one
+  CheckpointError naming the directory and errno, not a hang."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  real_save = ocp.CheckpointManager.save
+
+  def failing_save(self, step, *args, **kwargs):
+    if "checkpoints" in str(self.directory) and step >= 4:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.CheckpointError) as e:
+    loop.train_and_evaluate(tiny("kd", steps=8), workdir)
+  msg = str(e.value)
+  assert os.path.join(workdir, "checkpoints") in msg and "errno 28 ENOSPC" in msg
+  assert "step 4" in msg
+  assert not os.path.exists(os.path.join(workdir, "lock"))
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+  # The workdir resumes once the disk is free.
+  assert loop.train_and_evaluate(tiny("kd", steps=8), workdir).step == 8
+
+
+def test_errors_from_the_async_write_thread_are_reported(tmp_path, monkeypatch):
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def boom():
+    raise OSError(errno.EROFS, "Read-only file system")
+
+  monkeypatch.setattr(ck.latest, "check_for_errors", boom)
+  with pytest.raises(errors.CheckpointError, match="errno 30 EROFS"):
+    ck.check()
