@@ -125,28 +125,29 @@ def test_probe_names_the_directory_and_errno(tmp_path):
   assert str(blocker) in str(e.value) and "errno" in str(e.value)
 
 
-def test_failed_background_save_stops_the_run_with_path_and_errno(tmp_path, monkeypatch):
-  """A background write that fails (here: disk full) surfaces at the next boundary as one
-  CheckpointError naming the directory and errno, not a hang."""
+def test_failed_background_save_stops_the_run_with_path_and_errno(tmp_path, monkeypatch, capfd):
+  """A background write that fails (here: disk full while committing step 4) surfaces at the
+  next boundary as one CheckpointError naming the directory, step and errno: no hang, no
+  traceback on the terminal, the lock released, and the workdir resumes afterwards."""
   import errno  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  real_save = ocp.CheckpointManager.save
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+  real = atomicity.AtomicRenameTemporaryPath.finalize
 
-  def failing_save(self, step, *args, **kwargs):
-    if "checkpoints" in str(self.directory) and step >= 4:
+  async def disk_full(self):
+    if self._final_path.parent.name == "checkpoints" and self._final_path.name == "4":
       raise OSError(errno.ENOSPC, "No space left on device")
-    return real_save(self, step, *args, **kwargs)
+    return await real(self)
 
-  monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.CheckpointError) as e:
     loop.train_and_evaluate(tiny("kd", steps=8), workdir)
   msg = str(e.value)
   assert os.path.join(workdir, "checkpoints") in msg and "errno 28 ENOSPC" in msg
-  assert "step 4" in msg
+  assert "checkpoint of step 4" in msg
+  assert "Traceback" not in capfd.readouterr().err
   assert not os.path.exists(os.path.join(workdir, "lock"))
-  monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-  # The workdir resumes once the disk is free.
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", real)
   assert loop.train_and_evaluate(tiny("kd", steps=8), workdir).step == 8
 
 

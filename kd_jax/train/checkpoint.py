@@ -55,14 +55,33 @@ def _write_error(what: str, directory: epath.Path, e: BaseException) -> Checkpoi
                          f"resume from the last complete checkpoint")
 
 
+class _NoOrbaxTracebacks(logging.logging.Filter):
+  """Orbax logs a failed background write with its traceback; kd_jax reports it as one line
+  (CheckpointError), so the traceback is dropped from the terminal (the message is kept)."""
+
+  def filter(self, record) -> bool:
+    if record.exc_info and f"{os.sep}orbax{os.sep}" in (record.pathname or ""):
+      record.exc_info = None
+      record.exc_text = None
+    return True
+
+
+def _quiet_orbax_tracebacks() -> None:
+  logger = logging.get_absl_logger()
+  if not any(isinstance(f, _NoOrbaxTracebacks) for f in logger.filters):
+    logger.addFilter(_NoOrbaxTracebacks())
+
+
 class Checkpointer:
   """Saves/restores the full TrainState plus JSON metadata; keeps the best student apart."""
 
   def __init__(self, workdir: str | os.PathLike, keep: int):
+    _quiet_orbax_tracebacks()
     self.workdir = _path(workdir)
     self.latest = _manager(self.workdir / "checkpoints", keep)
     self.best = _manager(self.workdir / "best", None)   # pruned by _prune_best
     self._pending_best_step: Optional[int] = None      # best_step of the last save() issued
+    self._issued = {"checkpoint": None, "best model": None}   # last step written in background
 
   # --- Saving ------------------------------------------------------------------------------
 
@@ -94,11 +113,7 @@ class Checkpointer:
     """
     if not _is_finite(state.params) or not _is_finite(state.batch_stats):
       raise CheckpointError(f"refusing to save a non-finite state at step {step}")
-    self.check()
-    try:
-      self.best.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
-      raise _write_error("best model", self.best.directory, e) from None
+    self.wait()  # the previous checkpoint and the best model this one names are complete
     if not self._make_room(self.latest, step, meta, ("step",)):
       return
     try:
@@ -106,6 +121,7 @@ class Checkpointer:
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise _write_error(f"checkpoint of step {step}", self.latest.directory, e) from None
+    self._issued["checkpoint"] = step
     self._pending_best_step = meta.get("best_step")
 
   def save_best(self, step: int, variables: PyTree, meta: dict[str, Any]) -> None:
@@ -120,6 +136,7 @@ class Checkpointer:
           variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise _write_error(f"best model of step {step}", self.best.directory, e) from None
+    self._issued["best model"] = step
 
   def check(self) -> None:
     """Raises CheckpointError (path, errno) if a background write failed; prunes `best/` once
@@ -128,7 +145,7 @@ class Checkpointer:
       try:
         mngr.check_for_errors()
       except Exception as e:  # pylint: disable=broad-except
-        raise _write_error(what, mngr.directory, e) from None
+        raise _write_error(self._what(what), mngr.directory, e) from None
     if self._pending_best_step is not None and not self.latest.is_saving_in_progress():
       self._prune_best(keep_from=self._pending_best_step)
       self._pending_best_step = None
@@ -144,8 +161,12 @@ class Checkpointer:
       try:
         mngr.wait_until_finished()
       except Exception as e:  # pylint: disable=broad-except
-        raise _write_error(what, mngr.directory, e) from None
+        raise _write_error(self._what(what), mngr.directory, e) from None
     self.check()
+
+  def _what(self, what: str) -> str:
+    step = self._issued[what]
+    return what if step is None else f"{what} of step {step}"
 
   def close(self) -> None:
     self.latest.close()
