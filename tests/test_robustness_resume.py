@@ -71,6 +71,7 @@ def config(**kw):
   return tiny("kd", steps=16, checkpoint_every_steps=4, keep_checkpoints=10, **kw)
 
 
+@pytest.mark.slow
 def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_run(tmp_path):
   unbroken = str(tmp_path / "unbroken")
   loop.train_and_evaluate(config(), unbroken)

@@ -161,3 +161,57 @@ def test_errors_from_the_async_write_thread_are_reported(tmp_path, monkeypatch):
   monkeypatch.setattr(ck.latest, "check_for_errors", boom)
   with pytest.raises(errors.CheckpointError, match="errno 30 EROFS"):
     ck.check()
+
+
+# --- The launcher: one line, exit code 2, nothing touched ----------------------------------
+
+_TINY_ARGS = ["--config.train_examples=128", "--config.eval_examples=32",
+              "--config.num_train_steps=4", "--config.log_every_steps=2",
+              "--config.checkpoint_every_steps=2", "--config.steps_per_dispatch=2",
+              "--config.eval_batch_size=16", "--config.num_devices=1"]
+
+
+def _launch(workdir, *extra):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch.py"),
+       "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}",
+       *_TINY_ARGS, *extra], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _snapshot(workdir):
+  out = {}
+  for root, _, names in os.walk(workdir):
+    for n in names:
+      p = os.path.join(root, n)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, workdir)] = (f.read(), os.stat(p).st_mtime_ns)
+  return out
+
+
+@pytest.mark.slow
+def test_launcher_refuses_a_busy_workdir_and_a_changed_seed_or_batch_size(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=4), workdir)   # the same config as _TINY_ARGS
+  before = _snapshot(workdir)
+  assert "config.json" in before and any(k.startswith("checkpoints") for k in before)
+
+  res = _launch(workdir, "--config.seed=1", "--config.batch_size=32")
+  assert res.returncode == 2, res.stderr[-3000:]
+  err = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "Traceback" not in res.stderr
+  assert "batch_size 16 -> 32" in err[0] and "seed 0 -> 1" in err[0]
+  assert "--workdir" in err[0] and "allow_changed" in err[0]
+  assert _snapshot(workdir) == before
+
+  holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-12-02 05:00:00 UTC"}
+  with open(os.path.join(workdir, "lock"), "w") as f:
+    json.dump(holder, f)
+  before = _snapshot(workdir)
+  res = _launch(workdir)
+  assert res.returncode == 2, res.stderr[-3000:]
+  err = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "Traceback" not in res.stderr
+  assert f"in use by pid {os.getpid()} on host {socket.gethostname()}" in err[0]
+  assert "2026-12-02 05:00:00 UTC" in err[0]
+  assert _snapshot(workdir) == before
