@@ -58,3 +58,24 @@ def test_in_memory_split_is_checked_for_every_example():
   labels[257] = -3  # far past any first batch
   with pytest.raises(errors.DataError, match="label -3 at index 257"):
     data_common.check_arrays("cifar100", "train", images, labels, 100)
+
+
+def test_teacher_with_non_finite_eval_logits_is_refused_at_load(tmp_path):
+  """A file that loads (right keys and shapes) but whose classifier holds a NaN: every logit is
+  NaN. (A negative BatchNorm variance is not a reliable trigger: XLA's CPU rsqrt may return a
+  finite value for it.)"""
+  torch = pytest.importorskip("torch")
+  import torch_twins_a  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from test_robustness import saved_steps, tiny  # pylint: disable=g-import-not-at-top
+  net = torch_twins_a.build("resnet8", 100)
+  state = net.state_dict()
+  key = [k for k in state if k.endswith("weight")][-1]   # the final linear layer
+  state[key][0, 0] = float("nan")
+  path = str(tmp_path / "nan_teacher.pth")
+  torch.save({"model": state}, path)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.TeacherError, match="non-finite logits") as e:
+    loop.train_and_evaluate(tiny("kd", teacher_checkpoint=path), workdir)
+  assert "config.teacher_checkpoint" in str(e.value)
+  assert not saved_steps(workdir)
