@@ -215,3 +215,42 @@ def test_launcher_refuses_a_busy_workdir_and_a_changed_seed_or_batch_size(tmp_pa
   assert f"in use by pid {os.getpid()} on host {socket.gethostname()}" in err[0]
   assert "2026-12-02 05:00:00 UTC" in err[0]
   assert _snapshot(workdir) == before
+
+
+# --- Non-local paths ---------------------------------------------------------------------------
+
+
+def test_lock_probe_and_config_json_work_on_a_gs_workdir(tmp_path, monkeypatch):
+  """A gs:// workdir through etils.epath, with the bucket mocked onto a local folder. (Orbax's
+  own gs:// writes go through TensorStore and are not exercised here.)"""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  from etils.epath import testing as epath_testing  # pylint: disable=g-import-not-at-top
+  # With TensorFlow installed epath would pick its gfile backend over the mocked one.
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+
+  def local(path):
+    path = os.fspath(path)
+    return str(tmp_path / path[len("gs://"):]) if path.startswith("gs://") else path
+
+  def redirect(fn, path, *args, **kwargs):
+    return fn(local(path), *args, **kwargs)
+
+  def redirect2(fn, path, dst, *args, **kwargs):
+    return fn(local(path), local(dst), *args, **kwargs)
+
+  mocks = {n: redirect for n in ("exists", "isdir", "listdir", "makedirs", "mkdir", "open",
+                                 "remove", "rmtree", "stat", "glob", "walk")}
+  mocks.update(rename=redirect2, replace=redirect2)
+  with epath_testing.mock_epath(**mocks):
+    workdir = "gs://bucket/run"
+    workdir_lib.probe_writable([epath.Path(workdir) / "checkpoints"])
+    assert (tmp_path / "bucket" / "run" / "checkpoints").is_dir()
+    lock = workdir_lib.WorkdirLock(workdir).acquire()
+    assert json.loads((tmp_path / "bucket" / "run" / "lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(errors.WorkdirError, match="in use by pid"):
+      workdir_lib.WorkdirLock(workdir).acquire()
+    lock.release()
+    assert not (tmp_path / "bucket" / "run" / "lock").exists()
+    workdir_lib.write_config_json(workdir, {"seed": 3})
+    assert json.loads((tmp_path / "bucket" / "run" / "config.json").read_text()) == {"seed": 3}
