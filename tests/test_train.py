@@ -244,7 +244,9 @@ def test_streamed_imagenet_path_trains_and_resumes(tmp_path):
   loop.train_and_evaluate(config(6), unbroken)
   broken = str(tmp_path / "broken")
   loop.train_and_evaluate(config(4), broken)
-  loop.train_and_evaluate(config(6), broken)
+  extended = config(6)
+  extended.allow_changed = "num_train_steps"   # extending a run is the documented override
+  loop.train_and_evaluate(extended, broken)
   a, b = read_metrics(unbroken), read_metrics(broken)
   ev = last_with(a, "eval/top1")
   assert ev["step"] == 6 and 0.0 <= ev["eval/top1"] <= 1.0

@@ -139,16 +139,12 @@ class Checkpointer:
     self._issued["best model"] = step
 
   def check(self) -> None:
-    """Raises CheckpointError (path, errno) if a background write failed; prunes `best/` once
-    the checkpoint naming the newest best model is complete."""
+    """Raises CheckpointError (path, errno) if a background write failed."""
     for what, mngr in (("checkpoint", self.latest), ("best model", self.best)):
       try:
         mngr.check_for_errors()
       except Exception as e:  # pylint: disable=broad-except
         raise _write_error(self._what(what), mngr.directory, e) from None
-    if self._pending_best_step is not None and not self.latest.is_saving_in_progress():
-      self._prune_best(keep_from=self._pending_best_step)
-      self._pending_best_step = None
 
   def _prune_best(self, keep_from: int) -> None:
     for s in self.best.all_steps():
@@ -156,13 +152,18 @@ class Checkpointer:
         self.best.delete(s)
 
   def wait(self) -> None:
-    """Waits for the background writes; CheckpointError if one failed."""
+    """Waits for the background writes (CheckpointError if one failed), then prunes `best/`
+    below the best model named by the checkpoint now complete. Every process calls it at the
+    same points (Orbax deletes with a barrier)."""
     for what, mngr in (("checkpoint", self.latest), ("best model", self.best)):
       try:
         mngr.wait_until_finished()
       except Exception as e:  # pylint: disable=broad-except
         raise _write_error(self._what(what), mngr.directory, e) from None
     self.check()
+    if self._pending_best_step is not None:
+      self._prune_best(keep_from=self._pending_best_step)
+      self._pending_best_step = None
 
   def _what(self, what: str) -> str:
     step = self._issued[what]
@@ -175,18 +176,18 @@ class Checkpointer:
   # --- Restoring -----------------------------------------------------------------------------
 
   def _set_aside(self, step: int) -> Optional[epath.Path]:
-    """Moves an unreadable step out of checkpoints/ so that the run writes it afresh."""
+    """Moves an unreadable step out of checkpoints/ so that the run writes it afresh (process 0
+    moves it; every process calls this, so all see the same steps afterwards)."""
     src = self.latest.directory / str(step)
     dst = self.workdir / "unreadable_checkpoints" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-      dst.parent.mkdir(parents=True, exist_ok=True)
-      src.rename(dst)
-    except OSError:
+    if jax.process_index() == 0:
       try:
-        self.latest.delete(step)
-      except Exception:  # pylint: disable=broad-except
-        pass
-      dst = None
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+      except OSError:  # left in place: save() replaces an unreadable step when it gets there
+        dst = None
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f"kd_jax_set_aside_{step}")
     self.latest.reload()
     return dst
 
@@ -211,10 +212,7 @@ class Checkpointer:
         restored = self.latest.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
-        if jax.process_index() == 0:
-          moved = self._set_aside(step)
-        else:
-          moved = None
+        moved = self._set_aside(step)
         msg = (f"checkpoint at step {step} in {self.latest.directory} is unreadable "
                f"({e!r:.300})" + (f"; moved to {moved}" if moved else ""))
         logging.warning("%s; trying the previous one", msg)
@@ -232,7 +230,7 @@ class Checkpointer:
   def reconcile_best(self, best_step: Optional[int]) -> None:
     """Drops best models other than `best_step` (-1: none was recorded; None: an old run
     without a best_step record, where best models are left alone)."""
-    if best_step is None or jax.process_index() != 0:
+    if best_step is None:
       return
     for s in self.best.all_steps():
       if s != best_step:
