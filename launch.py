@@ -37,11 +37,14 @@ def main(argv):
     tf.config.set_visible_devices([], "GPU")
   except ImportError:
     pass
+  from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from kd_jax import errors  # pylint: disable=g-import-not-at-top
   from kd_jax.train import loop  # pylint: disable=g-import-not-at-top
   print(f"kd_jax: process {jax.process_index()}/{jax.process_count()}, "
         f"{jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)
   try:
+    config_lib.check_overrides(list(config_flags.get_override_values(flags.FLAGS["config"])),
+                               config_flags.get_config_filename(flags.FLAGS["config"]))
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except errors.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -30,7 +30,6 @@ from kd_jax.train import loop  # pylint: disable=wrong-import-position
 from kd_jax.train import state as state_lib  # pylint: disable=wrong-import-position
 from kd_jax.train import step as step_lib  # pylint: disable=wrong-import-position
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def method_config(method: str, teacher: str, student: str, dtype: str) -> Any:
@@ -40,7 +39,7 @@ def method_config(method: str, teacher: str, student: str, dtype: str) -> Any:
   config.dataset = "synthetic"
   config.num_classes = config_lib.NUM_CLASSES["synthetic"]
   config.student = student
-  if config_lib.needs_teacher(config):
+  if methods.needs_teacher(config):
     config.teacher = teacher
     config.teacher_checkpoint = "random:0"
   config.dtype = config.teacher_dtype = dtype
@@ -91,7 +90,7 @@ def build(args: argparse.Namespace) -> Setup:
     teacher, teacher_vars = loop.load_teacher(config)
   teacher_vars = jax.device_put(teacher_vars, repl)
   student = models.create(config.student, config.num_classes,
-                          aux_head=config.aux_head or None, dtype=_DTYPES[config.dtype])
+                          aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
   schedule = state_lib.learning_rate_schedule(config, spe, total_steps)
   tx = state_lib.make_optimizer(config, schedule)
   key = jax.random.PRNGKey(config.seed)
@@ -163,9 +162,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--teacher", default="resnet32x4")
   p.add_argument("--student", default="resnet8x4")
   p.add_argument("--method", default="kd",
-                 choices=[m for m in config_lib.METHODS if m != "teacher"])
+                 choices=[m for m in methods.names() if m != "teacher"])
   p.add_argument("--batch-size", type=int, default=64, help="global batch")
-  p.add_argument("--dtype", default="float32", choices=list(config_lib.DTYPES))
+  p.add_argument("--dtype", default="float32", choices=list(models.DTYPES))
   p.add_argument("--steps-per-dispatch", type=int, default=1,
                  help="steps per dispatch (config.steps_per_dispatch; one lax.scan on accelerators)")
   p.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")

@@ -1,4 +1,4 @@
-"""Published top-1 accuracies (shared/reference/results.md) as data, with source tags.
+"""Published top-1 accuracies (docs/results.md) as data, with source tags.
 
 Keys use kd_jax names: (dataset, method, teacher, student); `lookup` finds the entries for a run.
 """
@@ -17,7 +17,7 @@ CONVENTIONS: dict[str, str] = {
                "last epoch",
 }
 
-# Source tags of results.md.
+# Source tags of docs/results.md.
 SOURCES: dict[str, str] = {
     "R": "framework README: the same value in R:md, R:ls and R:crd wherever a README lists "
          "the pair",
@@ -44,19 +44,19 @@ class Published:
   teacher: str     # '' for 'teacher'/'ce'
   student: str     # the trained model
   top1: float
-  source: str      # tag(s) exactly as in results.md, e.g. 'R:md,R:ls'
+  source: str      # tag(s) exactly as in docs/results.md, e.g. 'R:md,R:ls'
   convention: str  # a key of CONVENTIONS
   note: str = ""
   epochs: Optional[int] = None  # training length behind the number (None: released weights)
 
 
 def _c(method, teacher, student, top1, source, convention, note=""):
-  """CIFAR-100, 240 epochs (recipes.md section 1.1)."""
+  """CIFAR-100, 240 epochs (docs/recipes.md §1.1)."""
   return Published("cifar100", method, teacher, student, top1, source, convention, note, 240)
 
 
 def _i(method, teacher, student, top1, source, convention, note=""):
-  """ImageNet, 100 epochs (recipes.md section 2); released weights carry no epoch count."""
+  """ImageNet, 100 epochs (docs/recipes.md §2); released weights carry no epoch count."""
   return Published("imagenet2012", method, teacher, student, top1, source, convention, note,
                    None if convention == "weights" else 100)
 
@@ -65,7 +65,7 @@ _KD_FROM_CRD = "the CRD paper's last-epoch KD baseline, reprinted by the other R
 _KD_LS_ONLY = "KD baseline listed only by the LS README (mdistiller lineage, best-epoch)"
 _DSKD = "RLD value from the DSKD README transcription"
 
-# results.md section 1: CIFAR-100 teachers and vanilla students (all R:crd, last-epoch).
+# docs/results.md §1: CIFAR-100 teachers and vanilla students (all R:crd, last-epoch).
 _VANILLA_CIFAR = (
     _c("teacher", "", "resnet32x4", 79.42, "R:crd", "last"),
     _c("teacher", "", "ResNet50", 79.34, "R:crd", "last"),
@@ -84,7 +84,7 @@ _VANILLA_CIFAR = (
     _c("ce", "", "MobileNetV2", 64.60, "R:crd", "last"),
 )
 
-# results.md section 2: same-family pairs. KD/DKD columns `R`; RLD `T` (mdistiller lineage).
+# docs/results.md §2: same-family pairs. KD/DKD columns `R`; RLD `T` (mdistiller lineage).
 _SAME_FAMILY = (
     _c("kd", "resnet32x4", "resnet8x4", 73.33, "R", "last", _KD_FROM_CRD),
     _c("kd", "vgg13", "vgg8", 72.98, "R", "last", _KD_FROM_CRD),
@@ -110,7 +110,7 @@ _SAME_FAMILY = (
     _c("rld", "resnet110", "resnet20", 71.67, "T", "best"),
 )
 
-# results.md section 3: cross-family pairs.
+# docs/results.md §3: cross-family pairs.
 _CROSS_FAMILY = (
     _c("kd", "resnet32x4", "ShuffleV2", 74.45, "R:md,R:ls,R:crd", "last", _KD_FROM_CRD),
     _c("kd", "resnet32x4", "wrn_16_2", 74.90, "R:ls", "best", _KD_LS_ONLY),
@@ -142,7 +142,7 @@ _CROSS_FAMILY = (
     _c("rld", "ResNet50", "MobileNetV2", 70.76, "T", "best", _DSKD),
 )
 
-# results.md section 4: logit standardization (all R:ls, best-epoch): (KD+LS, DKD+LS).
+# docs/results.md §4: logit standardization (all R:ls, best-epoch): (KD+LS, DKD+LS).
 _LS_GRID: dict[tuple[str, str], tuple[float, float]] = {
     ("resnet32x4", "resnet8x4"): (76.62, 77.01),
     ("vgg13", "vgg8"): (74.36, 74.81),
@@ -163,7 +163,7 @@ _LS = tuple(
     _c(method, t, s, top1, "R:ls", "best")
     for (t, s), pair in _LS_GRID.items() for method, top1 in zip(("kd+ls", "dkd+ls"), pair))
 
-# results.md section 6: ImageNet top-1.
+# docs/results.md §6: ImageNet top-1.
 _R34, _R18 = "imagenet_resnet34", "imagenet_resnet18"
 _R50, _MV1 = "imagenet_resnet50", "MobileNetV1"
 _IMAGENET = (
@@ -189,7 +189,7 @@ _IMAGENET = (
 
 # Not carried (no kd_jax method or not a training result): LA/RC/LR, CTKD, MLKD, DOT columns;
 # the RLD ablation; issue reports of downloaded checkpoints and reproductions; top-5 values;
-# DHKD and RKKD (results.md section 7: no verified tables).
+# DHKD and RKKD (docs/results.md §7: no verified tables).
 ENTRIES: tuple[Published, ...] = (
     _VANILLA_CIFAR + _SAME_FAMILY + _CROSS_FAMILY + _LS + _IMAGENET)
 
@@ -205,7 +205,7 @@ def method_key(method: str, base_method: str = "", standardize: bool = False) ->
 
 
 def lookup(dataset: str, method: str, teacher: str, student: str) -> tuple[Published, ...]:
-  """All published entries for a setting, in results.md order; () when there are none."""
+  """All published entries for a setting, in docs/results.md order; () when there are none."""
   methods = VANILLA if method in VANILLA else (method,)
   found = []
   for m in methods:

@@ -16,9 +16,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kd_jax import config as kdc  # pylint: disable=wrong-import-position
+from kd_jax import methods as methods_lib  # pylint: disable=wrong-import-position
 from kd_jax import published  # pylint: disable=wrong-import-position
 
-# The papers' tables (results.md sections 2, 3, 4, 6): pairs and the methods of each table.
+# The papers' tables (docs/results.md): pairs and the methods of each table.
 TABLES: dict[str, dict] = {
     "cifar_same": {
         "pairs": [("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("wrn_40_2", "wrn_40_1"),
@@ -32,15 +33,18 @@ TABLES: dict[str, dict] = {
                   ("ResNet50", "MobileNetV2"), ("resnet32x4", "ShuffleV1"),
                   ("wrn_40_2", "ShuffleV1"), ("ResNet50", "vgg8")],
         "methods": ["kd", "dkd", "rld", "rkkd", "dhkd"],
-        # No reference config (recipes.md section 3.2/3.3): these cells would be guesses.
+        # No reference config (docs/recipes.md): these cells would be guesses.
         "skip": {("dkd", "ResNet50", "vgg8"), ("rld", "ResNet50", "vgg8"),
                  ("rld", "resnet32x4", "ShuffleV1"), ("rld", "wrn_40_2", "ShuffleV1")}},
     "cifar_ls": {
-        "pairs": list(kdc.LS_SETTINGS),
+        "pairs": list(methods_lib.get("kd").ls.cifar),
         "methods": ["kd+ls", "dkd+ls"]},
     "imagenet": {
         "pairs": list(kdc.IMAGENET_PAIRS),
         "methods": ["kd", "dkd", "rld", "rkkd", "dhkd"]},
+    "imagenet_ls": {
+        "pairs": list(methods_lib.get("kd").ls.imagenet),
+        "methods": ["kd+ls"]},
 }
 
 # Where the public teachers are, once downloaded (README: "Teachers").
@@ -63,7 +67,7 @@ def command(table: str, method: str, teacher: str, student: str, seed: int,
             teachers_dir: str, workroot: str) -> list[str]:
   base, ls = method.split("+")[0], method.endswith("+ls")
   arg = f"{teacher},{student}" + (",ls" if ls else "")
-  if table == "imagenet":
+  if table.startswith("imagenet"):
     ckpt = IMAGENET_TEACHER[teacher].format(dir=teachers_dir)
   else:
     ckpt = CIFAR_TEACHER.format(dir=teachers_dir, t=teacher)
@@ -74,7 +78,7 @@ def command(table: str, method: str, teacher: str, student: str, seed: int,
 
 
 def expected(table: str, method: str, teacher: str, student: str) -> str:
-  dataset = "imagenet2012" if table == "imagenet" else "cifar100"
+  dataset = "imagenet2012" if table.startswith("imagenet") else "cifar100"
   found = published.lookup(dataset, method, teacher, student)
   if not found:
     return "–"
@@ -95,9 +99,14 @@ def markdown() -> str:
   return "\n".join(lines)
 
 
+def _usage_error(message: str) -> int:
+  print(f"reproduce.py: error: {message}", file=sys.stderr)
+  return 2
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--table", default="all", choices=["all", *TABLES])
+  p.add_argument("--table", default="all", help=f"one of: all, {', '.join(TABLES)}")
   p.add_argument("--methods", default="", help="comma list to keep, e.g. kd,dkd")
   p.add_argument("--seeds", default="0", help="comma list of seeds")
   p.add_argument("--teachers-dir", default="download_ckpts/cifar_teachers",
@@ -109,19 +118,32 @@ def main(argv=None) -> int:
   if args.markdown:
     print(markdown())
     return 0
-  keep = set(filter(None, args.methods.split(",")))
-  seeds = [int(s) for s in args.seeds.split(",")]
+  if args.table != "all" and args.table not in TABLES:
+    return _usage_error(f"--table={args.table!r} is not a table; accepted: all, "
+                        f"{', '.join(TABLES)}")
   tables = list(TABLES) if args.table == "all" else [args.table]
-  for table in tables:
-    for method, teacher, student in cells(table):
-      if keep and method not in keep:
-        continue
-      for seed in seeds:
-        cmd = command(table, method, teacher, student, seed, args.teachers_dir, args.workroot)
-        print(f"# expected: {expected(table, method, teacher, student)}")
-        print(shlex.join(cmd), flush=True)
-        if args.run:
-          subprocess.run(cmd, check=True)
+  all_methods = sorted({m for t in TABLES.values() for m in t["methods"]})
+  keep = set(filter(None, args.methods.split(",")))
+  unknown = sorted(keep - set(all_methods))
+  if unknown:
+    return _usage_error(f"--methods: {', '.join(unknown)} is not a method of the tables; "
+                        f"accepted: {', '.join(all_methods)}")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",")]
+  except ValueError:
+    return _usage_error(f"--seeds={args.seeds!r}: expected a comma list of integers, e.g. 0,1,2")
+  selected = [(t, c) for t in tables for c in cells(t) if not keep or c[0] in keep]
+  if not selected:
+    in_tables = sorted({m for t in tables for m in TABLES[t]["methods"]})
+    return _usage_error(f"--table={args.table} --methods={args.methods} selects no cell; the "
+                        f"methods of {args.table}: {', '.join(in_tables)}")
+  for table, (method, teacher, student) in selected:
+    for seed in seeds:
+      cmd = command(table, method, teacher, student, seed, args.teachers_dir, args.workroot)
+      print(f"# expected: {expected(table, method, teacher, student)}")
+      print(shlex.join(cmd), flush=True)
+      if args.run:
+        subprocess.run(cmd, check=True)
   return 0
 
 

@@ -1,12 +1,12 @@
-"""Tests of kd_jax.losses against methods.md: golden values, identities, gradients, edge cases.
+"""Tests of kd_jax.losses against docs/methods.md: golden values, identities, gradients, edge cases.
 
 PyTorch comparisons use tests/torch_losses.py and are skipped cleanly when torch is absent.
+One style throughout: module-level pytest functions, `pytest.mark.parametrize` for cases (running
+with and without `jax.jit` included), numpy.testing for values, chex or plain `assert` otherwise.
 """
 import functools
 import math
 
-from absl.testing import absltest
-from absl.testing import parameterized
 import chex
 import jax
 import jax.numpy as jnp
@@ -16,14 +16,14 @@ import pytest
 
 from kd_jax import losses as L
 
-# methods.md §8 inputs (B = 3, C = 5).
+# docs/methods.md §8 inputs (B = 3, C = 5).
 S = np.array([[1.0, 2.0, 0.5, -1.0, 0.0], [0.2, -0.3, 1.5, 0.7, 2.2],
               [0.3, 1.2, -0.4, 0.9, 0.1]], np.float32)
 T = np.array([[0.5, 3.0, 1.0, -2.0, 0.1], [1.0, 0.0, 2.5, 2.5, -1.0],
               [2.0, 1.0, 0.0, -1.0, 3.0]], np.float32)
 Y = np.array([1, 3, 1], np.int32)
 
-# methods.md §8 table: per-row values (independent float64 transcription, 6 decimals).
+# docs/methods.md §8 table: per-row values (independent float64 transcription, 6 decimals).
 GOLDEN_ROWS = {
     "ce": [0.574438, 2.161210, 0.986621],
     "kd": [0.239016, 1.319627, 1.310821],
@@ -86,75 +86,85 @@ def _random_inputs(seed, batch, classes, scale=2.0, dtype=np.float32):
   return s, t, y
 
 
-class GoldenTest(chex.TestCase):
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_golden_values(self):
-    out = self.variant(_golden_quantities)(S, T, Y)
-    for name, rows in GOLDEN_ROWS.items():
-      np.testing.assert_allclose(out[name], rows, atol=ATOL6, rtol=0, err_msg=name)
-      self.assertEqual(out[name].dtype, jnp.float32, name)
-    for name, value in GOLDEN_BATCH.items():
-      np.testing.assert_allclose(jnp.mean(out[name]), value, atol=ATOL6, rtol=1e-6, err_msg=name)
-    np.testing.assert_allclose(out["z"][0], GOLDEN_Z_ROW0, atol=ATOL6, rtol=0)
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_kd_decomposes_into_tckd_and_nckd(self):
-    def parts(s, t, y):
-      return (L.kd(s, t, temperature=4.0), L.tckd(s, t, y, temperature=4.0),
-              L.nckd(s, t, y, temperature=4.0))
-    p_t_y = jax.nn.softmax(T / 4.0)[np.arange(3), Y]
-    np.testing.assert_allclose(p_t_y, GOLDEN_PT_Y, atol=ATOL6)
-    kd, tc, nc = self.variant(parts)(S, T, Y)
-    np.testing.assert_allclose(kd, tc + (1 - p_t_y) * nc, rtol=1e-5, atol=1e-6)
-    s, t, y = _random_inputs(0, 6, 9, scale=3.0)
-    kd, tc, nc = self.variant(parts)(s, t, y)
-    p_t_y = jax.nn.softmax(t / 4.0)[np.arange(6), y]
-    np.testing.assert_allclose(kd, tc + (1 - p_t_y) * nc, rtol=1e-5, atol=1e-6)
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_two_classes(self):
-    def two(s, t, y):
-      return (L.kd(s, t), L.nckd(s, t, y), L.tckd(s, t, y), L.mcd(s, t, y), L.rld(s, t, y),
-              L.scd(s, t, y), L.standardize(s))
-    # methods.md §8: s = [2, -1], t = [0.5, 1.5], y = 0, T = 4 -> NCKD = 0, KD = 1.969729.
-    # Second row: teacher right (M = {y}); third: teacher wrong (both masked).
-    s = np.array([[2.0, -1.0], [0.3, 4.0], [-2.0, 7.0]], np.float32)
-    t = np.array([[0.5, 1.5], [3.0, -1.0], [1.0, 2.0]], np.float32)
-    y = np.array([0, 0, 0], np.int32)
-    kd, nc, tc, mc, rl, sc, z = self.variant(two)(s, t, y)
-    np.testing.assert_allclose(kd[0], 1.969729, atol=ATOL6)
-    np.testing.assert_array_equal(nc, 0.0)
-    np.testing.assert_array_equal(mc, 0.0)
-    np.testing.assert_allclose(kd, tc, rtol=1e-6)  # TCKD is ordinary binary KD when C = 2
-    np.testing.assert_allclose(rl, sc, rtol=1e-6)  # alpha = 1, MCD = 0
-    np.testing.assert_allclose(jnp.abs(z), 1 / math.sqrt(2), rtol=1e-6)
+# A test marked with_and_without_jit runs twice: its function under jax.jit, and called as is.
+with_and_without_jit = pytest.mark.parametrize(
+    "variant", [jax.jit, lambda fn: fn], ids=["with_jit", "without_jit"])
 
 
-class StandardizeTest(chex.TestCase):
+# ----------------------------------------------------------------------------- golden values
 
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_moments_and_invariance(self):
-    s, _, _ = _random_inputs(1, 3, 5, scale=5.0)
-    s[2] = [9.0, -1.0, -1.0, -1.0, -1.0]  # the extreme row reaching |z| = (C-1)/sqrt(C)
-    z = self.variant(L.standardize)(s)
-    np.testing.assert_allclose(jnp.mean(z, axis=1), 0.0, atol=1e-6)
-    np.testing.assert_allclose(jnp.std(z, axis=1, ddof=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(z[2, 0], 4 / math.sqrt(5), rtol=1e-6)
-    scale = np.array([[0.5], [3.0], [0.1]], np.float32)
-    shift = np.array([[-7.0], [2.0], [4.0]], np.float32)
-    np.testing.assert_allclose(self.variant(L.standardize)(s * scale + shift), z, atol=2e-5)
 
-  def test_constant_row_value_zero_and_finite_gradient(self):
-    # Row 0 constant, as a zero-initialised student head; the plain formula's gradient is NaN.
-    x = np.array([[3.0, 3.0, 3.0, 3.0, 3.0], [1.0, 2.0, 3.0, 4.0, 0.0]], np.float32)
-    w = np.array([[1.0, -2.0, 0.5, 0.3, 0.1], [1.0, 1.0, -1.0, 2.0, 0.0]], np.float32)
-    def f(v):
-      return jnp.sum(L.standardize(v) * w) + jnp.sum(L.kd(v, x[::-1], standardize=True))
-    z, grad = jax.jit(lambda v: (L.standardize(v), jax.grad(f)(v)))(x)
-    np.testing.assert_array_equal(z[0], 0.0)
-    self.assertTrue(np.all(np.isfinite(grad)))
-    self.assertTrue(np.any(grad[0] != 0))
+@with_and_without_jit
+def test_golden_values(variant):
+  out = variant(_golden_quantities)(S, T, Y)
+  for name, rows in GOLDEN_ROWS.items():
+    np.testing.assert_allclose(out[name], rows, atol=ATOL6, rtol=0, err_msg=name)
+    assert out[name].dtype == jnp.float32, name
+  for name, value in GOLDEN_BATCH.items():
+    np.testing.assert_allclose(jnp.mean(out[name]), value, atol=ATOL6, rtol=1e-6, err_msg=name)
+  np.testing.assert_allclose(out["z"][0], GOLDEN_Z_ROW0, atol=ATOL6, rtol=0)
+
+
+@with_and_without_jit
+def test_kd_decomposes_into_tckd_and_nckd(variant):
+  def parts(s, t, y):
+    return (L.kd(s, t, temperature=4.0), L.tckd(s, t, y, temperature=4.0),
+            L.nckd(s, t, y, temperature=4.0))
+  p_t_y = jax.nn.softmax(T / 4.0)[np.arange(3), Y]
+  np.testing.assert_allclose(p_t_y, GOLDEN_PT_Y, atol=ATOL6)
+  kd, tc, nc = variant(parts)(S, T, Y)
+  np.testing.assert_allclose(kd, tc + (1 - p_t_y) * nc, rtol=1e-5, atol=1e-6)
+  s, t, y = _random_inputs(0, 6, 9, scale=3.0)
+  kd, tc, nc = variant(parts)(s, t, y)
+  p_t_y = jax.nn.softmax(t / 4.0)[np.arange(6), y]
+  np.testing.assert_allclose(kd, tc + (1 - p_t_y) * nc, rtol=1e-5, atol=1e-6)
+
+
+@with_and_without_jit
+def test_two_classes(variant):
+  def two(s, t, y):
+    return (L.kd(s, t), L.nckd(s, t, y), L.tckd(s, t, y), L.mcd(s, t, y), L.rld(s, t, y),
+            L.scd(s, t, y), L.standardize(s))
+  # docs/methods.md §8: s = [2, -1], t = [0.5, 1.5], y = 0, T = 4 -> NCKD = 0, KD = 1.969729.
+  # Second row: teacher right (M = {y}); third: teacher wrong (both masked).
+  s = np.array([[2.0, -1.0], [0.3, 4.0], [-2.0, 7.0]], np.float32)
+  t = np.array([[0.5, 1.5], [3.0, -1.0], [1.0, 2.0]], np.float32)
+  y = np.array([0, 0, 0], np.int32)
+  kd, nc, tc, mc, rl, sc, z = variant(two)(s, t, y)
+  np.testing.assert_allclose(kd[0], 1.969729, atol=ATOL6)
+  np.testing.assert_array_equal(nc, 0.0)
+  np.testing.assert_array_equal(mc, 0.0)
+  np.testing.assert_allclose(kd, tc, rtol=1e-6)  # TCKD is ordinary binary KD when C = 2
+  np.testing.assert_allclose(rl, sc, rtol=1e-6)  # alpha = 1, MCD = 0
+  np.testing.assert_allclose(jnp.abs(z), 1 / math.sqrt(2), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- standardize
+
+
+@with_and_without_jit
+def test_moments_and_invariance(variant):
+  s, _, _ = _random_inputs(1, 3, 5, scale=5.0)
+  s[2] = [9.0, -1.0, -1.0, -1.0, -1.0]  # the extreme row reaching |z| = (C-1)/sqrt(C)
+  z = variant(L.standardize)(s)
+  np.testing.assert_allclose(jnp.mean(z, axis=1), 0.0, atol=1e-6)
+  np.testing.assert_allclose(jnp.std(z, axis=1, ddof=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(z[2, 0], 4 / math.sqrt(5), rtol=1e-6)
+  scale = np.array([[0.5], [3.0], [0.1]], np.float32)
+  shift = np.array([[-7.0], [2.0], [4.0]], np.float32)
+  np.testing.assert_allclose(variant(L.standardize)(s * scale + shift), z, atol=2e-5)
+
+
+def test_constant_row_value_zero_and_finite_gradient():
+  # Row 0 constant, as a zero-initialised student head; the plain formula's gradient is NaN.
+  x = np.array([[3.0, 3.0, 3.0, 3.0, 3.0], [1.0, 2.0, 3.0, 4.0, 0.0]], np.float32)
+  w = np.array([[1.0, -2.0, 0.5, 0.3, 0.1], [1.0, 1.0, -1.0, 2.0, 0.0]], np.float32)
+  def f(v):
+    return jnp.sum(L.standardize(v) * w) + jnp.sum(L.kd(v, x[::-1], standardize=True))
+  z, grad = jax.jit(lambda v: (L.standardize(v), jax.grad(f)(v)))(x)
+  np.testing.assert_array_equal(z[0], 0.0)
+  chex.assert_tree_all_finite(grad)
+  assert np.any(grad[0] != 0)
 
 
 # public loss -> function of (s, t, y) stacking its variants, for float64 gradient checks
@@ -182,177 +192,186 @@ GRAD_CASES = {
 }
 
 
-class GradientTest(parameterized.TestCase):
-
-  @parameterized.named_parameters(*[(name, name) for name in GRAD_CASES])
-  def test_grad_matches_finite_differences_float64(self, name):
-    fn = GRAD_CASES[name]
-    with jax.enable_x64(True):
-      s, t, y = _random_inputs(3, 3, 6, scale=1.5, dtype=np.float64)
-      t[1] = 0.0  # one teacher row with every class tied
-      s, t = jnp.asarray(s), jnp.asarray(t)
-      self.assertEqual(s.dtype, jnp.float64)
-      f = jax.jit(lambda v: fn(v, t, y))
-      self.assertEqual(f(s).dtype, jnp.float64)
-      check_grads(f, (s,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
-
-  def test_teacher_receives_no_gradient(self):
-    s, t, y = _random_inputs(4, 3, 5)
-    names = [n for n in GRAD_CASES if not n.startswith(("cross_entropy", "standardize"))]
-    def per_loss_teacher_grads(tt):
-      return [jax.grad(lambda u, fn=GRAD_CASES[n]: jnp.sum(fn(s, u, y)))(tt) for n in names]
-    for name, g in zip(names, jax.jit(per_loss_teacher_grads)(t)):
-      np.testing.assert_array_equal(g, 0.0, err_msg=name)
+# ----------------------------------------------------------------------------- gradients
 
 
-class InvarianceTest(chex.TestCase):
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_row_shift_invariance(self):
-    s, t, y = _random_inputs(5, 3, 5)
-    c_s = np.array([[3.0], [-5.0], [8.0]], np.float32)
-    c_t = np.array([[-2.0], [6.0], [-9.0]], np.float32)
-    for standardize in (False, True):
-      fam = self.variant(functools.partial(_kd_family, temperature=2.0,
-                                           standardize=standardize))
-      base = fam(s, t, y)
-      np.testing.assert_allclose(fam(s + c_s, t, y), base, atol=2e-5, rtol=1e-5)
-      np.testing.assert_allclose(fam(s, t + c_t, y), base, atol=2e-5, rtol=1e-5)
-    # LS also removes a positive per-row scale.
-    fam = self.variant(functools.partial(_kd_family, temperature=2.0, standardize=True))
-    np.testing.assert_allclose(fam(s * 7.0, t * 0.25, y), fam(s, t, y), atol=2e-5, rtol=1e-5)
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_dkd_equals_rld_when_teacher_right(self):
-    s, t, y = _random_inputs(6, 3, 5)
-    y = np.argmax(t, axis=1).astype(np.int32)  # untied teacher top-1 = label
-    def both(s, t, y, standardize):
-      return (L.dkd(s, t, y, alpha=0.7, beta=3.0, temperature=3.0, standardize=standardize),
-              L.rld(s, t, y, alpha=0.7, beta=3.0, temperature=3.0, standardize=standardize),
-              L.tckd(s, t, y, temperature=3.0), L.scd(s, t, y, temperature=3.0),
-              L.nckd(s, t, y, temperature=3.0), L.mcd(s, t, y, temperature=3.0))
-    for standardize in (False, True):
-      d, r, tc, sc, nc, mc = self.variant(functools.partial(both, standardize=standardize))(
-          s, t, y)
-      np.testing.assert_allclose(d, r, rtol=1e-6, atol=1e-7)
-      np.testing.assert_allclose(tc, sc, rtol=1e-6, atol=1e-7)
-      np.testing.assert_allclose(nc, mc, rtol=1e-6, atol=1e-7)
+@pytest.mark.parametrize("name", list(GRAD_CASES))
+def test_grad_matches_finite_differences_float64(name):
+  fn = GRAD_CASES[name]
+  with jax.enable_x64(True):
+    s, t, y = _random_inputs(3, 3, 6, scale=1.5, dtype=np.float64)
+    t[1] = 0.0  # one teacher row with every class tied
+    s, t = jnp.asarray(s), jnp.asarray(t)
+    chex.assert_type(s, jnp.float64)
+    f = jax.jit(lambda v: fn(v, t, y))
+    chex.assert_type(f(s), jnp.float64)
+    check_grads(f, (s,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
-class EdgeCaseTest(chex.TestCase):
+def test_teacher_receives_no_gradient():
+  s, t, y = _random_inputs(4, 3, 5)
+  names = [n for n in GRAD_CASES if not n.startswith(("cross_entropy", "standardize"))]
+  def per_loss_teacher_grads(tt):
+    return [jax.grad(lambda u, fn=GRAD_CASES[n]: jnp.sum(fn(s, u, y)))(tt) for n in names]
+  for name, g in zip(names, jax.jit(per_loss_teacher_grads)(t)):
+    np.testing.assert_array_equal(g, 0.0, err_msg=name)
 
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_rld_all_masked_rows_are_zero(self):
-    # Row 0: y is the teacher's lowest logit; row 1: every logit ties with t[y];
-    # row 2: ordinary row (teacher wrong, partly masked).
-    s = np.array([[1.0, 2.0, 3.0, -4.0, 0.0], [0.5, -0.5, 2.0, 1.0, 0.0],
-                  [3.0, 1.0, 0.0, 2.0, 1.0]], np.float32)
-    t = np.array([[2.0, 1.0, 3.0, -1.0, 0.0], [1.5, 1.5, 1.5, 1.5, 1.5],
-                  [0.0, 3.0, -1.0, 2.0, 2.5]], np.float32)
-    y = np.array([3, 2, 3], np.int32)  # row 2: mask {1, 3, 4}, classes 0 and 2 remain
-    def parts(s, t, y):
-      return (L.mcd(s, t, y), L.rld(s, t, y, alpha=0.0, beta=8.0), L.rld(s, t, y),
-              L.scd(s, t, y), jax.grad(lambda v: jnp.sum(L.rld(v, t, y)))(s),
-              jax.grad(lambda v: jnp.sum(L.mcd(v, t, y)))(s))
-    mc, rld_beta, rld_full, sc, g, g_mcd = self.variant(parts)(s, t, y)
-    np.testing.assert_array_equal(mc[:2], 0.0)
-    np.testing.assert_array_equal(rld_beta[:2], 0.0)
-    np.testing.assert_array_equal(rld_full[:2], sc[:2])
-    self.assertGreater(float(mc[2]), 0.0)
-    self.assertTrue(np.all(np.isfinite(g)))
-    # masked student entries get no MCD gradient: rows 0-1 entirely, row 2 at classes 1, 3, 4
-    np.testing.assert_array_equal(g_mcd[:2], 0.0)
-    np.testing.assert_array_equal(g_mcd[2, [1, 3, 4]], 0.0)
-    self.assertTrue(np.all(g_mcd[2, [0, 2]] != 0))
 
-  def test_huge_logits_finite(self):
-    rng = np.random.default_rng(7)
-    s = rng.uniform(-1e3, 1e3, (3, 5)).astype(np.float32)
-    t = rng.uniform(-1e3, 1e3, (3, 5)).astype(np.float32)
-    s[0] = -1e3
-    s[0, 3] = 1e3  # student gap 2000 >> 87 T: the reference's TCKD/SCD would be inf
-    t[0] = [0.5, -0.2, 1.0, 0.0, 0.3]  # moderate teacher: p_t[y] ~ 0.2
-    t[1] = t[1, 0]  # tied teacher row
-    y = np.array([0, 1, 2], np.int32)
-    def total(v):
-      out = jnp.stack([L.kd(v, t), L.dkd(v, t, y), L.rld(v, t, y, alpha_temperature=1.0),
-                       L.rld(v, t, y, temperature=2.0, standardize=True),
-                       L.cross_entropy(v, y), L.binary_kl_norm(v, t), L.rank_kendall(v, t)])
-      return jnp.sum(out), out
-    (_, out), g = jax.jit(jax.value_and_grad(total, has_aux=True))(s)
-    self.assertTrue(np.all(np.isfinite(out)))
-    self.assertTrue(np.all(np.isfinite(g)))
-    # TCKD row 0 in closed form (float64): b_s = [e^{-500}, ~1] at T = 4.
-    with jax.enable_x64(True):
-      lt = jax.nn.log_softmax(jnp.asarray(t[0], jnp.float64) / 4.0)
-      lbt = jnp.array([lt[0], jax.nn.logsumexp(lt[1:])])
-      ls0 = (-1e3 - 1e3) / 4.0 - math.log1p(4 * math.exp(-500.0))
-      lbs = jnp.array([ls0, math.log1p(-math.exp(ls0))])
-      expected = 16.0 * jnp.sum(jnp.exp(lbt) * (lbt - lbs))
-    self.assertGreater(float(expected), 1.0)
-    np.testing.assert_allclose(L.tckd(s, t, y)[0], expected, rtol=1e-5)
+# ----------------------------------------------------------------------------- invariances
 
-  def test_batch_of_one(self):
-    s, t, y = S[2:3], T[2:3], Y[2:3]
-    names = ["kd", "tckd", "nckd", "scd", "mcd", "kd_ls", "bkln", "rk_k1"]
-    out = jax.jit(lambda s, t, y: {n: v for n, v in _golden_quantities(s, t, y).items()
-                                   if n in names})(s, t, y)
-    for name in names:
-      rows = GOLDEN_ROWS[name]
-      self.assertEqual(out[name].shape, (1,), name)
-      np.testing.assert_allclose(out[name], rows[2:3], atol=ATOL6, err_msg=name)
 
-  def test_binary_kl_norm_shape_and_clip(self):
-    temp = 2.0
-    clip = math.log((1 - 1e-8) / 1e-8)
-    # One element per row (C = 1), so the per-example output is the per-element loss.
-    a = np.array([[0.01], [-0.3], [20.0], [-30.0], [60.0], [1e30], [-3e38], [3e38]], np.float32)
-    t = np.zeros_like(a)
-    t[7] = -3e38  # a - t overflows float32 to +inf
-    per, grad = jax.jit(jax.vmap(jax.value_and_grad(
-        lambda v, w: jnp.sum(L.binary_kl_norm(v, w, temperature=temp))), (0, 0)))(
-            a[:, None], t[:, None])
-    grad = grad[:, 0, 0]
-    self.assertTrue(np.all(np.isfinite(per)))
-    x = a[:, 0].astype(np.float64) - t[:, 0]
-    # small differences ~ (a - t)^2 / 8, accurately (no cancellation in logcosh)
-    np.testing.assert_allclose(per[:2], x[:2] ** 2 / 8, rtol=2e-3)
-    # inside the clip, large |x|: T^2 logcosh(x / 2T) ~ T |a - t| / 2 - T^2 log 2
-    np.testing.assert_allclose(per[2:4], temp * np.abs(x[2:4]) / 2 - temp ** 2 * math.log(2),
-                               rtol=1e-4)
-    # beyond the clip |x / T| > 18.42: constant T^2 logcosh(L / 2) and exactly zero gradient
-    cap = temp ** 2 * (clip / 2 - math.log(2) + math.log1p(math.exp(-clip)))
-    np.testing.assert_allclose(per[4:], cap, rtol=1e-6)
-    np.testing.assert_allclose(grad[:4], temp / 2 * np.tanh(x[:4] / (2 * temp)), rtol=1e-5)
-    np.testing.assert_array_equal(grad[4:], 0.0)
+@with_and_without_jit
+def test_row_shift_invariance(variant):
+  s, t, y = _random_inputs(5, 3, 5)
+  c_s = np.array([[3.0], [-5.0], [8.0]], np.float32)
+  c_t = np.array([[-2.0], [6.0], [-9.0]], np.float32)
+  for standardize in (False, True):
+    fam = variant(functools.partial(_kd_family, temperature=2.0, standardize=standardize))
+    base = fam(s, t, y)
+    np.testing.assert_allclose(fam(s + c_s, t, y), base, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(fam(s, t + c_t, y), base, atol=2e-5, rtol=1e-5)
+  # LS also removes a positive per-row scale.
+  fam = variant(functools.partial(_kd_family, temperature=2.0, standardize=True))
+  np.testing.assert_allclose(fam(s * 7.0, t * 0.25, y), fam(s, t, y), atol=2e-5, rtol=1e-5)
 
-  def test_label_smoothing_matches_definition(self):
-    s, _, y = _random_inputs(8, 4, 6)
-    eps = 0.2
-    lsm = jax.nn.log_softmax(s)
-    expected = -(1 - eps) * lsm[np.arange(4), y] - eps * jnp.mean(lsm, axis=1)
-    np.testing.assert_allclose(L.cross_entropy(s, y, label_smoothing=eps), expected, rtol=1e-6)
 
-  def test_low_precision_inputs_computed_in_float32(self):
-    s, t, y = _random_inputs(9, 3, 5)
-    out = L.dkd(jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16), y)
-    self.assertEqual(out.dtype, jnp.float32)
-    ref = L.dkd(jnp.asarray(s, jnp.bfloat16).astype(jnp.float32),
-                jnp.asarray(t, jnp.bfloat16).astype(jnp.float32), y)
-    np.testing.assert_allclose(out, ref, rtol=1e-6)
+@with_and_without_jit
+def test_dkd_equals_rld_when_teacher_right(variant):
+  s, t, y = _random_inputs(6, 3, 5)
+  y = np.argmax(t, axis=1).astype(np.int32)  # untied teacher top-1 = label
+  def both(s, t, y, standardize):
+    return (L.dkd(s, t, y, alpha=0.7, beta=3.0, temperature=3.0, standardize=standardize),
+            L.rld(s, t, y, alpha=0.7, beta=3.0, temperature=3.0, standardize=standardize),
+            L.tckd(s, t, y, temperature=3.0), L.scd(s, t, y, temperature=3.0),
+            L.nckd(s, t, y, temperature=3.0), L.mcd(s, t, y, temperature=3.0))
+  for standardize in (False, True):
+    d, r, tc, sc, nc, mc = variant(functools.partial(both, standardize=standardize))(
+        s, t, y)
+    np.testing.assert_allclose(d, r, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(tc, sc, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(nc, mc, rtol=1e-6, atol=1e-7)
 
-  def test_losses_are_nonnegative_and_zero_at_teacher(self):
-    s, t, y = _random_inputs(10, 3, 5)
-    y[0] = np.argmax(t[0])
-    y[1:] = (np.argmax(t[1:], axis=1) + 1) % 5
-    fam = jax.jit(_kd_family)
-    self.assertTrue(np.all(np.asarray(fam(s, t, y)) >= -1e-6))
-    at_teacher = fam(t, t, y)  # rows: kd, tckd, nckd, dkd, scd, mcd, rld
-    np.testing.assert_allclose(np.asarray(at_teacher)[[0, 1, 2, 3, 5]], 0.0, atol=1e-6)
-    # SCD splits the student around y and the teacher around its top-1: 0 only where they agree
-    np.testing.assert_allclose(at_teacher[4, 0], 0.0, atol=1e-6)
-    self.assertGreater(float(at_teacher[4, 1:].min()), 1e-5)
-    np.testing.assert_allclose(L.binary_kl_norm(t, t), 0.0, atol=1e-7)
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+@with_and_without_jit
+def test_rld_all_masked_rows_are_zero(variant):
+  # Row 0: y is the teacher's lowest logit; row 1: every logit ties with t[y];
+  # row 2: ordinary row (teacher wrong, partly masked).
+  s = np.array([[1.0, 2.0, 3.0, -4.0, 0.0], [0.5, -0.5, 2.0, 1.0, 0.0],
+                [3.0, 1.0, 0.0, 2.0, 1.0]], np.float32)
+  t = np.array([[2.0, 1.0, 3.0, -1.0, 0.0], [1.5, 1.5, 1.5, 1.5, 1.5],
+                [0.0, 3.0, -1.0, 2.0, 2.5]], np.float32)
+  y = np.array([3, 2, 3], np.int32)  # row 2: mask {1, 3, 4}, classes 0 and 2 remain
+  def parts(s, t, y):
+    return (L.mcd(s, t, y), L.rld(s, t, y, alpha=0.0, beta=8.0), L.rld(s, t, y),
+            L.scd(s, t, y), jax.grad(lambda v: jnp.sum(L.rld(v, t, y)))(s),
+            jax.grad(lambda v: jnp.sum(L.mcd(v, t, y)))(s))
+  mc, rld_beta, rld_full, sc, g, g_mcd = variant(parts)(s, t, y)
+  np.testing.assert_array_equal(mc[:2], 0.0)
+  np.testing.assert_array_equal(rld_beta[:2], 0.0)
+  np.testing.assert_array_equal(rld_full[:2], sc[:2])
+  assert float(mc[2]) > 0.0
+  chex.assert_tree_all_finite(g)
+  # masked student entries get no MCD gradient: rows 0-1 entirely, row 2 at classes 1, 3, 4
+  np.testing.assert_array_equal(g_mcd[:2], 0.0)
+  np.testing.assert_array_equal(g_mcd[2, [1, 3, 4]], 0.0)
+  assert np.all(g_mcd[2, [0, 2]] != 0)
+
+
+def test_huge_logits_finite():
+  rng = np.random.default_rng(7)
+  s = rng.uniform(-1e3, 1e3, (3, 5)).astype(np.float32)
+  t = rng.uniform(-1e3, 1e3, (3, 5)).astype(np.float32)
+  s[0] = -1e3
+  s[0, 3] = 1e3  # student gap 2000 >> 87 T: the reference's TCKD/SCD would be inf
+  t[0] = [0.5, -0.2, 1.0, 0.0, 0.3]  # moderate teacher: p_t[y] ~ 0.2
+  t[1] = t[1, 0]  # tied teacher row
+  y = np.array([0, 1, 2], np.int32)
+  def total(v):
+    out = jnp.stack([L.kd(v, t), L.dkd(v, t, y), L.rld(v, t, y, alpha_temperature=1.0),
+                     L.rld(v, t, y, temperature=2.0, standardize=True),
+                     L.cross_entropy(v, y), L.binary_kl_norm(v, t), L.rank_kendall(v, t)])
+    return jnp.sum(out), out
+  (_, out), g = jax.jit(jax.value_and_grad(total, has_aux=True))(s)
+  chex.assert_tree_all_finite((out, g))
+  # TCKD row 0 in closed form (float64): b_s = [e^{-500}, ~1] at T = 4.
+  with jax.enable_x64(True):
+    lt = jax.nn.log_softmax(jnp.asarray(t[0], jnp.float64) / 4.0)
+    lbt = jnp.array([lt[0], jax.nn.logsumexp(lt[1:])])
+    ls0 = (-1e3 - 1e3) / 4.0 - math.log1p(4 * math.exp(-500.0))
+    lbs = jnp.array([ls0, math.log1p(-math.exp(ls0))])
+    expected = 16.0 * jnp.sum(jnp.exp(lbt) * (lbt - lbs))
+  assert float(expected) > 1.0
+  np.testing.assert_allclose(L.tckd(s, t, y)[0], expected, rtol=1e-5)
+
+
+def test_batch_of_one():
+  s, t, y = S[2:3], T[2:3], Y[2:3]
+  names = ["kd", "tckd", "nckd", "scd", "mcd", "kd_ls", "bkln", "rk_k1"]
+  out = jax.jit(lambda s, t, y: {n: v for n, v in _golden_quantities(s, t, y).items()
+                                 if n in names})(s, t, y)
+  chex.assert_tree_shape(out, (1,))  # names the failing loss
+  for name in names:
+    rows = GOLDEN_ROWS[name]
+    np.testing.assert_allclose(out[name], rows[2:3], atol=ATOL6, err_msg=name)
+
+
+def test_binary_kl_norm_shape_and_clip():
+  temp = 2.0
+  clip = math.log((1 - 1e-8) / 1e-8)
+  # One element per row (C = 1), so the per-example output is the per-element loss.
+  a = np.array([[0.01], [-0.3], [20.0], [-30.0], [60.0], [1e30], [-3e38], [3e38]], np.float32)
+  t = np.zeros_like(a)
+  t[7] = -3e38  # a - t overflows float32 to +inf
+  per, grad = jax.jit(jax.vmap(jax.value_and_grad(
+      lambda v, w: jnp.sum(L.binary_kl_norm(v, w, temperature=temp))), (0, 0)))(
+          a[:, None], t[:, None])
+  grad = grad[:, 0, 0]
+  chex.assert_tree_all_finite(per)
+  x = a[:, 0].astype(np.float64) - t[:, 0]
+  # small differences ~ (a - t)^2 / 8, accurately (no cancellation in logcosh)
+  np.testing.assert_allclose(per[:2], x[:2] ** 2 / 8, rtol=2e-3)
+  # inside the clip, large |x|: T^2 logcosh(x / 2T) ~ T |a - t| / 2 - T^2 log 2
+  np.testing.assert_allclose(per[2:4], temp * np.abs(x[2:4]) / 2 - temp ** 2 * math.log(2),
+                             rtol=1e-4)
+  # beyond the clip |x / T| > 18.42: constant T^2 logcosh(L / 2) and exactly zero gradient
+  cap = temp ** 2 * (clip / 2 - math.log(2) + math.log1p(math.exp(-clip)))
+  np.testing.assert_allclose(per[4:], cap, rtol=1e-6)
+  np.testing.assert_allclose(grad[:4], temp / 2 * np.tanh(x[:4] / (2 * temp)), rtol=1e-5)
+  np.testing.assert_array_equal(grad[4:], 0.0)
+
+
+def test_label_smoothing_matches_definition():
+  s, _, y = _random_inputs(8, 4, 6)
+  eps = 0.2
+  lsm = jax.nn.log_softmax(s)
+  expected = -(1 - eps) * lsm[np.arange(4), y] - eps * jnp.mean(lsm, axis=1)
+  np.testing.assert_allclose(L.cross_entropy(s, y, label_smoothing=eps), expected, rtol=1e-6)
+
+
+def test_low_precision_inputs_computed_in_float32():
+  s, t, y = _random_inputs(9, 3, 5)
+  out = L.dkd(jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16), y)
+  chex.assert_type(out, jnp.float32)
+  ref = L.dkd(jnp.asarray(s, jnp.bfloat16).astype(jnp.float32),
+              jnp.asarray(t, jnp.bfloat16).astype(jnp.float32), y)
+  np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
+def test_losses_are_nonnegative_and_zero_at_teacher():
+  s, t, y = _random_inputs(10, 3, 5)
+  y[0] = np.argmax(t[0])
+  y[1:] = (np.argmax(t[1:], axis=1) + 1) % 5
+  fam = jax.jit(_kd_family)
+  assert np.all(np.asarray(fam(s, t, y)) >= -1e-6)
+  at_teacher = fam(t, t, y)  # rows: kd, tckd, nckd, dkd, scd, mcd, rld
+  np.testing.assert_allclose(np.asarray(at_teacher)[[0, 1, 2, 3, 5]], 0.0, atol=1e-6)
+  # SCD splits the student around y and the teacher around its top-1: 0 only where they agree
+  np.testing.assert_allclose(at_teacher[4, 0], 0.0, atol=1e-6)
+  assert float(at_teacher[4, 1:].min()) > 1e-5
+  np.testing.assert_allclose(L.binary_kl_norm(t, t), 0.0, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -495,6 +514,3 @@ def test_matches_torch_float32_imagenet_width():
   s, t, y = _torch_inputs(12, 2, 1000, np.float32)
   _compare_with_torch("imagenet_width", s, t, y, rtol=2e-4, atol=2e-5, gtol=2e-5)
 
-
-if __name__ == "__main__":
-  absltest.main()

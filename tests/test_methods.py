@@ -1,5 +1,6 @@
 """Methods as loss composition: weights, warm-up, schedules and DHKD gradient alignment."""
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import pytest
 from kd_jax import config as kdc
 from kd_jax import losses
 from kd_jax import methods
+from kd_jax import models
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 
@@ -127,3 +129,50 @@ def test_sgd_matches_torch_semantics():
     buf = 0.9 * buf + gg
     ref = ref - 0.1 * buf
   np.testing.assert_allclose(p["w"], ref, rtol=1e-6)
+
+
+@pytest.fixture
+def toy_method():
+  """A test-local method: CE + weight * mean squared logit difference, registered for one test."""
+  def terms(spec, x):
+    return {"mse": x.warmup * spec.kd_weight * jnp.mean((x.logits - x.teacher) ** 2)}
+  methods.register(methods.Method(
+      name="toy_mse", summary="CE + kd_weight * mean (z_s - z_t)^2", terms=terms,
+      needs_teacher=True, cifar={"loss.ce_weight": 0.5, "loss.kd_weight": 0.25},
+      distill_weight="kd_weight"))
+  yield "toy_mse"
+  methods.unregister("toy_mse")
+
+
+def test_a_new_method_is_one_record(toy_method, tmp_path):
+  """Registered without touching config.py: defaults, validation, plug-in, training all work."""
+  from kd_jax.train import loop  # pylint: disable=import-outside-toplevel
+  config = kdc.method_defaults(kdc.base_config(), toy_method)
+  assert (config.method, config.loss.ce_weight, config.loss.kd_weight) == (toy_method, 0.5, 0.25)
+  # The plug-in takes it as a base, with the ranking weight = its distillation weight.
+  rk = kdc.method_defaults(kdc.base_config(), "rkkd", base_method=toy_method)
+  assert (rk.base_method, rk.loss.rank_weight) == (toy_method, 0.25)
+  spec = methods.LossSpec.from_config(config)
+  terms = methods.loss_terms(spec, S, Y, T, None, jnp.array(1))
+  np.testing.assert_allclose(terms["mse"], 0.25 * np.mean((np.asarray(S) - np.asarray(T)) ** 2),
+                             rtol=1e-6)
+  np.testing.assert_allclose(terms["ce"], 0.5 * np.mean(losses.cross_entropy(S, Y)), rtol=1e-6)
+  # End to end on synthetic data: the step logs the new term and the loss is their sum.
+  config.update(dict(dataset="synthetic", num_classes=100, train_examples=64, eval_examples=16,
+                     student="resnet8", teacher="resnet8", teacher_checkpoint="random:0",
+                     batch_size=16, eval_batch_size=16, num_train_steps=4, log_every_steps=2,
+                     checkpoint_every_steps=4, num_devices=1))
+  kdc.validate(config, model_names=models.names(), num_devices=1)
+  result = loop.train_and_evaluate(config, str(tmp_path))
+  assert result.step == 4
+  with open(tmp_path / "metrics.jsonl") as f:
+    lines = [json.loads(l) for l in f]
+  logged = [l for l in lines if "train/mse" in l]
+  assert [l["step"] for l in logged] == [2, 4]
+  for l in logged:
+    assert l["train/loss"] == pytest.approx(l["train/ce"] + l["train/mse"], rel=1e-5)
+
+
+def test_unknown_method_lists_the_registered_ones():
+  with pytest.raises(ValueError, match=r"config.method='nope'.*'kd', 'dkd'"):
+    kdc.method_defaults(kdc.base_config(), "nope")

@@ -1,6 +1,6 @@
 """Model zoo part A (CIFAR ResNet, resnetv2, WRN, ImageNet ResNet) and the shared registry.
 
-Shapes, parameter counts (models.md), inits, train/eval forward + backward, aux heads, bf16.
+Shapes, parameter counts (docs/models.md), inits, train/eval forward + backward, aux heads, bf16.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from kd_jax import models
 from kd_jax.models import imagenet_resnet, layers, resnet, resnetv2, wrn
 
-# models.md tables: parameters at 100 classes (ImageNet models at 1000, §2) and state_dict
+# The README zoo table: parameters at 100 classes (ImageNet models at 1000) and state_dict
 # entries (params + BN buffers + num_batches_tracked) where the table gives them.
 PARAM_COUNTS = {
     "resnet8": 83_892, "resnet14": 181_108, "resnet20": 278_324, "resnet32": 472_756,
@@ -32,7 +32,7 @@ STATE_ENTRIES = {
     "ResNet18": 122, "ResNet50": 320,
     "wrn_16_1": 82, "wrn_16_2": 83, "wrn_40_1": 226, "wrn_40_2": 227,
 }
-# models.md §1.8 pooled-feature widths.
+# Pooled-feature widths of each model (the width its classifier reads).
 POOLED = {**{f"resnet{d}": 64 for d in (8, 14, 20, 32, 44, 56, 110)}, "resnet8x4": 256,
           "resnet32x4": 256, "ResNet18": 512, "ResNet50": 2048, "wrn_16_1": 64,
           "wrn_16_2": 128, "wrn_40_1": 64, "wrn_40_2": 128, "imagenet_resnet18": 512,

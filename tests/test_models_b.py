@@ -15,14 +15,14 @@ import pytest
 from kd_jax import models
 from kd_jax.models import mobilenet, shufflenet, vgg
 
-# models.md parameter counts (100 classes; MobileNetV1 at its 1000 ImageNet classes).
+# docs/models.md parameter counts (100 classes; MobileNetV1 at its 1000 ImageNet classes).
 PARAM_COUNTS = {
     "vgg8": 3_965_028, "vgg11": 9_277_284, "vgg13": 9_462_180, "vgg16": 14_774_436,
     "vgg19": 20_086_692, "MobileNetV2": 812_836, "ShuffleV1": 949_258, "ShuffleV2": 1_355_528,
     "MobileNetV1": 4_231_976,
 }
 NAMES = list(PARAM_COUNTS)
-# models.md §1.8 pooled widths; DHKD aux heads add d*C+C (linear) or d*200+200+400+200*C+C.
+# Pooled widths; DHKD aux heads add d*C+C (linear) or d*200+200+400+200*C+C.
 POOLED = {"vgg8": 512, "MobileNetV2": 1280, "ShuffleV1": 960, "ShuffleV2": 1024,
           "MobileNetV1": 1024}
 

@@ -15,8 +15,8 @@ from PIL import Image
 from kd_jax import published
 from kd_jax import report
 
-RESULTS_MD = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "shared", "reference", "results.md")
+RESULTS_MD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                          "results.md")
 STEPS_PER_EPOCH = 10
 
 
@@ -321,7 +321,7 @@ _TAGGED = re.compile(r"(\d+\.\d+)\s*`([^`]+)`")
 
 
 def _pair_tables(text):
-  """(method, teacher, student, cell, section heading) for sections 2-4 of results.md."""
+  """(method, teacher, student, cell, section heading) for sections 2-4 of docs/results.md."""
   for section in text.split("\n## ")[1:]:
     heading = section.splitlines()[0]
     header = None
@@ -336,7 +336,6 @@ def _pair_tables(text):
             yield _COLUMNS[name], teacher, student, cell, heading
 
 
-@pytest.mark.skipif(not os.path.isfile(RESULTS_MD), reason="shared/reference/results.md absent")
 def test_published_cifar_pairs_match_results_md():
   """Every tagged number of the KD/DKD/RLD/KD+LS/DKD+LS columns is an entry, and back."""
   text = open(RESULTS_MD, encoding="utf-8").read()
@@ -359,27 +358,23 @@ def test_published_cifar_pairs_match_results_md():
   assert set(cifar_pairs) == seen
 
 
-@pytest.mark.skipif(not os.path.isfile(RESULTS_MD), reason="shared/reference/results.md absent")
 def test_published_vanilla_and_imagenet_match_results_md():
+  """docs/results.md §1 and §6 list exactly the vanilla and ImageNet entries of published.py."""
   text = open(RESULTS_MD, encoding="utf-8").read()
+  rows = [l for l in text.splitlines() if l.startswith("| ")]
+  short = {"imagenet_resnet34": "ResNet34", "imagenet_resnet50": "ResNet50",
+           "imagenet_resnet18": "ResNet18", "MobileNetV1": "MobileNetV1"}
   for e in published.ENTRIES:
     if e.dataset == "cifar100" and e.method in published.VANILLA:
-      row = f"| {e.student} | {'teacher' if e.method == 'teacher' else 'student'}"
-      line = [l for l in text.splitlines() if l.startswith(row)]
-      assert len(line) == 1 and f"{e.top1:.2f} `{e.source}`" in line[0], e
-  imagenet = {  # row label in results.md section 6 -> (method, column index)
-      "| KD |": ("kd", [71.03, 70.50]), "| DKD |": ("dkd", [71.70, 72.05]),
-      "| RLD |": ("rld", [71.91, 72.75]), "| teacher (torchvision V1 weights) |":
-      ("teacher", [73.314, 76.13])}
-  pairs = [("imagenet_resnet34", "imagenet_resnet18"), ("imagenet_resnet50", "MobileNetV1")]
-  for label, (method, values) in imagenet.items():
-    line = [l for l in text.splitlines() if l.startswith(label)]
-    assert len(line) == 1
-    tagged = [(float(n), t) for n, t in _TAGGED.findall(line[0])]
-    for (teacher, student), value in zip(pairs, values):
-      model = teacher if method == "teacher" else student
-      entry = published.lookup("imagenet2012", method, teacher, model)[0]
-      assert (entry.top1, entry.source) in tagged and entry.top1 == value
+      role = "teacher" if e.method == "teacher" else "student"
+      row = f"| {e.student} | {role} | {e.top1:.2f} | `{e.source}` | {e.convention} |"
+      assert rows.count(row) == 1, e
+    elif e.dataset == "imagenet2012":
+      models_cell = (short[e.student] if not e.teacher else
+                     f"{short[e.teacher]} → {short[e.student]}")
+      cells = [f"| {e.method} | {models_cell} | {v} | `{e.source}` | {e.convention} |"
+               for v in {f"{e.top1:.2f}", f"{e.top1:g}"}]
+      assert sum(r.startswith(c) for r in rows for c in cells) == 1, (e, cells)
 
 
 def test_report_module_does_not_import_jax():

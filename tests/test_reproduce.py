@@ -1,4 +1,5 @@
 """Every paper-table cell of scripts/reproduce.py builds a valid config, and the README lists it."""
+import json
 import os
 import sys
 
@@ -36,7 +37,7 @@ def test_cell_config_is_valid(table, method, teacher, student):
   base = method.split("+")[0]
   assert config.method == base
   assert config.loss.standardize == method.endswith("+ls")
-  assert config.dataset == ("imagenet2012" if table == "imagenet" else "cifar100")
+  assert config.dataset == ("imagenet2012" if table.startswith("imagenet") else "cifar100")
 
 
 def test_readme_lists_one_command_per_cell():
@@ -44,3 +45,58 @@ def test_readme_lists_one_command_per_cell():
   table = reproduce.markdown()
   assert table.strip() in readme, "README is out of date: python scripts/reproduce.py --markdown"
   assert table.count("python launch.py") == len(CELLS)
+
+
+# Cells added after the snapshot was taken (they have no "before").
+NEW_CELLS = {"configs/kd.py:imagenet_resnet34,imagenet_resnet18,ls"}
+
+
+def _cell_configs():
+  out = {}
+  for table, method, teacher, student in CELLS:
+    cmd = reproduce.command(table, method, teacher, student, 0, "T", "W")
+    flag = next(a for a in cmd if a.startswith("--config="))[len("--config="):]
+    path, arg = flag.split(":", 1)
+    out[flag] = __import__(os.path.basename(path)[:-3]).get_config(arg)
+  return out
+
+
+def _assert_resolves_as(config, want, flag):
+  """Every snapshot key has its old value; keys added since then hold their schema default."""
+  got = json.loads(config.to_json(sort_keys=True))
+  default = json.loads(kdc.base_config().to_json(sort_keys=True))
+  for key, value in want.items():
+    assert got[key] == value, (flag, key)
+  for key in set(got) - set(want):
+    assert got[key] == default[key], (flag, key, "a key added after the snapshot")
+
+
+def test_every_cell_resolves_as_before_the_method_registry():
+  """tests/data/config_snapshot.json: resolved configs taken before the registry refactor."""
+  with open(os.path.join(REPO, "tests", "data", "config_snapshot.json")) as f:
+    snapshot = json.load(f)
+  cells = _cell_configs()
+  assert set(cells) - set(snapshot) == NEW_CELLS
+  for flag, config in cells.items():
+    if flag not in NEW_CELLS:
+      _assert_resolves_as(config, snapshot[flag], flag)
+  # The config files without an argument, and the smoke configs of every method, too.
+  for flag, want in snapshot.items():
+    if flag not in cells:
+      path, _, arg = flag.partition(":")
+      config = __import__(os.path.basename(path)[:-3]).get_config(arg or None)
+      _assert_resolves_as(config, want, flag)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--methods", "rkd"], "--methods: rkd is not a method of the tables; accepted: dhkd, dkd"),
+    (["--table", "cifar_ls", "--methods", "kd"], "selects no cell; the methods of cifar_ls: "
+                                                 "dkd+ls, kd+ls"),
+    (["--table", "cifar"], "--table='cifar' is not a table; accepted: all, cifar_same"),
+    (["--seeds", "0,x"], "--seeds='0,x': expected a comma list of integers"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(argv, needle, capsys):
+  assert reproduce.main(argv) == 2
+  captured = capsys.readouterr()
+  assert captured.out == ""
+  assert captured.err.count("\n") == 1 and needle in captured.err

@@ -1,6 +1,6 @@
 """Independent PyTorch transcriptions of the reference loss formulas, written the naive way.
 
-They follow methods.md's reference semantics (mdistiller/RLD/DHKD), not kd_jax's stable forms.
+They follow docs/methods.md's reference semantics (mdistiller/RLD/DHKD), not kd_jax's stable forms.
 """
 from __future__ import annotations
 

@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.data import common
+from kd_jax.data import sources
 from kd_jax.data.common import DataError, InMemoryData
 
 CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR_STD = (0.2675, 0.2565, 0.2761)
 
-# name -> label key, for the TFDS datasets loaded whole into memory.
-_TFDS_IN_MEMORY = {"cifar100": "label", "cifar10": "label"}
+# The in-memory presets; load_in_memory also reads image folders and other TFDS datasets.
 ACCEPTED_NAMES = ("cifar100", "cifar10", "synthetic")
 
 # Synthetic stand-in: split -> (default size, seed); 100 classes of 32x32x3.
@@ -31,23 +31,34 @@ _PERMUTATION_STREAM = 0x0DA7A
 
 
 def load_in_memory(name: str, split: str, *, data_dir: str | None = None,
-                   num_examples: int | None = None,
-                   download: bool = True) -> InMemoryData:
+                   num_examples: int | None = None, download: bool = True,
+                   image_size: int = 0) -> InMemoryData:
   """Loads a whole split as uint8 images [N,H,W,3] and int32 labels [N].
 
-  name: 'cifar100' or 'cifar10' (TFDS, prepared in data_dir or downloaded) or
-  'synthetic' (offline, deterministic per split). num_examples caps N.
+  name: 'synthetic' (offline, deterministic per split), 'imagefolder:PATH' (see
+  sources.load_imagefolder) or a TFDS dataset with 'image' and 'label' features such as
+  'cifar100' (prepared in data_dir or downloaded). num_examples caps N. image_size > 0
+  resizes every image of another size to image_size x image_size (bilinear, antialiased);
+  0 keeps the images' own size.
   """
   if num_examples is not None and num_examples <= 0:
     raise DataError(f"num_examples={num_examples}; accepted: None or a positive integer.")
+  if not isinstance(image_size, (int, np.integer)) or image_size < 0:
+    raise DataError(f"image_size={image_size!r}; accepted: 0 (the images' own size) or a "
+                    "positive integer.")
+  root = sources.imagefolder_root(name)
+  if root is not None:
+    return sources.load_imagefolder(root, split, image_size=int(image_size),
+                                    num_examples=num_examples)
   if name == "synthetic":
     images, labels, num_classes = _synthetic(split, num_examples)
-  elif name in _TFDS_IN_MEMORY:
+    if image_size and images.shape[1:3] != (image_size, image_size):
+      images = np.stack([sources.resize_uint8(im, int(image_size)) for im in images])
+  else:
+    sources.check_dataset_name(name)
     images, labels, num_classes = _load_tfds(name, split, data_dir=data_dir,
                                              num_examples=num_examples,
-                                             download=download)
-  else:
-    raise DataError(f"unknown in-memory dataset {name!r}; accepted: {list(ACCEPTED_NAMES)}.")
+                                             download=download, image_size=int(image_size))
   common.check_arrays(name, split, images, labels, num_classes)
   return InMemoryData(images=images, labels=labels.astype(np.int32),
                       num_classes=num_classes)
@@ -81,9 +92,10 @@ def _synthetic(split: str, num_examples: int | None):
 
 
 def _load_tfds(name: str, split: str, *, data_dir: str | None,
-               num_examples: int | None, download: bool):
+               num_examples: int | None, download: bool, image_size: int = 0):
   """Reads a TFDS image-classification split fully into numpy arrays."""
   tfds = common.import_tfds()
+  tf = common.import_tf()
   builder = common.tfds_builder(name, data_dir)
   ds = common.open_split(builder, split)
   if ds is None:
@@ -92,8 +104,19 @@ def _load_tfds(name: str, split: str, *, data_dir: str | None,
     if ds is None:
       raise DataError(_not_prepared_message(
           name, data_dir, builder, "download_and_prepare() left no data behind"))
-  label_key = _TFDS_IN_MEMORY[name]
-  ds = ds.map(lambda ex: (ex["image"], ex[label_key]))
+  layout = sources.tfds_layout(name, data_dir, split)
+  if image_size:
+    def resize(image):
+      same = tf.reduce_all(tf.shape(image)[:2] == image_size)
+      return tf.cond(same, lambda: image, lambda: tf.cast(tf.clip_by_value(tf.round(
+          tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size],
+                          method="bilinear", antialias=True)), 0, 255), tf.uint8))
+    ds = ds.map(lambda ex: (resize(ex["image"]), ex["label"]))
+  elif layout.image_shape is None:
+    raise DataError(f"TFDS dataset {name!r} has images of varying size and image_size=0; "
+                    "accepted: image_size > 0 (every image is resized to it).")
+  else:
+    ds = ds.map(lambda ex: (ex["image"], ex["label"]))
   if num_examples is not None:
     ds = ds.take(num_examples)
   images, labels = [], []
@@ -103,8 +126,15 @@ def _load_tfds(name: str, split: str, *, data_dir: str | None,
   if not images:
     raise DataError(f"dataset {name!r} split {split!r} is empty; accepted: a "
                     "split with at least one example.")
-  num_classes = int(builder.info.features[label_key].num_classes)
-  return np.concatenate(images), np.concatenate(labels), num_classes
+  return np.concatenate(images), np.concatenate(labels), layout.num_classes
+
+
+def prepare_tfds(name: str, *, data_dir: str | None, download: bool = True) -> None:
+  """Makes sure TFDS dataset `name` is prepared: downloads it if allowed and reachable,
+  else raises DataError saying how to prepare it."""
+  builder = common.tfds_builder(name, data_dir)
+  if common.open_split(builder, "train") is None:
+    _prepare(builder, name, data_dir=data_dir, download=download)
 
 
 def _prepare(builder, name: str, *, data_dir: str | None, download: bool) -> None:
@@ -191,3 +221,89 @@ def augment_cifar(rng: Any, images_uint8: Any, *, mean: Sequence[float] = CIFAR_
   offsets, flips = cifar_augment_params(rng, images_uint8.shape[0], padding=padding)
   return common.normalize(crop_and_flip(images_uint8, offsets, flips, padding=padding),
                           mean, std)
+
+
+_RRC_ATTEMPTS = 10
+RRC_AREA = (0.08, 1.0)             # torchvision RandomResizedCrop defaults
+RRC_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def random_resized_crop_boxes(rng: Any, batch_size: int, height: int, width: int, *,
+                              area_range: Sequence[float] = RRC_AREA,
+                              aspect_range: Sequence[float] = RRC_ASPECT) -> jnp.ndarray:
+  """torchvision RandomResizedCrop boxes, float32 [B, 4] = (y, x, h, w), in JAX.
+
+  Per example: 10 tries of area ~ U(area_range) * H * W and log(w / h) ~ U(log aspect_range);
+  the first box that fits is placed uniformly; if none fits, a ratio-clamped centre crop.
+  """
+  lo_r, hi_r = (float(v) for v in aspect_range)
+  h_img, w_img = float(height), float(width)
+
+  def one(key):
+    k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+    area = jax.random.uniform(k_area, (_RRC_ATTEMPTS,), minval=float(area_range[0]),
+                              maxval=float(area_range[1])) * h_img * w_img
+    ratio = jnp.exp(jax.random.uniform(k_ratio, (_RRC_ATTEMPTS,), minval=np.log(lo_r),
+                                       maxval=np.log(hi_r)))
+    ws, hs = jnp.round(jnp.sqrt(area * ratio)), jnp.round(jnp.sqrt(area / ratio))
+    fits = (ws > 0) & (ws <= w_img) & (hs > 0) & (hs <= h_img)
+    first = jnp.argmax(fits)
+    any_fit = jnp.any(fits)
+    in_ratio = w_img / h_img
+    fb_w = w_img if in_ratio <= hi_r else float(round(h_img * hi_r))
+    fb_h = float(round(w_img / lo_r)) if in_ratio < lo_r else h_img
+    ch = jnp.where(any_fit, hs[first], fb_h)
+    cw = jnp.where(any_fit, ws[first], fb_w)
+    y = jnp.where(any_fit, jnp.floor(jax.random.uniform(k_y) * (h_img - ch + 1)),
+                  jnp.floor((h_img - ch) / 2))
+    x = jnp.where(any_fit, jnp.floor(jax.random.uniform(k_x) * (w_img - cw + 1)),
+                  jnp.floor((w_img - cw) / 2))
+    return jnp.stack([jnp.minimum(y, h_img - ch), jnp.minimum(x, w_img - cw), ch, cw])
+
+  return jax.vmap(one)(jax.random.split(rng, batch_size)).astype(jnp.float32)
+
+
+def resized_crop(images: Any, boxes: Any) -> jnp.ndarray:
+  """Crops box (y, x, h, w) of each image and resizes it to the image's own H x W.
+
+  Bilinear with antialiasing (jax.image.scale_and_translate); float32 pixel values.
+  """
+  images = jnp.asarray(images).astype(jnp.float32)
+  _, h, w, c = images.shape
+
+  def one(image, box):
+    y, x, bh, bw = box[0], box[1], box[2], box[3]
+    scale = jnp.stack([h / bh, w / bw])
+    return jax.image.scale_and_translate(image, (h, w, c), (0, 1), scale,
+                                         -jnp.stack([y, x]) * scale, method="linear",
+                                         antialias=True)
+
+  return jax.vmap(one)(images, jnp.asarray(boxes, jnp.float32))
+
+
+def augment_batch(rng: Any, images_uint8: Any, *, augment: str,
+                  mean: Sequence[float] = CIFAR_MEAN,
+                  std: Sequence[float] = CIFAR_STD,
+                  crop_area: Sequence[float] = RRC_AREA,
+                  crop_aspect: Sequence[float] = RRC_ASPECT) -> jnp.ndarray:
+  """The in-memory training transform, then (x / 255 - mean) / std; float32 [B,H,W,3].
+
+  'pad_crop_flip': augment_cifar. 'random_resized_crop': RandomResizedCrop(crop_area,
+  crop_aspect) back to the image size + flip p=0.5. 'none': normalisation only (rng unused).
+  """
+  if augment == "none":
+    return common.normalize(images_uint8, mean, std)
+  if augment == "pad_crop_flip":
+    return augment_cifar(rng, images_uint8, mean=mean, std=std)
+  if augment == "random_resized_crop":
+    images = jnp.asarray(images_uint8)
+    b, h, w, _ = images.shape
+    k_box, k_flip = jax.random.split(rng)
+    boxes = random_resized_crop_boxes(k_box, b, h, w, area_range=crop_area,
+                                      aspect_range=crop_aspect)
+    out = resized_crop(images, boxes)
+    flips = jax.random.bernoulli(k_flip, 0.5, (b,))
+    out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
+    return common.normalize(out, mean, std)
+  raise DataError(f"augment={augment!r} for data held in memory; accepted: pad_crop_flip, "
+                  "random_resized_crop, none.")

@@ -187,7 +187,9 @@ def tfds_builder(name: str, data_dir: str | None):
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise DataError(
         f"No TFDS dataset named {name!r} is registered or found in data_dir "
-        f"{resolved_data_dir(data_dir)!r} ({first_line}).") from None
+        f"{resolved_data_dir(data_dir)!r} ({first_line}); accepted: cifar100, cifar10, "
+        "synthetic, imagenet2012, imagefolder:PATH or a registered TFDS dataset name "
+        "(see docs/data.md).") from None
 
 
 def open_split(builder, split, **as_dataset_kwargs):

@@ -22,6 +22,7 @@ CROP_AREA = (0.08, 1.0)    # torchvision RandomResizedCrop defaults: area fracti
 CROP_ASPECT = (3.0 / 4.0, 4.0 / 3.0)   # and width / height.
 _ATTEMPTS = 10
 _CROP_FRACTION = 0.875     # Resize(256) + CenterCrop(224).
+_PAD = 4                   # augment='pad_crop_flip': RandomCrop(size, padding=4)
 _MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
@@ -31,7 +32,10 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
                    name: str = "imagenet2012", split: str = "train",
                    shuffle_buffer: int = 10_000,
                    crop_area: Sequence[float] = CROP_AREA,
-                   crop_aspect: Sequence[float] = CROP_ASPECT) -> Iterator[dict]:
+                   crop_aspect: Sequence[float] = CROP_ASPECT,
+                   augment: str = "random_resized_crop",
+                   mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> Iterator[dict]:
   """Endless per-process stream {'image': float32 [b,s,s,3] normalised, 'label': int32 [b]}.
 
   RandomResizedCrop (area fraction ~ U(crop_area), default 0.08-1; log-uniform aspect
@@ -40,10 +44,17 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
   (tfds.split_for_jax_process, remainder dropped) with a (seed, epoch)-seeded file
   and buffer shuffle and keeps N // batch_size full batches; per-example crops use
   stateless seeds (seed, epoch, process, position). So the stream from start_step
-  equals the unbroken stream with start_step batches skipped.
+  equals the unbroken stream with start_step batches skipped. augment='none' replaces the
+  crop and flip by the eval transform (resize the shorter side, centre crop);
+  augment='pad_crop_flip' resizes to image_size x image_size (if needed), pads 4 black pixels,
+  crops image_size at random and flips with p=0.5. Pixels are normalised as
+  (x / 255 - mean) / std.
   """
   _check_positive(batch_size=batch_size, image_size=image_size,
                   process_count=process_count, shuffle_buffer=shuffle_buffer)
+  if augment not in ("random_resized_crop", "pad_crop_flip", "none"):
+    raise DataError(f"augment={augment!r} for streamed data; accepted: random_resized_crop, "
+                    "pad_crop_flip, none.")
   crop_area, crop_aspect = check_crop_ranges(crop_area, crop_aspect)
   if start_step < 0:
     raise DataError(f"start_step={start_step}; accepted: a non-negative integer.")
@@ -69,7 +80,8 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
                               steps=spe, skip_batches=skip_batches,
                               batch_size=batch_size, image_size=image_size,
                               shuffle_buffer=shuffle_buffer, crop_area=crop_area,
-                              crop_aspect=crop_aspect)
+                              crop_aspect=crop_aspect, augment=augment,
+                              mean=tuple(mean), std=tuple(std))
       yield from epoch_ds.as_numpy_iterator()
       epoch, skip_batches = epoch + 1, 0
 
@@ -79,7 +91,9 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
 def imagenet_eval(data_dir: str | None, *, batch_size: int, image_size: int = 224,
                   process_index: int = 0, process_count: int = 1,
                   name: str = "imagenet2012",
-                  split: str = "validation") -> Iterator[dict]:
+                  split: str = "validation",
+                  mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> Iterator[dict]:
   """This process's share of the split, each example once, in file order.
 
   Resize the shorter side to round(image_size / 0.875) (256 for 224), centre
@@ -102,7 +116,7 @@ def imagenet_eval(data_dir: str | None, *, batch_size: int, image_size: int = 22
   def preprocess(ex):
     image = _decode_full(ex["image"])
     image = resize_shorter_center_crop(image, resize_size=resize, crop_size=image_size)
-    return {"image": _normalize_tf(image),
+    return {"image": _normalize_tf(image, mean, std),
             "label": tf.cast(ex["label"], tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -161,7 +175,9 @@ def _read(builder, split, *, data_dir: str | None, shuffle_seed: int | None):
   """Raw records (image bytes undecoded), optionally file-shuffled with a seed."""
   tfds = common.import_tfds()
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-  ds = common.open_split(builder, split, shuffle_files=shuffle_seed is not None,
+  # Ordered datasets (disable_shuffling) refuse file shuffling; the buffer shuffle remains.
+  ordered = bool(getattr(builder.info, "disable_shuffling", False))
+  ds = common.open_split(builder, split, shuffle_files=shuffle_seed is not None and not ordered,
                          read_config=read_config,
                          decoders={"image": tfds.decode.SkipDecoding()})
   if ds is None:
@@ -198,7 +214,8 @@ def _seed_int(*parts: int) -> int:
 def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
                  process_index: int, steps: int, skip_batches: int, batch_size: int,
                  image_size: int, shuffle_buffer: int, crop_area: Sequence[float],
-                 crop_aspect: Sequence[float]):
+                 crop_aspect: Sequence[float], augment: str = "random_resized_crop",
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
   """One epoch of augmented batches, with the first skip_batches skipped undecoded."""
   tf = common.import_tf()
   shuffle_seed = _seed_int(seed, epoch, 0)
@@ -207,6 +224,30 @@ def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
   ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
   ds = ds.take(steps * batch_size).enumerate()
   ds = ds.skip(skip_batches * batch_size)
+
+  def plain(index, ex):  # augment='none': the eval transform
+    del index
+    image = resize_shorter_center_crop(_decode_full(ex["image"]),
+                                       resize_size=int(round(image_size / _CROP_FRACTION)),
+                                       crop_size=image_size)
+    return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
+
+  def pad_crop_flip(index, ex):
+    example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(example_seed, num=2))
+    image = tf.cast(_decode_full(ex["image"]), tf.float32)
+    same = tf.reduce_all(tf.shape(image)[:2] == image_size)
+    image = tf.cond(same, lambda: image, lambda: tf.round(tf.image.resize(
+        image, [image_size, image_size], method="bilinear", antialias=True)))
+    image = tf.pad(image, [[_PAD, _PAD], [_PAD, _PAD], [0, 0]])
+    offset = tf.random.stateless_uniform([2], seed=crop_seed, minval=0, maxval=2 * _PAD + 1,
+                                         dtype=tf.int32)
+    image = image[offset[0]:offset[0] + image_size, offset[1]:offset[1] + image_size]
+    image.set_shape([image_size, image_size, 3])
+    flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
 
   def preprocess(index, ex):
     example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
@@ -217,9 +258,10 @@ def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
                             antialias=True)
     flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
     image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    return {"image": _normalize_tf(image), "label": tf.cast(ex["label"], tf.int32)}
+    return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
 
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  transform = {"none": plain, "pad_crop_flip": pad_crop_flip}.get(augment, preprocess)
+  ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

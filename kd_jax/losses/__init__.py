@@ -1,6 +1,6 @@
 """Logit-distillation losses (CE, KD, DKD, LS, RLD, DHKD, RKKD), each returning per-example [B].
 
-The exact definitions, edge cases and golden values are in methods.md; the caller takes the mean.
+The exact definitions, edge cases and golden values are in docs/methods.md; the caller takes the mean.
 """
 from kd_jax.losses.common import standardize
 from kd_jax.losses.dhkd import binary_kl_norm

@@ -13,10 +13,10 @@ from jax import lax
 
 Array = jax.Array
 
-# Finite mask value (methods.md §3, §5): never -inf, so that masked-vs-masked differences stay
+# Finite mask value (docs/methods.md §3, §5): never -inf, so that masked-vs-masked differences stay
 # finite and the teacher-weighted KL term is exactly 0 * finite = 0 on masked entries.
 NEG_MASK = -1e9
-# LS (methods.md §4): eps added to the std, and the floor on the variance that keeps the
+# LS (docs/methods.md §4): eps added to the std, and the floor on the variance that keeps the
 # gradient of a constant row finite (value change <= 1e-15, negligible against STD_EPS).
 STD_EPS = 1e-7
 VAR_FLOOR = 1e-30
@@ -105,7 +105,7 @@ def standardize(logits: Array) -> Array:
   """Z-scores every row: z = (v - mean_c v) / (1e-7 + std_c v), std unbiased (ddof=1).
 
   Logit standardization (LS) of Sun et al., arXiv 2403.01427, as in the zju-SWJ/RLD `normalize`
-  and torchdistill `LogitStdKDLoss` (methods.md §4). Two-pass mean/variance in (at least)
+  and torchdistill `LogitStdKDLoss` (docs/methods.md §4). Two-pass mean/variance in (at least)
   float32. The std is computed as sqrt(max(var, 1e-30)) so that an exactly constant row gets
   output 0 and a finite gradient instead of the 0/0 NaN of the plain formula.
 

@@ -1,6 +1,6 @@
 """DHKD's BinaryKL-Norm loss on the auxiliary head, in its closed log-cosh form.
 
-Spec: methods.md §6 (penghui-yang/DHKD `BinaryKLNorm.py`); per-example outputs, caller averages.
+Spec: docs/methods.md §6 (penghui-yang/DHKD `BinaryKLNorm.py`); per-example outputs, caller averages.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _LOG2 = math.log(2.0)
 def logcosh(u: Array) -> Array:
   """log(cosh(u)), accurate in float32 for every finite u, with derivative exactly tanh(u).
 
-  |u| >= 1: |u| + log1p(exp(-2|u|)) - log 2 (methods.md §6; no overflow). |u| < 1: that form
+  |u| >= 1: |u| + log1p(exp(-2|u|)) - log 2 (docs/methods.md §6; no overflow). |u| < 1: that form
   cancels (relative error ~1e-2 at u = 2.5e-3), so use log1p(2 sinh(u/2)^2), as
   cosh(u) = 1 + 2 sinh(u/2)^2. Both branches only see arguments valid for them.
   """
@@ -47,7 +47,7 @@ def binary_kl_norm(student_logits: Array, teacher_logits: Array, *,
   """BinaryKL-Norm: bkln_i = T^2 * sum_c logcosh(clip((a_ic - t_ic) / T, -L, L) / 2).
 
   Per element this is KL(Bern(1/2) || Bern(sigmoid(x))) with x = (a - t) / T, the DHKD reference
-  (Yang et al., arXiv 2411.08937, penghui-yang/DHKD `distiller_zoo/BinaryKLNorm.py`, methods.md
+  (Yang et al., arXiv 2411.08937, penghui-yang/DHKD `distiller_zoo/BinaryKLNorm.py`, docs/methods.md
   §6), whose clamp of sigmoid(x) at [1e-8, 1 - 1e-8] is expressed as the symmetric clip of x at
   L = log((1 - 1e-8) / 1e-8): the gradient is (T / 2) * tanh((a - t) / (2T)) inside and exactly 0
   beyond it. Deliberate deviation: in float32 `1 - 1e-8` rounds to 1, so the reference's upper

@@ -1,6 +1,6 @@
 """Cross-entropy, Hinton KD and Decoupled KD (TCKD + NCKD), per example and float32-stable.
 
-Spec: methods.md §1-§4 (mdistiller KD.py / DKD.py semantics); the caller takes the batch mean.
+Spec: docs/methods.md §1-§4 (mdistiller KD.py / DKD.py semantics); the caller takes the batch mean.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def cross_entropy(logits: Array, labels: Array, *, label_smoothing: float = 0.0)
 
   ce_i = -(1 - eps) * lsm(s_i)[y_i] - eps * mean_c lsm(s_i)[c]   (eps = label_smoothing)
 
-  Same as PyTorch `F.cross_entropy(..., reduction='none', label_smoothing=eps)` (methods.md §1).
+  Same as PyTorch `F.cross_entropy(..., reduction='none', label_smoothing=eps)` (docs/methods.md §1).
   Computed from the max-shifted log_softmax, so huge logits are safe.
 
   Args:
@@ -48,7 +48,7 @@ def kd(student_logits: Array, teacher_logits: Array, *, temperature: float = 4.0
        standardize: bool = False) -> Array:
   """Hinton KD: kd_i = T^2 * KL(softmax(t_i / T) || softmax(s_i / T)).
 
-  Follows mdistiller `KD.py` (Hinton et al., arXiv 1503.02531; methods.md §2), evaluated in log
+  Follows mdistiller `KD.py` (Hinton et al., arXiv 1503.02531; docs/methods.md §2), evaluated in log
   space as T^2 * sum_c exp(lt_c) * (lt_c - ls_c) with lt, ls the log_softmax of t/T, s/T.
   The teacher gets no gradient (stop_gradient).
 
@@ -56,7 +56,7 @@ def kd(student_logits: Array, teacher_logits: Array, *, temperature: float = 4.0
     student_logits: [B, C] floating logits.
     teacher_logits: [B, C] floating logits.
     temperature: T > 0 (the T^2 factor uses the same T).
-    standardize: z-score both sides per row first (LS, methods.md §4).
+    standardize: z-score both sides per row first (LS, docs/methods.md §4).
 
   Returns:
     [B] per-example losses (batchmean reduction = the caller's mean over B).
@@ -98,7 +98,7 @@ def tckd(student_logits: Array, teacher_logits: Array, labels: Array, *,
   """DKD's target-class part: tckd_i = T^2 * KL(b_t || b_s).
 
   b = [p[y], sum_{c != y} p[c]] with p = softmax(z / T), on both sides around the ground-truth
-  class y (mdistiller `DKD.py`, Zhao et al., arXiv 2203.08679; methods.md §3). Built in log space:
+  class y (mdistiller `DKD.py`, Zhao et al., arXiv 2203.08679; docs/methods.md §3). Built in log space:
   log b = [lsm[y], logsumexp_{c != y} lsm[c]], so it stays finite where the reference's
   log(masked sum) underflows to -inf. Teacher under stop_gradient.
 
@@ -122,7 +122,7 @@ def nckd(student_logits: Array, teacher_logits: Array, labels: Array, *,
   """DKD's non-target part: nckd_i = T^2 * KL(q_t || q_s), q = softmax over the classes != y.
 
   The reference's `z/T - 1000 * onehot(y)` trick is replaced by setting the scaled ground-truth
-  logit to the finite -1e9 on both sides (exact for any logit range; methods.md §3). With C = 2
+  logit to the finite -1e9 on both sides (exact for any logit range; docs/methods.md §3). With C = 2
   only one class is left and nckd = 0. Teacher under stop_gradient.
 
   Args:
@@ -144,7 +144,7 @@ def dkd(student_logits: Array, teacher_logits: Array, labels: Array, *, alpha: f
         beta: float = 8.0, temperature: float = 4.0, standardize: bool = False) -> Array:
   """Decoupled KD: dkd_i = alpha * tckd_i + beta * nckd_i (both T^2-scaled).
 
-  mdistiller `DKD.py` (Zhao et al., arXiv 2203.08679; methods.md §3), without CE and without
+  mdistiller `DKD.py` (Zhao et al., arXiv 2203.08679; docs/methods.md §3), without CE and without
   the warm-up factor, which the trainer applies. Identity: kd = tckd + (1 - p_t[y]) * nckd.
 
   Args:

@@ -1,6 +1,6 @@
 """RKKD's differentiable Kendall's tau ranking loss, O(B*C) memory with a fused custom JVP.
 
-Spec: methods.md §7 (Guan et al., arXiv 2409.17823); per-example outputs, the caller averages.
+Spec: docs/methods.md §7 (Guan et al., arXiv 2409.17823); per-example outputs, the caller averages.
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def rank_kendall(student_logits: Array, teacher_logits: Array, *, steepness: flo
                  form: str = "tanh", top_k: Optional[int] = None) -> Array:
   """RKKD ranking loss: rk_i = 1 - tau_k(s_i, t_i), a smooth Kendall's tau on raw logits.
 
-  tau_k = 1/(C(C-1)) * sum_{a != b} f(k (s_a - s_b)) * g(k (t_a - t_b))   (methods.md §7,
+  tau_k = 1/(C(C-1)) * sum_{a != b} f(k (s_a - s_b)) * g(k (t_a - t_b))   (docs/methods.md §7,
   Guan et al., arXiv 2409.17823; [secondary] facts: tanh on both sides, k = 100, no temperature).
 
   Forms: 'tanh' uses f = g = tanh; 'sigmoid' uses 2*sigmoid(k x) - 1 on both sides, which equals

@@ -1,6 +1,6 @@
 """Refined Logit Distillation: sample confidence (SCD) and masked correlation (MCD) parts.
 
-Spec: methods.md §5 (zju-SWJ/RLD `RLD.py`, mask `>=`); per-example outputs, the caller averages.
+Spec: docs/methods.md §5 (zju-SWJ/RLD `RLD.py`, mask `>=`); per-example outputs, the caller averages.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def scd(student_logits: Array, teacher_logits: Array, labels: Array, *,
   b_t = [p_t[k], sum_{c != k} p_t[c]] (teacher around its own top-1 k = argmax t, first index on
   ties; taken on the raw teacher logits, which LS does not reorder), p = softmax(z / tau).
   `temperature` is RLD's tau_a (config `RLD.ALPHA_T`). Log-space binary split as for TCKD
-  (methods.md §3, §5); teacher under stop_gradient.
+  (docs/methods.md §3, §5); teacher under stop_gradient.
 
   Args:
     student_logits: [B, C] floating logits, C >= 2.
@@ -84,7 +84,7 @@ def mcd(student_logits: Array, teacher_logits: Array, labels: Array, *,
   """Masked correlation distillation: mcd_i = T^2 * KL(q_t || q_s).
 
   M = {c : t[c] >= t[y]}, always containing y;
-  q = softmax(where(M, -1e9, z / T)) on both sides (zju-SWJ/RLD `RLD.py`, methods.md §5). When
+  q = softmax(where(M, -1e9, z / T)) on both sides (zju-SWJ/RLD `RLD.py`, docs/methods.md §5). When
   every class is masked (y is the teacher's lowest logit, or all logits tie with t[y]) both
   masked vectors are constant and mcd is exactly 0, never NaN. Masked student entries get no
   gradient; the teacher gets none at all. M is taken on the raw teacher logits: LS preserves
@@ -112,7 +112,7 @@ def rld(student_logits: Array, teacher_logits: Array, labels: Array, *, alpha: f
         standardize: bool = False) -> Array:
   """Refined Logit Distillation: rld_i = alpha * scd_i(tau_a) + beta * mcd_i(T).
 
-  Sun et al., arXiv 2408.07703, zju-SWJ/RLD `RLD.py` (methods.md §5), without CE and warm-up.
+  Sun et al., arXiv 2408.07703, zju-SWJ/RLD `RLD.py` (docs/methods.md §5), without CE and warm-up.
   tau_a = alpha_temperature defaults to T (the README's `--same-t`); then, for a correct untied
   teacher, rld equals dkd exactly. Rows whose mask covers every class have mcd = 0 exactly, so
   they contribute alpha * scd only (0 with alpha = 0), never NaN.

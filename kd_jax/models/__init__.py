@@ -14,6 +14,10 @@ import jax.numpy as jnp
 from kd_jax.models import (imagenet_resnet, layers, mobilenet, resnet, resnetv2, shufflenet, vgg,
                            wrn)
 
+# Compute dtypes a model may run in (parameters stay float32).
+DTYPES: Dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+AUX_HEADS = layers.AUX_HEADS
+
 FAMILIES: Tuple[types.ModuleType, ...] = (resnet, resnetv2, wrn, imagenet_resnet, vgg, mobilenet,
                                           shufflenet)
 
@@ -84,5 +88,5 @@ def import_torch_checkpoint(path: str, name: str, num_classes: int, *,
   return torch_import.import_torch_checkpoint(path, name, num_classes, aux_head=aux_head)
 
 
-__all__ = ["FAMILIES", "create", "names", "input_size", "init", "import_torch_checkpoint",
+__all__ = ["AUX_HEADS", "DTYPES", "FAMILIES", "create", "names", "input_size", "init", "import_torch_checkpoint",
            "torch_renames"]

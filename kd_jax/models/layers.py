@@ -17,7 +17,7 @@ kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch default Conv/Linear weight init: U(+-1/sqrt(fan_in)).
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
-AUX_HEADS = (None, "linear", "nonlinear")
+AUX_HEADS = ("linear", "nonlinear")   # the DHKD auxiliary heads; None = no auxiliary head
 
 
 def conv(features: int, kernel_size: int, *, strides: int = 1, padding: Optional[int] = None,
@@ -85,9 +85,10 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 def check_aux_head(aux_head: Optional[str]) -> None:
-  """Raises ValueError unless aux_head is one of AUX_HEADS."""
-  if aux_head not in AUX_HEADS:
-    raise ValueError(f"aux_head={aux_head!r} is not supported; accepted: {AUX_HEADS}")
+  """Raises ValueError unless aux_head is None or one of AUX_HEADS."""
+  if aux_head is not None and aux_head not in AUX_HEADS:
+    raise ValueError(f"aux_head={aux_head!r} is not supported; accepted: None, "
+                     f"{', '.join(repr(h) for h in AUX_HEADS)}")
 
 
 def classifier_heads(h: jax.Array, num_classes: int, aux_head: Optional[str], train: bool,

@@ -31,7 +31,6 @@ from kd_jax.train import workdir as workdir_lib
 from kd_jax.errors import CheckpointError, ConfigError, TeacherError, TrainingError
 
 PyTree = Any
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -75,7 +74,13 @@ def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def _image_size(config) -> int:
-  return config.image_size or (224 if config.dataset == "imagenet2012" else 32)
+  """config.image_size, else the preset's (224 ImageNet / streamed, 32 otherwise).
+
+  train_and_evaluate resolves image_size from the data first (resolved_config)."""
+  if config.image_size:
+    return config.image_size
+  preset = data_lib.KNOWN_DATASETS.get(config.dataset)
+  return preset[1] if preset else 32
 
 
 def _abstract_variables(module, image_size: int) -> PyTree:
@@ -104,7 +109,7 @@ def _check_like(variables: PyTree, abstract: PyTree, what: str) -> None:
 
 def load_teacher(config) -> tuple[Any, PyTree]:
   """The frozen teacher module and its variables, from config.teacher_checkpoint."""
-  dtype = _DTYPES[config.teacher_dtype]
+  dtype = models.DTYPES[config.teacher_dtype]
   module = models.create(config.teacher, config.num_classes, dtype=dtype)
   abstract = _abstract_variables(module, _image_size(config))
   source = config.teacher_checkpoint
@@ -143,31 +148,95 @@ class _Data:
   eval_iter: Callable[[], Any]     # fresh iterator of padded host batches
   mean: tuple
   std: tuple
+  image_size: int = 32             # the models' input height = width
+  augment: str = "pad_crop_flip"   # resolved: pad_crop_flip | random_resized_crop | none
+
+
+def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
+  """(held in memory?, image size or 0 = the images' own) for config.dataset."""
+  name = config.dataset
+  preset = data_lib.KNOWN_DATASETS.get(name)
+  if preset is not None:
+    return preset[0], config.image_size or preset[1]
+  if data_lib.imagefolder_root(name) is not None:
+    return True, config.image_size
+  layout = data_lib.tfds_layout(config.tfds_name or name, data_dir)
+  if layout.num_classes != config.num_classes:
+    raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
+                      f"{name!r}, which has {layout.num_classes} classes (TFDS metadata); set "
+                      f"--config.num_classes={layout.num_classes}")
+  if layout.image_shape is None:
+    return False, config.image_size or data_lib.STREAMED_IMAGE_SIZE
+  if layout.train_examples is None:  # not prepared yet: download it (if possible) to know N
+    data_lib.prepare_tfds(config.tfds_name or name, data_dir=data_dir)
+    layout = data_lib.tfds_layout(config.tfds_name or name, data_dir)
+  size = config.image_size or layout.image_shape[0]
+  need = data_lib.in_memory_bytes(layout.train_examples or 0, size)
+  if config.train_examples:
+    need = data_lib.in_memory_bytes(min(config.train_examples, layout.train_examples or
+                                        config.train_examples), size)
+  fits = need <= config.in_memory_budget_mb * 2 ** 20 and config.in_memory_budget_mb > 0
+  return fits, config.image_size if fits else config.image_size or size
+
+
+def _check_in_memory_split(config, train, test) -> int:
+  """The common square image size of the loaded splits, or a ConfigError asking to set it."""
+  name = config.dataset
+  if train.num_classes != config.num_classes:
+    raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
+                      f"{name!r}, which has {train.num_classes} classes; set "
+                      f"--config.num_classes={train.num_classes}")
+  shapes = {"train": train.images.shape[1:3], config.eval_split: test.images.shape[1:3]}
+  if len(set(shapes.values())) > 1 or shapes["train"][0] != shapes["train"][1]:
+    sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in shapes.items())
+    raise ConfigError(f"config.image_size=0 but dataset {name!r} has images of {sizes}; "
+                      f"accepted: one square size in every split, or set --config.image_size=S "
+                      f"to resize all images to SxS")
+  budget = config.in_memory_budget_mb * 2 ** 20
+  need = train.images.nbytes
+  if need > budget and name not in data_lib.KNOWN_DATASETS:
+    raise ConfigError(f"dataset {name!r}: its training split takes {need / 2 ** 20:.1f} MB "
+                      f"as uint8, more than config.in_memory_budget_mb="
+                      f"{config.in_memory_budget_mb}; image folders are held in memory, so "
+                      f"raise the budget or set a smaller --config.image_size")
+  return int(shapes["train"][0])
 
 
 def _setup_data(config, mesh) -> _Data:
+  """The training and eval data of config.dataset, in memory or streamed (docs/data.md)."""
   data_dir = config.data_dir or None
-  if config.dataset in config_lib.IN_MEMORY_DATASETS:
-    train = data_lib.load_in_memory(config.dataset, "train", data_dir=data_dir,
-                                    num_examples=config.train_examples or None)
-    test = data_lib.load_in_memory(config.dataset, config.eval_split, data_dir=data_dir,
-                                   num_examples=config.eval_examples or None)
-    if train.num_classes != config.num_classes:
-      raise ConfigError(f"dataset {config.dataset!r} has {train.num_classes} "
-                                   f"classes but config.num_classes={config.num_classes}")
+  in_memory, size = _in_memory_plan(config, data_dir)
+  augment = data_lib.resolve_augment(config.augment, in_memory)
+  if in_memory:
+    source = config.dataset
+    if source not in data_lib.KNOWN_DATASETS and data_lib.imagefolder_root(source) is None:
+      source = config.tfds_name or source
+    train = data_lib.load_in_memory(source, "train", data_dir=data_dir,
+                                    num_examples=config.train_examples or None,
+                                    image_size=size)
+    test = data_lib.load_in_memory(source, config.eval_split, data_dir=data_dir,
+                                   num_examples=config.eval_examples or None,
+                                   image_size=size)
+    size = _check_in_memory_split(config, train, test)
     n = len(train.labels)
     if n < config.batch_size:
       raise ConfigError(f"config.batch_size={config.batch_size} exceeds the "
                                    f"{n} training examples")
+    mean, std = data_lib.resolve_mean_std(config.dataset, config.mean, config.std,
+                                          train_images=train.images)
     repl = NamedSharding(mesh, P())
     arrays = (_global_array(train.images, repl), _global_array(train.labels, repl))
     return _Data(True, n // config.batch_size, arrays,
                  lambda: data_lib.eval_batches(test, config.eval_batch_size),
-                 data_lib.CIFAR_MEAN, data_lib.CIFAR_STD)
-  # Streaming (ImageNet): each process reads its own shard.
+                 mean, std, size, augment)
+  # Streaming (ImageNet and large TFDS datasets): each process reads its own shard.
+  if data_lib.imagefolder_root(config.dataset) is not None:
+    raise ConfigError(f"dataset {config.dataset!r} cannot be streamed; image folders are "
+                      "held in memory")
   pc, pi = jax.process_count(), jax.process_index()
   name = config.tfds_name or config.dataset
-  size = _image_size(config)
+  mean, std = data_lib.resolve_mean_std(config.dataset, config.mean, config.std,
+                                        train_images=None)
   spe = data_lib.imagenet_steps_per_epoch(data_dir, global_batch_size=config.batch_size,
                                           process_count=pc, name=name)
 
@@ -175,15 +244,28 @@ def _setup_data(config, mesh) -> _Data:
     return data_lib.imagenet_train(
         data_dir, batch_size=config.batch_size // pc, seed=config.seed, start_step=start_step,
         image_size=size, process_index=pi, process_count=pc, name=name,
-        crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect))
+        crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect),
+        augment=augment, mean=mean, std=std)
 
   def eval_iter():
     return data_lib.imagenet_eval(
         data_dir, batch_size=config.eval_batch_size // pc, image_size=size, process_index=pi,
-        process_count=pc, name=name, split=config.eval_split)
+        process_count=pc, name=name, split=config.eval_split, mean=mean, std=std)
 
-  return _Data(False, spe, train_iter, eval_iter, data_lib.IMAGENET_MEAN,
-               data_lib.IMAGENET_STD)
+  return _Data(False, spe, train_iter, eval_iter, mean, std, size, augment)
+
+
+def resolved_config(config, data: _Data) -> ml_collections.ConfigDict:
+  """A copy of config with the data-dependent defaults filled in: image_size, augment, mean, std.
+
+  This is what config.json records, so a run can be repeated exactly from it.
+  """
+  out = config.copy_and_resolve_references()
+  out.image_size = int(data.image_size)
+  out.augment = data.augment
+  out.mean = tuple(float(v) for v in data.mean)
+  out.std = tuple(float(v) for v in data.std)
+  return out
 
 
 def _to_global_batch(batch: dict, mesh, axis: int = 0) -> dict:
@@ -230,7 +312,7 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
   repl = NamedSharding(mesh, P())
   teacher_vars = jax.tree.map(lambda x: _global_array(x, repl), teacher_vars)
   student = models.create(config.student, config.num_classes,
-                          aux_head=config.aux_head or None, dtype=_DTYPES[config.dtype])
+                          aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
   schedule = state_lib.learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = state_lib.make_optimizer(config, schedule)
   rng = jax.random.PRNGKey(config.seed)
@@ -248,7 +330,9 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
       student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
       steps_per_epoch=steps_per_epoch, batch_size=config.batch_size, seed=config.seed,
       in_memory=in_memory, mean=tuple(mean), std=tuple(std),
-      max_bad_steps=config.max_bad_steps, mesh=mesh)
+      max_bad_steps=config.max_bad_steps, mesh=mesh,
+      augment=data_lib.resolve_augment(config.augment, in_memory),
+      crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect))
   return Trainer(spec=spec, schedule=schedule, teacher_vars=teacher_vars,
                  init_state=jax.jit(init_state, out_shardings=repl))
 
@@ -374,10 +458,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_devices = mesh.devices.size
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
   check_workdir(workdir)
-  files.lock, files.checkpointer = workdir_lib.open_run(config, workdir,
+  files.lock, files.checkpointer = workdir_lib.open_run(workdir, config.keep_checkpoints,
                                                         process_index=jax.process_index())
-
   data = _setup_data(config, mesh)
+  config = resolved_config(config, data)
+  # The resolved config is compared with the checkpoint's before config.json is rewritten.
+  workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
+                                      process_index=jax.process_index())
+
   spe = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * spe)

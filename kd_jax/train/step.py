@@ -74,6 +74,9 @@ class StepSpec:
   std: tuple[float, float, float]
   max_bad_steps: int
   mesh: jax.sharding.Mesh
+  augment: str = "pad_crop_flip"   # in-memory transform: pad_crop_flip | random_resized_crop | none
+  crop_area: tuple[float, float] = data_lib.RRC_AREA      # random_resized_crop ranges
+  crop_aspect: tuple[float, float] = data_lib.RRC_ASPECT
 
 
 def metric_names(loss: methods.LossSpec) -> tuple[str, ...]:
@@ -81,7 +84,7 @@ def metric_names(loss: methods.LossSpec) -> tuple[str, ...]:
   dummy = jnp.zeros((2, 3), jnp.float32)
   labels = jnp.zeros((2,), jnp.int32)
   teacher = dummy if loss.needs_teacher else None
-  aux = dummy if loss.method == "dhkd" else None
+  aux = dummy if loss.uses_aux_head else None
   terms = jax.eval_shape(lambda: methods.loss_terms(
       dataclasses.replace(loss, rank_top_k=0), dummy, labels, teacher, aux,
       jnp.ones((), jnp.int32)))
@@ -104,7 +107,7 @@ def _all_finite(tree) -> jax.Array:
 def _project_conflict(g_task: PyTree, g_distill: PyTree) -> PyTree:
   """DHKD gradient alignment: if <g2, g1> < 0, g2 <- g2 - <g2,g1>/||g1||^2 g1; returns g1 + g2'.
 
-  One global dot product over all flattened student parameters (methods.md section 6).
+  One global dot product over all flattened student parameters (docs/methods.md §6).
   """
   v1, unravel = ravel_pytree(g_task)
   v2, _ = ravel_pytree(g_distill)
@@ -168,11 +171,13 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
 
 
 def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all):
-  """CIFAR: the step's batch from the device-resident split, augmented on device."""
+  """In memory: the step's batch from the device-resident split, augmented on device."""
   images, labels = data_lib.cifar_train_batch(
       images_u8, labels_all, seed=spec.seed, step=state.step, batch_size=spec.batch_size)
   aug_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
-  images = data_lib.augment_cifar(aug_rng, images, mean=spec.mean, std=spec.std)
+  images = data_lib.augment_batch(aug_rng, images, augment=spec.augment, mean=spec.mean,
+                                  std=spec.std, crop_area=spec.crop_area,
+                                  crop_aspect=spec.crop_aspect)
   sharding = _batch_sharding(spec.mesh)
   return (jax.lax.with_sharding_constraint(images, sharding),
           jax.lax.with_sharding_constraint(labels, sharding))

@@ -267,10 +267,9 @@ def _legacy_config(workdir: str | os.PathLike) -> Optional[dict]:
     return None
 
 
-def open_run(config: Any, workdir: str | os.PathLike, *, process_index: int = 0):
-  """Locks WORKDIR, probes its output directories, checks the run identity against the newest
-  checkpoint and only then writes config.json. Returns (lock, checkpointer); the caller
-  releases the lock (also on errors) and closes the checkpointer."""
+def open_run(workdir: str | os.PathLike, keep_checkpoints: int, *, process_index: int = 0):
+  """Locks WORKDIR (process 0) and probes its output directories. Returns (lock, checkpointer);
+  the caller releases the lock (also on errors) and closes the checkpointer."""
   from kd_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   lock = WorkdirLock(workdir, enabled=process_index == 0).acquire()
   try:
@@ -279,20 +278,20 @@ def open_run(config: Any, workdir: str | os.PathLike, *, process_index: int = 0)
     if process_index == 0:
       dirs += [root / "best", root / "tensorboard"]
     probe_writable(dirs)
-    checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
-    new = config_dict(config)
-    found = checkpointer.latest_meta()
-    if found is not None:
-      step, meta = found
-      old = meta.get("config") or _legacy_config(workdir)
-      try:
-        check_identity(old, new, workdir=os.fspath(workdir), step=step)
-      except ConfigError:
-        checkpointer.close()
-        raise
-    if process_index == 0:
-      write_config_json(workdir, config)
-    return lock, checkpointer
+    return lock, ckpt_lib.Checkpointer(workdir, keep_checkpoints)
   except BaseException:
     lock.release()
     raise
+
+
+def check_and_record_config(config: Any, workdir: str | os.PathLike, checkpointer, *,
+                            process_index: int = 0) -> None:
+  """Checks the (resolved) run identity against the newest checkpoint's config, and only then
+  writes config.json (process 0). ConfigError names every changed identity key."""
+  found = checkpointer.latest_meta()
+  if found is not None:
+    step, meta = found
+    old = meta.get("config") or _legacy_config(workdir)
+    check_identity(old, config_dict(config), workdir=os.fspath(workdir), step=step)
+  if process_index == 0:
+    write_config_json(workdir, config)
