@@ -588,8 +588,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           checkpointer.save(step, state, _meta(step, best, elapsed(), config))
       if preemption.requested and step < total_steps:
         preempted = True
-        console.info(f"SIGTERM received: checkpoint saved at step {step}; run the same "
-                     f"command again to resume")
+        console.info(f"SIGTERM received: stopped at step {step} (checkpoint saved unless said "
+                     f"otherwise above); run the same command again to resume")
         break
 
   checkpointer.wait()
