@@ -1,9 +1,14 @@
-r"""The whole pipeline on synthetic CIFAR-shaped data, offline, in a few minutes on 2 CPU cores.
+r"""The whole pipeline offline in about 30 s on 2 CPU cores: synthetic data, a tiny student.
 
   python launch.py --config=configs/smoke.py --workdir=/tmp/kd_jax_smoke
-Teacher forward (random teacher), student with an auxiliary head, every loss term of RKKD on a
-DKD base plus a standardized variant via --config.loss.standardize, eval, checkpoints every 10
-steps. `configs/smoke.py:METHOD` smokes one method (ce, teacher, kd, dkd, rld, dhkd, rkkd).
+
+What it runs by default: RKKD on a DKD base (cross-entropy + DKD's TCKD/NCKD terms + the
+ranking term), student resnet8 (no auxiliary head) distilled from a randomly initialised
+resnet8 teacher ('random:0'), 60 steps of batch 16 on 960 synthetic CIFAR-shaped images of
+100 classes (each class a colour, plus noise), evaluation on 200 held-out images at the end,
+checkpoints every 10 steps. The student ends well above chance (about 9% top-1 against 1%).
+`configs/smoke.py:METHOD` smokes one method instead (ce, teacher, kd, dkd, rld, dhkd, rkkd;
+dhkd adds the auxiliary head).
 """
 from kd_jax import config as kdc
 

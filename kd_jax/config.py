@@ -71,9 +71,10 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("eval_split", "test", "the split evaluated after each epoch"),
     ("image_size", 0, "input height/width (0 = the dataset's: 32 CIFAR, 224 streamed, else the "
      "images' own)"),
-    ("tfds_name", "", "streamed datasets: the TFDS name if not `dataset` (e.g. a subset)"),
-    ("crop_area", (0.08, 1.0), "streamed training crop: area fraction range (lo, hi)"),
-    ("crop_aspect", (3.0 / 4.0, 4.0 / 3.0), "streamed training crop: width/height range"),
+    ("tfds_name", "", "TFDS name read instead of `dataset` (not for CIFAR/synthetic)"),
+    ("crop_area", (0.08, 1.0), "augment='random_resized_crop': area fraction range (lo, hi)"),
+    ("crop_aspect", (3.0 / 4.0, 4.0 / 3.0),
+     "augment='random_resized_crop': width/height range (lo, hi)"),
     ("augment", "auto", "training augmentation: " + " | ".join(data_sources.AUGMENTATIONS)),
     ("mean", (), "per-channel mean in [0, 1] pixel units; () = the dataset's default"),
     ("std", (), "per-channel std in [0, 1] pixel units; () = the dataset's default"),
@@ -117,7 +118,7 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("lr_warmup_epochs", 0, "linear LR warm-up epochs"),
     ("num_epochs", 240, "training epochs"),
     ("num_train_steps", -1, "training steps (-1: num_epochs * steps per epoch)"),
-    ("batch_size", 64, "global training batch"),
+    ("batch_size", 64, "global batch size for training"),
     ("eval_batch_size", 64, "global eval batch"),
     ("seed", 0, "seed of initialisation, data order and augmentation"),
     # Loop.
@@ -128,6 +129,7 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("keep_checkpoints", 3, "checkpoints kept"),
     ("max_bad_steps", 20, "consecutive non-finite steps before the run stops"),
     ("num_devices", 0, "devices used (0 = all local devices of every host)"),
+    ("wandb_project", "", "Weights & Biases project to log to ('' = off; needs wandb)"),
     ("allow_changed", "", "resume: identity keys allowed to differ from the checkpoint's, "
      "comma-separated (e.g. 'num_epochs' to extend a run); '' = refuse any change"),
 )
@@ -443,6 +445,12 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
     raise ConfigError(f"config.num_classes={config.num_classes!r} is not accepted; expected a "
                       f"positive integer")
   _augment_and_normalization(config)
+  if config.wandb_project:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec("wandb") is None:
+      raise ConfigError(f"config.wandb_project={config.wandb_project!r} needs the wandb "
+                        f"package, which is not installed: pip install wandb (or leave "
+                        f"config.wandb_project='')")
   _crop_ranges(config)
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs} and config.num_train_steps="

@@ -56,6 +56,7 @@ def compare_lines():
                "--steps-per-dispatch", "2", "--threads", "1"])
 
 
+@pytest.mark.slow
 def test_compare_runs_both_steps_and_prints_the_ratio(compare_lines):
   recs = [json.loads(line) for line in compare_lines]
   assert len(recs) == 3, compare_lines
@@ -89,6 +90,7 @@ def test_train_step_builds_a_valid_config_for_every_method(method):
   assert config.teacher == ("" if method == "ce" else "resnet32x4")
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(compare_lines, tmp_path):
   src = tmp_path / "results.jsonl"
   src.write_text("\n".join(compare_lines) + "\n")
@@ -182,6 +184,7 @@ def test_epoch_seconds_are_differences_of_the_eval_marks():
   assert epoch.epoch_seconds(records) == [7.5, 1.75]
 
 
+@pytest.mark.slow
 def test_epoch_benchmark_runs_the_real_loop():
   lines = _run([sys.executable, os.path.join(BENCH, "epoch.py"), "--teacher", "resnet8",
                 "--student", "resnet8", "--batch-size", "16", "--eval-batch-size", "16",

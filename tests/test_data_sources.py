@@ -521,3 +521,29 @@ def test_launch_with_a_missing_image_folder_exits_2_with_one_line(tmp_path):
   errors_out = [line for line in res.stderr.splitlines() if line.startswith("error:")]
   assert len(errors_out) == 1 and str(tmp_path / "nope") in errors_out[0]
   assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_launch_on_an_image_folder_with_given_mean_std(tmp_path):
+  """The command line of docs/data.md: imagefolder, augment=none, --config.mean/std tuples."""
+  root = _small_folder(tmp_path)
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"),
+         f"--config={os.path.join(REPO, 'configs', 'smoke.py')}:kd", f"--workdir={workdir}",
+         f"--config.dataset=imagefolder:{root}", "--config.num_classes=4",
+         "--config.augment=none", "--config.mean=(0.5071,0.4867,0.4408)",
+         "--config.std=(0.2675,0.2565,0.2761)", "--config.batch_size=8",
+         "--config.eval_batch_size=4", "--config.num_train_steps=1",
+         "--config.steps_per_dispatch=1", "--config.train_examples=0",
+         "--config.eval_examples=0"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(workdir / "config.json") as f:
+    saved = json.load(f)
+  assert saved["mean"] == [0.5071, 0.4867, 0.4408] and saved["std"] == [0.2675, 0.2565, 0.2761]
+  assert (saved["dataset"], saved["image_size"], saved["augment"]) == (
+      f"imagefolder:{root}", 8, "none")
+  with open(workdir / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert any(r.get("eval/top1") is not None and r["step"] == 1 for r in records)

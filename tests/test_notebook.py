@@ -42,6 +42,7 @@ def test_notebook_structure():
   assert "if TEST:" in cifar and "--config.num_epochs" in cifar
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
   """Executes every cell with nbclient (kernel python3, cwd = repo root)."""
   nbclient = pytest.importorskip("nbclient")

@@ -100,6 +100,7 @@ def test_non_finite_step_is_skipped_and_counted():
   assert any(jax.tree.leaves(changed))
 
 
+@pytest.mark.slow
 def test_consecutive_bad_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   # 8 steps per epoch; after epoch 1 the LR is multiplied by 1e30 and the weights blow up.
@@ -143,6 +144,7 @@ def test_checkpointer_refuses_non_finite_state(tmp_path):
 # --- Checkpoint faults -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny("kd", steps=6), workdir)
@@ -166,6 +168,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
   assert int(restored["step"]) == 6
 
 
+@pytest.mark.slow
 def test_interrupted_save_leaves_no_partial_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny("kd", steps=4), workdir)

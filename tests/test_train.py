@@ -47,6 +47,7 @@ def last_with(records, key):
 METHODS = ["ce", "teacher", "kd", "dkd", "rld", "dhkd", "rkkd"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_on_1_and_8_devices_identically(method, tmp_path):
   assert jax.device_count() == 8, "conftest must simulate 8 CPU devices"
@@ -86,6 +87,7 @@ def test_every_method_trains_on_1_and_8_devices_identically(method, tmp_path):
                              last_with(rec8, "eval/loss")["eval/loss"], rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
   """TensorBoard events beside metrics.jsonl, with the same values at the same steps."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
@@ -107,6 +109,7 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
       np.testing.assert_allclose(got[step], value, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_identical_metrics(tmp_path):
   unbroken = str(tmp_path / "unbroken")
   loop.train_and_evaluate(tiny_config("kd", 8, steps=12), unbroken)
@@ -148,6 +151,7 @@ def _wait_for_checkpoint(workdir, proc, timeout=300):
   raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_launch_killed_then_relaunched_matches_unbroken_run(sig, tmp_path):
   unbroken = str(tmp_path / "unbroken")
@@ -227,6 +231,7 @@ def test_pair_presets():
     dkd.get_config("resnet8,resnet8")
 
 
+@pytest.mark.slow
 def test_streamed_imagenet_path_trains_and_resumes(tmp_path):
   """The tf.data (ImageNet) path on a generated ImageNet-format TFDS dataset, small images."""
   from kd_jax import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -254,6 +259,7 @@ def test_streamed_imagenet_path_trains_and_resumes(tmp_path):
     assert last_with(a, key)[key] == last_with(b, key)[key], key
 
 
+@pytest.mark.slow
 def test_low_precision_teacher_is_checked_against_float32(tmp_path, monkeypatch, capsys):
   """teacher_dtype=bfloat16 runs the bf16 teacher only within the tolerance; else float32."""
   def run(name, dtype, tolerance):

@@ -131,12 +131,41 @@ def pad_batch(batch: dict, batch_size: int) -> dict:
 
 
 def import_tf():
-  """Imports TensorFlow lazily and hides accelerators from it (JAX owns them)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  """Imports TensorFlow lazily and hides accelerators from it (JAX owns them).
+
+  Its C++ start-up lines (absl's pre-init warning, oneDNN notices), which it writes straight
+  to file descriptor 2 while it loads, are dropped; Python errors still propagate.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  if "tensorflow" in sys.modules:
+    tf = sys.modules["tensorflow"]
+  else:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = _quiet_import_tensorflow()
   try:
     tf.config.set_visible_devices([], "GPU")
   except (RuntimeError, ValueError):  # Already initialised or no such device type.
     pass
+  return tf
+
+
+def _quiet_import_tensorflow():
+  """`import tensorflow` with file descriptor 2 sent to /dev/null meanwhile."""
+  import sys  # pylint: disable=g-import-not-at-top
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError, AttributeError):  # no real stderr (embedded interpreters)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
   return tf
 
 

@@ -191,7 +191,8 @@ def _not_prepared_message(builder, data_dir: str | None) -> str:
   if name != "imagenet2012":
     return (f"TFDS dataset {name!r} is not prepared in data_dir {root!r} (looked for "
             f"{builder.data_dir}). Build it with\n"
-            f"{common.prepare_commands(name, root).rstrip()}")
+            f"{common.prepare_commands(name, root)}A prepared copy elsewhere: "
+            f"--config.data_dir=DIR.")
   manual = os.path.join(root, "downloads", "manual")
   present = [f for f in _MANUAL_FILES if os.path.exists(os.path.join(manual, f))]
   state = (f"found {present} there, so only the build step is missing" if present
@@ -202,7 +203,8 @@ def _not_prepared_message(builder, data_dir: str | None) -> str:
       f"{' and '.join(_MANUAL_FILES)} from https://image-net.org (login required) "
       f"into the TFDS manual_dir {manual} ({state}), then run once (about 150 GB "
       "for the archives plus as much for the records; hours of CPU):\n"
-      f"{common.prepare_commands(name, root, manual)}See docs/data.md.")
+      f"{common.prepare_commands(name, root, manual)}A prepared copy elsewhere: "
+      f"--config.data_dir=DIR. See docs/data.md.")
 
 
 def _seed_int(*parts: int) -> int:

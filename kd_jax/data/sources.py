@@ -144,20 +144,6 @@ def _folder_split(builder, root: str, split: str):
   return builder.as_dataset(split=split, shuffle_files=False)
 
 
-def imagefolder_num_classes(root: str) -> int:
-  """Number of classes of an image folder: the distinct class-folder names over all splits."""
-  return len(imagefolder_builder(root).info.features["label"].names)
-
-
-def imagefolder_num_examples(root: str, split: str) -> int:
-  """Number of images in PATH/<split>/<class>/."""
-  builder = imagefolder_builder(root)
-  info = builder.info.splits
-  if split not in info:
-    _folder_split(builder, root, split)  # raises with the layout
-  return int(info[split].num_examples)
-
-
 def load_imagefolder(root: str, split: str, *, image_size: int = 0,
                      num_examples: int | None = None) -> InMemoryData:
   """A split of PATH/<split>/<class>/*.png|jpg as uint8 [N, S, S, 3] and int32 labels.

@@ -30,8 +30,9 @@ def _require_torch():
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError(
-        "importing PyTorch checkpoints needs the optional dependency `torch` (CPU wheel is "
-        "enough: pip install torch --index-url https://download.pytorch.org/whl/cpu); "
+        "converting a PyTorch teacher (.pth) needs the optional dependency torch, once; the "
+        "CPU wheel is enough: pip install torch==2.13.0 --extra-index-url "
+        "https://download.pytorch.org/whl/cpu (or pip install -e '.[torch]' with that index); "
         "the rest of kd_jax does not need it") from e
   return torch
 

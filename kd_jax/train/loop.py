@@ -25,6 +25,7 @@ from kd_jax import methods
 from kd_jax import models
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import metrics as metrics_lib
+from kd_jax.train import progress as progress_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 from kd_jax.train import workdir as workdir_lib
@@ -39,6 +40,7 @@ class RunResult:
   final: dict[str, float]
   best_top1: float
   preempted: bool
+  already_finished: bool = False   # the workdir held a finished run
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,6 +152,7 @@ class _Data:
   std: tuple
   image_size: int = 32             # the models' input height = width
   augment: str = "pad_crop_flip"   # resolved: pad_crop_flip | random_resized_crop | none
+  eval_batches: Any = None         # batches per evaluation, if known (progress display)
 
 
 def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
@@ -228,11 +231,9 @@ def _setup_data(config, mesh) -> _Data:
     arrays = (_global_array(train.images, repl), _global_array(train.labels, repl))
     return _Data(True, n // config.batch_size, arrays,
                  lambda: data_lib.eval_batches(test, config.eval_batch_size),
-                 mean, std, size, augment)
+                 mean, std, size, augment,
+                 eval_batches=-(-len(test.labels) // config.eval_batch_size))
   # Streaming (ImageNet and large TFDS datasets): each process reads its own shard.
-  if data_lib.imagefolder_root(config.dataset) is not None:
-    raise ConfigError(f"dataset {config.dataset!r} cannot be streamed; image folders are "
-                      "held in memory")
   pc, pi = jax.process_count(), jax.process_index()
   name = config.tfds_name or config.dataset
   mean, std = data_lib.resolve_mean_std(config.dataset, config.mean, config.std,
@@ -276,17 +277,23 @@ def _to_global_batch(batch: dict, mesh, axis: int = 0) -> dict:
           for k, v in batch.items()}
 
 
-def evaluate(eval_fn, variables, data: _Data, mesh, num_classes: int) -> dict[str, float]:
-  """Exact top-1/top-5/loss over every example of the eval split (padded, masked batches)."""
+def evaluate(eval_fn, variables, data: _Data, mesh, num_classes: int,
+             on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+  """Exact top-1/top-5/loss over every example of the eval split (padded, masked batches).
+
+  on_batch(i) is called after the i-th batch is dispatched (progress display).
+  """
   sums = None
   first = True
-  for batch in data.eval_iter():
+  for i, batch in enumerate(data.eval_iter()):
     if first and data.in_memory:
       data_lib.validate_batch(batch, num_classes=num_classes,
                               image_shape=tuple(np.shape(batch["image"])[1:]))
       first = False
     out = eval_fn(variables, _to_global_batch(batch, mesh))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    if on_batch is not None:
+      on_batch(i + 1)
   sums = jax.device_get(sums)
   count = max(float(sums["count"]), 1.0)
   return {"top1": float(sums["top1"]) / count, "top5": float(sums["top5"]) / count,
@@ -454,13 +461,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         files: _RunFiles) -> RunResult:
   t_start = time.time()
+  prog = progress_lib.Progress()
   mesh = make_mesh(config)
   num_devices = mesh.devices.size
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
   check_workdir(workdir)
   files.lock, files.checkpointer = workdir_lib.open_run(workdir, config.keep_checkpoints,
                                                         process_index=jax.process_index())
+  prog.start(f"loading data ({config.dataset})")
   data = _setup_data(config, mesh)
+  prog.finish()
   config = resolved_config(config, data)
   # The resolved config is compared with the checkpoint's before config.json is rewritten.
   workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
@@ -470,14 +480,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * spe)
   image_size = _image_size(config)
+  prog.start("building the student" + (f" and loading the teacher ({config.teacher})"
+                                        if methods.needs_teacher(config) else ""))
   trainer = build_trainer(config, mesh, steps_per_epoch=spe, total_steps=total_steps,
                           in_memory=data.in_memory, mean=data.mean, std=data.std)
   spec, schedule, teacher_vars = trainer.spec, trainer.schedule, trainer.teacher_vars
   student, teacher = spec.student, spec.teacher
   state = trainer.init_state()
+  prog.finish()
   repl = NamedSharding(mesh, P())
   checkpointer = files.checkpointer
-  writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps)
+  writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps,
+                                    wandb_project=config.wandb_project, run_config=config)
   best = (-1.0, 0, -1)   # (top-1, epoch, step) of the best model
   elapsed_before = 0.0
   restored = checkpointer.restore_latest(jax.tree.map(
@@ -487,7 +501,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best = (meta.get("best_top1", -1.0), meta.get("best_epoch", 0), meta.get("best_step", -1))
     elapsed_before = meta.get("elapsed_s", 0.0)
     step0 = int(jax.device_get(state.step))
-    console.info(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})")
+    if step0 < total_steps:
+      console.info(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})")
   step = int(jax.device_get(state.step))
   writer.start(step)
 
@@ -504,15 +519,23 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     teacher_eval_fn = step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh, data.in_memory)
     check_teacher_logits(teacher_eval_fn, teacher_vars, data, mesh, config.teacher)
   if step == 0 and teacher is not None:
-    t_eval = evaluate(teacher_eval_fn, teacher_vars, data, mesh, config.num_classes)
+    prog.start("teacher evaluation (the first batch compiles)", data.eval_batches, "batches")
+    t_eval = evaluate(teacher_eval_fn, teacher_vars, data, mesh, config.num_classes,
+                      on_batch=prog.update)
+    prog.finish(f"top-1 {100 * t_eval['top1']:.2f}%")
     writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
     console.info(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}")
 
   host_iter = None if data.in_memory else data.train(step)
   window_start, window_step = time.time(), step
   run_start, run_start_step = time.time(), step
+  compile_s = 0.0                  # left out of the ETA
   last_eval: dict[str, float] = {}
   preempted = False
+  already_finished = restored is not None and step >= total_steps
+  eval_prog = progress_lib.Progress(interval_s=prog.interval_s)
+  if step < total_steps:
+    prog.start("training", total_steps, "steps", done=step)
 
   def elapsed():
     return elapsed_before + time.time() - t_start
@@ -526,8 +549,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       target = min(total_steps, boundary(step, config.log_every_steps),
                    boundary(step, config.checkpoint_every_steps), boundary(step, eval_every))
       n = min(config.steps_per_dispatch, target - step)
-      if n not in train_fns:
+      compiling = n not in train_fns
+      if compiling:
         train_fns[n] = step_lib.make_train_fn(spec, n)
+        prog.message(f"compiling the train step ({n} step{'s' if n > 1 else ''} per "
+                     f"dispatch)...")
+        t_compile = time.time()
       if data.in_memory:
         batch_data = data.train
       else:
@@ -542,6 +569,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
       state = train_fns[n](state, teacher_vars, batch_data)
       step += n
+      if compiling:
+        compile_s += time.time() - t_compile
+        prog.message(f"compiled in {time.time() - t_compile:.1f} s; training")
+        prog.restart_rate(step)   # the ETA leaves compilation out
+        window_start, window_step = time.time(), step - n   # and so does images_per_sec
+      prog.update(step)
 
       if step % config.log_every_steps == 0 or step == total_steps:
         sums, count, bad, skipped = jax.device_get(
@@ -556,7 +589,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         "images_per_sec": ips, "elapsed_s": elapsed(),
                         "skipped_steps": int(skipped)})
         writer.write(step, scalars)
-        rate = (step - run_start_step) / max(now - run_start, 1e-9)
+        rate = (step - run_start_step) / max(now - run_start - compile_s, 1e-9)
+        prog.pause()
         writer.print_progress(step, scalars, (total_steps - step) / rate if rate else None)
         state = state.replace(
             metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
@@ -570,7 +604,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
       if step % eval_every == 0 or step == total_steps:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        last_eval = evaluate(eval_fn, variables, data, mesh, config.num_classes)
+        prog.pause()
+        eval_prog.start(f"evaluation at step {step}", data.eval_batches, "batches",
+                        announce=False)
+        last_eval = evaluate(eval_fn, variables, data, mesh, config.num_classes,
+                             on_batch=eval_prog.update)
+        eval_prog.finish(silent=True)
         epoch = math.ceil(step / spe)
         writer.write(step, {"epoch": step / spe, "eval/top1": last_eval["top1"],
                             "eval/top5": last_eval["top5"], "eval/loss": last_eval["loss"],
@@ -588,11 +627,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           checkpointer.save(step, state, _meta(step, best, elapsed(), config))
       if preemption.requested and step < total_steps:
         preempted = True
+        prog.pause()
         console.info(f"SIGTERM received: stopped at step {step} (checkpoint saved unless said "
                      f"otherwise above); run the same command again to resume")
         break
 
+  prog.finish(silent=True)
   checkpointer.wait()
   checkpointer.close()
   writer.close()
-  return RunResult(step=step, final=last_eval, best_top1=best[0], preempted=preempted)
+  return RunResult(step=step, final=last_eval, best_top1=best[0], preempted=preempted,
+                   already_finished=already_finished)

@@ -41,6 +41,7 @@ NON_IDENTITY_KEYS = frozenset({
     "num_devices",              # results do not depend on the device count (tested)
     "max_bad_steps",
     "data_dir",                 # where the same data lives
+    "wandb_project",            # where the same scalars are also sent
 })
 
 
