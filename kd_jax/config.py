@@ -135,6 +135,8 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("num_devices", 0, "devices used (0 = all local devices of every host)"),
     ("sweep", "", "'KEY=V1,V2;KEY2=V3' trains the product as runs of one program ('' = one run)"),
     ("wandb_project", "", "Weights & Biases project to log to ('' = off; needs wandb)"),
+    ("allow_changed", "", "resume: identity keys allowed to differ from the checkpoint's, "
+     "comma-separated (e.g. 'num_epochs' to extend a run); '' = refuse any change"),
 )
 
 

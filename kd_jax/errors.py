@@ -26,12 +26,16 @@ class CheckpointError(RuntimeError):
   """A run checkpoint could not be written, or none of the saved ones could be read."""
 
 
+class WorkdirError(OSError):
+  """The workdir is in use by another run, or one of its directories cannot be written."""
+
+
 class TrainingError(RuntimeError):
   """The run cannot continue (e.g. too many consecutive non-finite steps)."""
 
 
 USER_ERRORS = (ConfigError, DataError, WeightsFileError, TeacherError, CheckpointError,
-               TrainingError, OSError, ImportError)
+               TrainingError, WorkdirError, OSError, ImportError)
 
 __all__ = ["ConfigError", "DataError", "WeightsFileError", "TeacherError", "CheckpointError",
-           "TrainingError", "USER_ERRORS"]
+           "TrainingError", "WorkdirError", "USER_ERRORS"]

@@ -101,20 +101,33 @@ def test_non_finite_step_is_skipped_and_counted():
 
 
 @pytest.mark.slow
-def test_consecutive_bad_steps_stop_the_run_keeping_good_checkpoints(tmp_path):
+def test_consecutive_bad_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  # A learning rate this large makes the weights blow up within a few steps.
-  config = tiny("ce", steps=40, learning_rate=1e30, max_bad_steps=3)
-  with pytest.raises(errors.TrainingError, match="consecutive non-finite training steps"):
+  # 8 steps per epoch; after epoch 1 the LR is multiplied by 1e30 and the weights blow up.
+  config = tiny("ce", steps=40, lr_milestones=(1,), lr_decay=1e30, max_bad_steps=3)
+  with pytest.raises(errors.TrainingError) as e:
     loop.train_and_evaluate(config, workdir)
+  msg = str(e.value)
+  assert "consecutive non-finite training steps" in msg
   steps = saved_steps(workdir)
-  assert steps, "the checkpoints before the fault must be kept"
+  assert steps and max(steps) <= 8, steps  # nothing written during the streak is kept
+  assert f"last good checkpoint is step {max(steps)}" in msg
+  assert os.path.join(workdir, "checkpoints", str(max(steps))) in msg
+  assert "--workdir" in msg and "allow_changed=learning_rate" in msg
   for s in steps:
     restored = restore_params(workdir, s)
     for leaf in jax.tree.leaves(restored["params"]):
       assert np.all(np.isfinite(leaf)), f"non-finite state saved at step {s}"
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert max(r.get("skipped_steps", 0) for r in records) >= 1
+  assert max(r.get("skipped_steps", 0) for r in records) >= 3
+  # A window whose steps were all skipped logs no train/loss (never a fake 0) and the
+  # progress line shows the skipped count.
+  all_skipped = [r for r in records if r["step"] > 8 and r.get("skipped_steps", 0) >= 2]
+  assert all_skipped and all("train/loss" not in r for r in all_skipped)
+  out = capsys.readouterr()
+  assert "skipped 3 non-finite steps so far" in out.out or "skipped 4 non-finite" in out.out
+  assert "train/loss 0 " not in out.out
+  assert "no checkpoint at step" in out.err
 
 
 def test_checkpointer_refuses_non_finite_state(tmp_path):
@@ -142,11 +155,17 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     if os.path.isfile(path):
       with open(path, "wb") as f:
         f.write(b"\x00garbage")
-  result = loop.train_and_evaluate(tiny("kd", steps=8), workdir)
+  result = loop.train_and_evaluate(tiny("kd", steps=8, allow_changed="num_train_steps"),
+                                   workdir)
   captured = capsys.readouterr()
   assert "step 6" in captured.err and "unreadable" in captured.err
   assert "Resuming from step 4" in captured.out
   assert result.step == 8
+  # The damaged step was moved aside (kept for inspection) and written afresh, not kept.
+  assert len(glob.glob(os.path.join(workdir, "unreadable_checkpoints", "6-*"))) == 1
+  assert 6 in saved_steps(workdir)
+  restored = restore_params(workdir, 6)
+  assert int(restored["step"]) == 6
 
 
 @pytest.mark.slow
@@ -156,7 +175,8 @@ def test_interrupted_save_leaves_no_partial_checkpoint(tmp_path):
   # What a SIGKILL in the middle of writing step 6 leaves behind: Orbax's temporary dir.
   tmp_dir = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-1234")
   shutil.copytree(os.path.join(workdir, "checkpoints", "4"), tmp_dir)
-  result = loop.train_and_evaluate(tiny("kd", steps=6), workdir)
+  result = loop.train_and_evaluate(tiny("kd", steps=6, allow_changed="num_train_steps"),
+                                   workdir)
   assert result.step == 6
   assert not os.path.exists(tmp_dir)
   assert saved_steps(workdir)[-1] == 6
@@ -203,8 +223,9 @@ def test_teacher_pth_of_wrong_architecture_and_truncated_file(tmp_path):
   with pytest.raises(Exception, match="cut.pth"):
     loop.train_and_evaluate(tiny("kd", teacher_checkpoint=truncated), str(tmp_path / "b"))
   # Nothing was half-initialised: no run state was written for either attempt.
+  # (checkpoints/ itself exists: it is probed for writing at start.)
   for run in ("a", "b"):
-    assert not os.path.exists(os.path.join(tmp_path, run, "checkpoints"))
+    assert not saved_steps(os.path.join(tmp_path, run))
 
 
 def test_launcher_prints_one_line_for_user_errors(tmp_path):

@@ -116,6 +116,7 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path):
   broken = str(tmp_path / "broken")
   first = tiny_config("kd", 8, steps=12)
   first.num_train_steps = 12
+  first.allow_changed = "num_train_steps"   # extending a run is the documented override
   # Stop after 8 steps by running a shorter run in the same workdir, then continue to 12.
   partial = tiny_config("kd", 8, steps=8)
   loop.train_and_evaluate(partial, broken)
@@ -248,7 +249,9 @@ def test_streamed_imagenet_path_trains_and_resumes(tmp_path):
   loop.train_and_evaluate(config(6), unbroken)
   broken = str(tmp_path / "broken")
   loop.train_and_evaluate(config(4), broken)
-  loop.train_and_evaluate(config(6), broken)
+  extended = config(6)
+  extended.allow_changed = "num_train_steps"   # extending a run is the documented override
+  loop.train_and_evaluate(extended, broken)
   a, b = read_metrics(unbroken), read_metrics(broken)
   ev = last_with(a, "eval/top1")
   assert ev["step"] == 6 and 0.0 <= ev["eval/top1"] <= 1.0

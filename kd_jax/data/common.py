@@ -64,6 +64,18 @@ def _check_label_range(where: str, labels: np.ndarray, num_classes: int) -> None
                     f"[0, {num_classes}) ({bad.size} bad labels in total).")
 
 
+def check_labels(labels: Any, num_classes: int, *, where: str) -> None:
+  """DataError unless every label is an integer in [0, num_classes) (negative ones included).
+
+  Cheap enough for every streamed batch: the losses would turn an out-of-range label into a
+  silently wrong value (see kd_jax.losses.cross_entropy), so none may reach the step.
+  """
+  labels = np.asarray(labels)
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f"{where}: labels have dtype {labels.dtype}; accepted: integers.")
+  _check_label_range(where, labels.reshape(-1), num_classes)
+
+
 def validate_batch(batch: dict, *, num_classes: int, image_shape: tuple) -> None:
   """Host-side check of one batch: image shape [B, *image_shape], labels in range.
 

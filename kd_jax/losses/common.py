@@ -160,9 +160,20 @@ def class_mask(index: Array, num_classes: int) -> Array:
   return index[:, None] == jnp.arange(num_classes)[None, :]  # promotes narrow int dtypes
 
 
+def nan_for_bad_labels(loss: Array, labels: Array, num_classes: int) -> Array:
+  """`loss` [B] with NaN where labels[b] is outside [0, num_classes), negative included."""
+  return jnp.where((labels >= 0) & (labels < num_classes), loss, jnp.nan)
+
+
 def take_class(x: Array, index: Array) -> Array:
-  """x[b, index[b]] as [B]; an index >= C gives NaN (labels cannot be range-checked when traced)."""
-  return jnp.take_along_axis(x, index[:, None], axis=-1, mode="fill")[:, 0]
+  """x[b, index[b]] as [B]; an index outside [0, C), negative included, gives NaN.
+
+  Labels cannot be range-checked when traced, so a bad one must not give a plausible finite
+  value (a plain gather would wrap -1 to the last class); the train step then skips the step.
+  """
+  valid = (index >= 0) & (index < x.shape[-1])
+  picked = jnp.take_along_axis(x, jnp.where(valid, index, 0)[:, None], axis=-1)[:, 0]
+  return jnp.where(valid, picked, jnp.nan)
 
 
 def binary_log_split(z: Array, index: Array) -> Array:

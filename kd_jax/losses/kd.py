@@ -22,7 +22,9 @@ def cross_entropy(logits: Array, labels: Array, *, label_smoothing: float = 0.0)
 
   Args:
     logits: [B, C] floating logits.
-    labels: [B] integer class indices in [0, C) (an index >= C yields NaN).
+    labels: [B] integer class indices in [0, C). A label outside that range, negative
+      included, gives NaN for its example (never a finite value); kd_jax checks every label
+      before it reaches a step, so this is a last line of defence.
     label_smoothing: eps in [0, 1].
 
   Returns:
@@ -135,7 +137,7 @@ def nckd(student_logits: Array, teacher_logits: Array, labels: Array, *,
   """
   s, t, labels = _check_dkd_inputs(student_logits, teacher_logits, labels, temperature)
   s, t = common.prepare_pair(s, t, standardize)
-  return _nckd(s, t, labels, temperature)
+  return common.nan_for_bad_labels(_nckd(s, t, labels, temperature), labels, s.shape[-1])
 
 
 def dkd(student_logits: Array, teacher_logits: Array, labels: Array, *, alpha: float = 1.0,

@@ -104,7 +104,7 @@ def mcd(student_logits: Array, teacher_logits: Array, labels: Array, *,
   s, t, labels = _check_inputs(student_logits, teacher_logits, labels, temperature)
   masked = _teacher_mask(t, labels)
   s, t = common.prepare_pair(s, t, standardize)
-  return _mcd(s, t, masked, temperature)
+  return common.nan_for_bad_labels(_mcd(s, t, masked, temperature), labels, s.shape[-1])
 
 
 def rld(student_logits: Array, teacher_logits: Array, labels: Array, *, alpha: float = 1.0,

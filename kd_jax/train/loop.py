@@ -30,6 +30,7 @@ from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 from kd_jax.train import teacher_cache
 from kd_jax.train import weights as weights_lib
+from kd_jax.train import workdir as workdir_lib
 from kd_jax.errors import CheckpointError, ConfigError, TeacherError, TrainingError
 
 PyTree = Any
@@ -333,13 +334,26 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
 
 
 class _Preemption:
-  """SIGTERM -> save a checkpoint at the next step boundary and return."""
+  """SIGTERM -> save a checkpoint at the next step boundary and return.
 
-  def __init__(self):
+  On a multi-host run JAX's preemption service (started by jax.distributed) receives the signal
+  and Orbax's `reached_preemption(step)` makes every host agree on the same step to save.
+  """
+
+  def __init__(self, multi_host: bool = False):
     self.requested = False
+    self.multi_host = multi_host
     self._previous = None
 
+  def reached(self, step: int) -> bool:
+    """True from the step at which the run must save and stop (the same step on all hosts)."""
+    if self.multi_host and not self.requested:
+      self.requested = ckpt_lib.reached_preemption(step)
+    return self.requested
+
   def __enter__(self):
+    if self.multi_host:
+      return self  # the preemption service owns SIGTERM
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not in the main thread
@@ -355,8 +369,27 @@ class _Preemption:
 
 
 def _meta(step, best, elapsed, config) -> dict:
+  """Checkpoint meta: the one record of the run's best model and of its resolved config."""
   return {"step": int(step), "best_top1": best[0], "best_epoch": best[1],
-          "elapsed_s": float(elapsed), "student": config.student, "method": config.method}
+          "best_step": best[2], "elapsed_s": float(elapsed), "student": config.student,
+          "method": config.method, "config": workdir_lib.config_dict(config)}
+
+
+class _RunFiles:
+  """The workdir lock and checkpointer of a run, released/closed however the run ends."""
+  lock = None
+  checkpointer = None
+
+  def close(self, ok: bool) -> None:
+    try:
+      if self.checkpointer is not None and not ok:
+        try:
+          self.checkpointer.close()
+        except Exception:  # pylint: disable=broad-except  # the run's own error is reported
+          pass
+    finally:
+      if self.lock is not None:
+        self.lock.release()
 
 
 # A low-precision teacher runs only while its logits stay this close to float32's (relative to
@@ -396,8 +429,35 @@ def _teacher_table(config, spec: step_lib.StepSpec, teacher_vars, data: _Data, m
   return table
 
 
+def check_teacher_logits(teacher_eval_fn, teacher_vars, data: _Data, mesh, teacher: str) -> None:
+  """TeacherError unless the teacher's logits on the first eval batch are finite (its loss
+  there is finite): a NaN/inf teacher would silently poison every step."""
+  batch = next(iter(data.eval_iter()))
+  out = jax.device_get(teacher_eval_fn(teacher_vars, _to_global_batch(batch, mesh)))
+  if not np.isfinite(float(out["loss"])):
+    raise TeacherError(f"teacher {teacher} gives non-finite logits on the first eval batch "
+                       f"(its parameters or the checkpoint are broken); check "
+                       f"config.teacher_checkpoint")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
-  """Trains and evaluates the configured student; resumes from `workdir` if it holds a run."""
+  """Trains and evaluates the configured student; resumes from `workdir` if it holds a run.
+
+  The workdir is locked for the run (workdir.py); a resume with changed identity keys is refused
+  before anything is written.
+  """
+  files = _RunFiles()
+  ok = False
+  try:
+    result = _train_and_evaluate(config, workdir, files)
+    ok = True
+    return result
+  finally:
+    files.close(ok)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        files: _RunFiles) -> RunResult:
   t_start = time.time()
   prog = progress_lib.Progress()
   mesh = make_mesh(config)
@@ -408,13 +468,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                       f"train_and_evaluate")
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
   check_workdir(workdir)
+  files.lock, files.checkpointer = workdir_lib.open_run(workdir, config.keep_checkpoints,
+                                                        process_index=jax.process_index())
   prog.start(f"loading data ({config.dataset})")
   data = _setup_data(config, mesh)
   prog.finish()
   config = resolved_config(config, data)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  # The resolved config is compared with the checkpoint's before config.json is rewritten.
+  workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
+                                      process_index=jax.process_index())
 
   spe = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -429,22 +491,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   state = trainer.init_state()
   prog.finish()
   repl = NamedSharding(mesh, P())
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+  checkpointer = files.checkpointer
   writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps,
                                     wandb_project=config.wandb_project, run_config=config)
-  best = (-1.0, 0)
+  best = (-1.0, 0, -1)   # (top-1, epoch, step) of the best model
   elapsed_before = 0.0
   restored = checkpointer.restore_latest(jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state))
   if restored is not None:
     state, meta = restored
-    best = (meta.get("best_top1", -1.0), meta.get("best_epoch", 0))
+    best = (meta.get("best_top1", -1.0), meta.get("best_epoch", 0), meta.get("best_step", -1))
     elapsed_before = meta.get("elapsed_s", 0.0)
     step0 = int(jax.device_get(state.step))
-    writer.truncate_after(step0)
     if step0 < total_steps:
       console.info(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})")
   step = int(jax.device_get(state.step))
+  writer.start(step)
 
   train_fns: dict[int, Callable] = {}
   eval_fn = step_lib.make_eval_fn(student, spec.mean, spec.std, mesh, data.in_memory)
@@ -455,11 +517,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     if step == 0:
       writer.write(0, {"teacher/low_precision_logit_dev": dev})
 
+  if teacher is not None:
+    teacher_eval_fn = step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh, data.in_memory)
+    check_teacher_logits(teacher_eval_fn, teacher_vars, data, mesh, config.teacher)
   if step == 0 and teacher is not None:
     prog.start("teacher evaluation (the first batch compiles)", data.eval_batches, "batches")
-    t_eval = evaluate(step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh,
-                                            data.in_memory),
-                      teacher_vars, data, mesh, config.num_classes, on_batch=prog.update)
+    t_eval = evaluate(teacher_eval_fn, teacher_vars, data, mesh, config.num_classes,
+                      on_batch=prog.update)
     prog.finish(f"top-1 {100 * t_eval['top1']:.2f}%")
     writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
     console.info(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}")
@@ -488,7 +552,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     return (s // every + 1) * every
 
   eval_every = config.eval_every_epochs * spe
-  with _Preemption() as preemption:
+  with _Preemption(multi_host=jax.process_count() > 1) as preemption:
     while step < total_steps:
       target = min(total_steps, boundary(step, config.log_every_steps),
                    boundary(step, config.checkpoint_every_steps), boundary(step, eval_every))
@@ -506,6 +570,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         if step == 0:
           data_lib.validate_batch(stacked[0], num_classes=config.num_classes,
                                   image_shape=(image_size, image_size, 3))
+        for i, b in enumerate(stacked):  # every streamed label, before it reaches the step
+          data_lib.common.check_labels(b["label"], config.num_classes,
+                                       where=f"training batch of step {step + i + 1}")
         batch_data = _to_global_batch(
             {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
       state = train_fns[n](state, step_teacher, batch_data)
@@ -524,11 +591,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         ips = (step - window_step) * config.batch_size / max(now - window_start, 1e-9)
         scalars = {f"train/{k}" if k != "loss" else "train/loss": float(v) / max(int(count), 1)
                    for k, v in sums.items()}
+        if int(count) == 0:  # every step of the window was skipped: no train/* means
+          scalars = {}
         scalars.update({"epoch": step / spe, "lr": float(schedule(step - 1)),
                         "images_per_sec": ips, "elapsed_s": elapsed(),
                         "skipped_steps": int(skipped)})
-        if int(count) > 0:
-          writer.write(step, scalars)
+        writer.write(step, scalars)
         rate = (step - run_start_step) / max(now - run_start - compile_s, 1e-9)
         prog.pause()
         writer.print_progress(step, scalars, (total_steps - step) / rate if rate else None)
@@ -536,13 +604,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
             metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
             metric_count=jnp.zeros_like(state.metric_count))
         window_start, window_step = time.time(), step
+        checkpointer.check()
         if int(bad) >= config.max_bad_steps:
           checkpointer.wait()
-          raise TrainingError(
-              f"{int(bad)} consecutive non-finite training steps at step {step} "
-              f"(config.max_bad_steps={config.max_bad_steps}); updates were skipped and the "
-              f"last good checkpoint in {os.path.join(workdir, 'checkpoints')} is kept. Lower "
-              f"config.learning_rate or check the data/teacher.")
+          raise TrainingError(ckpt_lib.divergence_message(
+              checkpointer, bad=int(bad), step=step, max_bad_steps=config.max_bad_steps))
 
       if step % eval_every == 0 or step == total_steps:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -559,18 +625,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         writer.print_progress(step, {"epoch": step / spe, "eval/top1": last_eval["top1"],
                                      "eval/top5": last_eval["top5"]}, None)
         if last_eval["top1"] > best[0]:
-          best = (last_eval["top1"], epoch)
+          best = (last_eval["top1"], epoch, step)
           checkpointer.save_best(step, jax.device_get(variables),
                                  {"step": step, "epoch": epoch, "eval_top1": best[0]})
 
-      if (step % config.checkpoint_every_steps == 0 or step == total_steps
-          or preemption.requested):
-        checkpointer.save(step, state, _meta(step, best, elapsed(), config))
+      stop = preemption.reached(step)  # every iteration: a multi-host sync point
+      if step % config.checkpoint_every_steps == 0 or step == total_steps or stop:
+        if ckpt_lib.healthy_for_save(state, step):
+          checkpointer.save(step, state, _meta(step, best, elapsed(), config))
       if preemption.requested and step < total_steps:
         preempted = True
         prog.pause()
-        console.info(f"SIGTERM received: checkpoint saved at step {step}; run the same "
-                     f"command again to resume")
+        console.info(f"SIGTERM received: stopped at step {step} (checkpoint saved unless said "
+                     f"otherwise above); run the same command again to resume")
         break
 
   prog.finish(silent=True)

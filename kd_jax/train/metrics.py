@@ -1,7 +1,10 @@
 """Run outputs: WORKDIR/metrics.jsonl (one JSON object per line), TensorBoard events, terminal lines.
 
-Only process 0 writes. On resume the file is cut back to the restored step, so a resumed run's
-file reads exactly like an unbroken one.
+Only process 0 writes. Every start (`start(step)`) cuts metrics.jsonl back to the restored step
+(to nothing when no checkpoint was restored: step-0 lines are written again), so a resumed run's
+file reads exactly like an unbroken one and holds each step once. TensorBoard events are then
+rebuilt from that file: the old event files are deleted and the kept lines replayed into a fresh
+one, so TensorBoard never shows a step twice (metrics.jsonl is the one source of truth).
 """
 from __future__ import annotations
 
@@ -99,35 +102,66 @@ class MetricWriter:
                wandb_project: str = "", run_config: Any = None):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb_dir = os.path.join(workdir, "tensorboard")
     self.total_steps = total_steps
+    self._want_tb = self.enabled and tensorboard
     self._tb = None
     self._wandb = None
     if self.enabled and wandb_project:
       self._wandb = _start_wandb(workdir, wandb_project, run_config)
-    if self.enabled and tensorboard:
-      try:
-        self._tb = _ScalarEventWriter(os.path.join(workdir, "tensorboard"))
-      except ImportError as e:
-        console.warn(f"no TensorBoard events ({e}); metrics.jsonl is written as usual. "
-                     f"pip install tensorboard for them.")
 
-  def truncate_after(self, step: int) -> None:
-    """Drops lines logged after `step` (they belong to work lost by an interruption)."""
-    if not self.enabled or not os.path.exists(self.path):
+  def _open_tensorboard(self) -> None:
+    if not self._want_tb or self._tb is not None:
       return
+    self._want_tb = False
+    try:
+      self._tb = _ScalarEventWriter(self.tb_dir)
+    except ImportError as e:
+      console.warn(f"no TensorBoard events ({e}); metrics.jsonl is written as usual. "
+                   f"pip install tensorboard for them.")
+
+  def start(self, step: int) -> None:
+    """Cuts metrics.jsonl back to `step` (the restored checkpoint; 0 = none) and rebuilds the
+    TensorBoard events from it. Call once per start, before writing."""
+    kept = self.truncate_after(step)
+    if not self.enabled:
+      return
+    if os.path.isdir(self.tb_dir):
+      for name in os.listdir(self.tb_dir):
+        if name.startswith("events.out.tfevents"):
+          os.remove(os.path.join(self.tb_dir, name))
+    self._open_tensorboard()
+    for record in kept:
+      self._write_tb(record)
+
+  def truncate_after(self, step: int) -> list[dict]:
+    """Drops lines logged after `step` (they belong to work lost by an interruption), and all
+    lines when `step` is 0 (a start from scratch logs step 0 again). Returns the kept records."""
+    if not self.enabled or not os.path.exists(self.path):
+      return []
     kept = []
     with open(self.path) as f:
       for line in f:
+        if not line.endswith("\n"):
+          continue  # a line cut by a kill mid-write
         try:
           record = json.loads(line)
         except json.JSONDecodeError:
-          continue  # a line cut by a kill mid-write
-        if record.get("step", 0) <= step:
-          kept.append(json.dumps(record))
+          continue
+        if step > 0 and isinstance(record, dict) and record.get("step", 0) <= step:
+          kept.append(record)
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
-      f.write("".join(k + "\n" for k in kept))
+      f.write("".join(json.dumps(k) + "\n" for k in kept))
     os.replace(tmp, self.path)
+    return kept
+
+  def _write_tb(self, record: dict) -> None:
+    if self._tb is None:
+      return
+    for k, v in record.items():
+      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        self._tb.scalar(k, v, record["step"])
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.enabled:
@@ -137,10 +171,9 @@ class MetricWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
       f.flush()
+    self._open_tensorboard()
     if self._tb is not None:
-      for k, v in record.items():
-        if k != "step" and isinstance(v, (int, float)):
-          self._tb.scalar(k, v, step)
+      self._write_tb(record)
       self._tb.flush()
     if self._wandb is not None:
       self._wandb.log({k: v for k, v in record.items()
@@ -155,6 +188,8 @@ class MetricWriter:
       if key in scalars:
         v = _jsonable(scalars[key])
         parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
+    if scalars.get("skipped_steps"):
+      parts.append(f"skipped {int(scalars['skipped_steps'])} non-finite steps so far")
     if eta_s is not None:
       parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))}")
     console.info(" | ".join(parts))

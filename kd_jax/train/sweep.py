@@ -215,11 +215,10 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[loop.Ru
     states, meta = restored
     best = [tuple(b) for b in meta.get("best", best)]
     elapsed_before = meta.get("elapsed_s", 0.0)
-    step0 = int(jax.device_get(states.step[0]))
-    for w in writers:
-      w.truncate_after(step0)
-    console.info(f"Resuming the sweep from step {step0}")
+    console.info(f"Resuming the sweep from step {int(jax.device_get(states.step[0]))}")
   step = int(jax.device_get(states.step[0]))
+  for w in writers:   # each run's metrics.jsonl and events cut back to the restored step
+    w.start(step)
 
   teacher = spec.teacher
   if teacher is not None and config.teacher_dtype != "float32":

@@ -1,0 +1,87 @@
+"""Inputs that look valid but are not: out-of-range labels (every loss, the data checks) and a
+teacher whose logits are non-finite."""
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kd_jax import errors
+from kd_jax import losses
+from kd_jax.data import common as data_common
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+# Label -1 would wrap to the last class with a plain gather, C would read past the end.
+BAD = np.array([-1, 5, -5, 2], np.int32)   # C = 5: only the last is valid
+
+
+def _logits():
+  rng = np.random.default_rng(0)
+  s = rng.normal(size=(4, 5)).astype(np.float32)
+  t = rng.normal(size=(4, 5)).astype(np.float32)
+  return jnp.asarray(s), jnp.asarray(t)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "tckd", "nckd", "dkd", "scd", "mcd", "rld"])
+def test_out_of_range_labels_give_nan_never_a_plausible_value(name):
+  s, t = _logits()
+  fn = getattr(losses, name)
+  out = np.asarray(fn(s, jnp.asarray(BAD)) if name == "cross_entropy"
+                   else fn(s, t, jnp.asarray(BAD)))
+  assert np.all(np.isnan(out[:3])), out     # -1, C and -5
+  assert np.isfinite(out[3]), out            # the valid example is unaffected
+
+
+def test_cross_entropy_of_a_valid_label_matches_numpy():
+  s, _ = _logits()
+  z = np.asarray(s, np.float64)
+  lsm = z - z.max(1, keepdims=True)
+  lsm = lsm - np.log(np.exp(lsm).sum(1, keepdims=True))
+  out = np.asarray(losses.cross_entropy(s, jnp.asarray(BAD)))
+  np.testing.assert_allclose(out[3], -lsm[3, 2], rtol=1e-5)
+
+
+def test_check_labels_names_the_bad_label_negative_included():
+  with pytest.raises(errors.DataError, match=r"label -1 at index 2 is outside \[0, 10\)"):
+    data_common.check_labels(np.array([0, 9, -1, 3]), 10, where="training batch of step 7")
+  with pytest.raises(errors.DataError, match="training batch of step 7: label 10"):
+    data_common.check_labels(np.array([10]), 10, where="training batch of step 7")
+  data_common.check_labels(np.array([0, 9]), 10, where="ok")  # in range: no error
+
+
+def test_in_memory_split_is_checked_for_every_example():
+  images = np.zeros((300, 4, 4, 3), np.uint8)
+  labels = np.zeros(300, np.int64)
+  labels[257] = -3  # far past any first batch
+  with pytest.raises(errors.DataError, match="label -3 at index 257"):
+    data_common.check_arrays("cifar100", "train", images, labels, 100)
+
+
+def test_teacher_with_non_finite_eval_logits_is_refused_at_load(tmp_path):
+  """A file that loads (right keys and shapes, every value finite) but whose classifier weights
+  are so large that the logits overflow to inf. (A NaN in the file itself is refused earlier,
+  when the weights are read; a negative BatchNorm variance is not a reliable trigger: XLA's CPU
+  rsqrt may return a finite value for it.)"""
+  torch = pytest.importorskip("torch")
+  import torch_twins_a  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from test_robustness import saved_steps, tiny  # pylint: disable=g-import-not-at-top
+  net = torch_twins_a.build("resnet8", 100)
+  state = net.state_dict()
+  key = [k for k in state if k.endswith("weight")][-1]   # the final linear layer
+  state[key][:] = 3e38
+  path = str(tmp_path / "overflowing_teacher.pth")
+  torch.save({"model": state}, path)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.TeacherError, match="non-finite logits") as e:
+    loop.train_and_evaluate(tiny("kd", teacher_checkpoint=path), workdir)
+  assert "config.teacher_checkpoint" in str(e.value)
+  assert not saved_steps(workdir)
+  # A NaN stored in the file is refused when it is read, naming the file.
+  state[key][:] = float("nan")
+  torch.save({"model": state}, path)
+  with pytest.raises(errors.TeacherError, match="holds non-finite"):
+    loop.train_and_evaluate(tiny("kd", teacher_checkpoint=path), str(tmp_path / "run2"))

@@ -1,0 +1,239 @@
+"""Resume always converges: kills between a best save and its checkpoint, before any
+checkpoint, during writes; metrics.jsonl and TensorBoard hold each step once."""
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import flax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from test_robustness import saved_steps, tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def steps_with(records, key):
+  return [r["step"] for r in records if key in r]
+
+
+def last_value(records, key):
+  return [r for r in records if key in r][-1][key]
+
+
+def best_steps(workdir):
+  d = os.path.join(workdir, "best")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def tensorboard_steps(workdir, tag):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"),
+                                           size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return [e.step for e in acc.Tensors(tag)]
+
+
+def assert_same_run(unbroken, broken):
+  a, b = read_metrics(unbroken), read_metrics(broken)
+  for key in ("train/loss", "eval/top1", "teacher/top1"):
+    assert steps_with(b, key) == steps_with(a, key), key      # each step once, none missing
+    assert last_value(b, key) == last_value(a, key), key
+  assert [r["step"] for r in b] == [r["step"] for r in a]
+
+
+def dead_lock(workdir):
+  """What a SIGKILL leaves: the lock of a process that no longer exists."""
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  with open(os.path.join(workdir, "lock"), "w") as f:
+    json.dump({"host": socket.gethostname(), "pid": proc.pid, "since": "x"}, f)
+
+
+# 128 examples / batch 16 = 8 steps per epoch: evals (and best saves) at 8 and 16.
+def config(**kw):
+  return tiny("kd", steps=16, checkpoint_every_steps=4, keep_checkpoints=10, **kw)
+
+
+@pytest.mark.slow
+def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_run(tmp_path):
+  unbroken = str(tmp_path / "unbroken")
+  loop.train_and_evaluate(config(), unbroken)
+  assert len(read_metrics(unbroken)) > 0
+
+  # (a) Killed after the best model of step 8 was saved, before checkpoint 8 (the window
+  # that used to end every relaunch in StepAlreadyExistsError): best/ and metrics.jsonl are
+  # ahead of the newest checkpoint (4).
+  a = str(tmp_path / "a")
+  shutil.copytree(unbroken, a)
+  for s in saved_steps(a):
+    if s > 4:
+      shutil.rmtree(os.path.join(a, "checkpoints", str(s)))
+  assert best_steps(a) and max(best_steps(a)) > 4
+  dead_lock(a)
+  result = loop.train_and_evaluate(config(), a)
+  assert result.step == 16
+  assert_same_run(unbroken, a)
+  meta = ckpt_lib.Checkpointer(a, 10).latest_meta()[1]
+  assert best_steps(a) == [meta["best_step"]]           # best/ agrees with the checkpoint
+  assert tensorboard_steps(a, "train/loss") == steps_with(read_metrics(a), "train/loss")
+
+  # (b) Killed before the first checkpoint, or the user deleted checkpoints/: the run starts
+  # from scratch and metrics.jsonl/TensorBoard still hold each step once.
+  b = str(tmp_path / "b")
+  shutil.copytree(unbroken, b)
+  shutil.rmtree(os.path.join(b, "checkpoints"))
+  loop.train_and_evaluate(config(), b)
+  assert_same_run(unbroken, b)
+  assert tensorboard_steps(b, "eval/top1") == steps_with(read_metrics(b), "eval/top1")
+  assert tensorboard_steps(b, "teacher/top1") == [0]
+
+
+@flax.struct.dataclass
+class _State:
+  params: dict
+  batch_stats: dict
+
+
+def test_saving_an_existing_step_is_a_no_op_when_identical_and_a_replacement_otherwise(
+    tmp_path):
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
+  ones = _State(params={"w": jnp.ones(3)}, batch_stats={})
+  twos = _State(params={"w": 2 * jnp.ones(3)}, batch_stats={})
+  ck.save(2, ones, {"step": 2, "best_step": -1})
+  ck.wait()
+  ck.save(2, twos, {"step": 2, "best_step": -1})   # same step and complete: kept as is
+  ck.wait()
+  abstract = _State(params={"w": jnp.zeros(3)}, batch_stats={})
+  state, _ = ck.restore_latest(abstract)
+  np.testing.assert_array_equal(state.params["w"], np.ones(3))
+  # A damaged step (its meta unreadable) is replaced, never kept.
+  meta_dir = os.path.join(str(tmp_path), "checkpoints", "2", "meta")
+  for name in os.listdir(meta_dir):
+    with open(os.path.join(meta_dir, name), "w") as f:
+      f.write("\x00garbage")
+  ck.latest.reload()
+  ck.save(2, twos, {"step": 2, "best_step": -1})
+  ck.wait()
+  state, meta = ck.restore_latest(abstract)
+  np.testing.assert_array_equal(state.params["w"], 2 * np.ones(3))
+  assert meta["step"] == 2
+  ck.close()
+
+
+# --- Kill anywhere (subprocesses) ------------------------------------------------------------
+
+# 256 examples / batch 16 = 16 steps per epoch: eval + best save at 16, 32, 48; checkpoints
+# every 10 steps, so a best model is always saved before the checkpoint that records it.
+_ARGS = ["--config.train_examples=256", "--config.eval_examples=40",
+         "--config.num_train_steps=48", "--config.checkpoint_every_steps=10",
+         "--config.log_every_steps=4", "--config.steps_per_dispatch=2",
+         "--config.keep_checkpoints=3", "--config.num_devices=1"]
+
+
+def _popen(workdir):
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"),
+         "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd",
+         f"--workdir={workdir}", *_ARGS]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONUNBUFFERED="1")
+  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env)
+
+
+def _lines(proc):
+  q = queue.Queue()
+
+  def pump():
+    for line in proc.stdout:
+      q.put(line)
+    q.put(None)
+
+  threading.Thread(target=pump, daemon=True).start()
+  return q
+
+
+def _kill_when(workdir, trigger, timeout=600):
+  """Launches the run and SIGKILLs it at the moment `trigger(line, workdir)` is first true
+  (checked on each output line and every 5 ms); returns the output, or None if the run ended."""
+  proc = _popen(workdir)
+  q = _lines(proc)
+  out = []
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    try:
+      line = q.get(timeout=0.005)
+    except queue.Empty:
+      line = ""
+    if line is None:
+      proc.wait()
+      return None
+    out.append(line)
+    if trigger(line, workdir):
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+      return "".join(out)
+  proc.kill()
+  raise AssertionError("".join(out)[-3000:])
+
+
+def _after_compile(line, workdir):
+  return line.startswith("step ")
+
+
+def _right_after_best_save(line, workdir):
+  del line
+  return any(s >= 16 for s in best_steps(workdir))
+
+
+def _during_checkpoint_write(line, workdir):
+  del line
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and any("tmp" in n for n in os.listdir(d))
+
+
+def _mid_epoch(line, workdir):
+  del workdir
+  if not line.startswith("step "):
+    return False
+  step = int(line.split()[1].split("/")[0])
+  return step > 36 and step % 16
+
+
+@pytest.mark.slow
+def test_kill_anywhere_then_relaunch_until_done_matches_the_unbroken_run(tmp_path):
+  unbroken = str(tmp_path / "unbroken")
+  proc = _popen(unbroken)
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode == 0, out[-3000:]
+  broken = str(tmp_path / "broken")
+  killed = []
+  for trigger in (_after_compile, _right_after_best_save, _during_checkpoint_write, _mid_epoch):
+    if _kill_when(broken, trigger) is not None:
+      killed.append(trigger.__name__)
+  assert len(killed) >= 3, killed   # a kill can miss only if the run finished first
+  for _ in range(3):  # relaunch the same command until it exits 0
+    proc = _popen(broken)
+    out, _ = proc.communicate(timeout=900)
+    if proc.returncode == 0:
+      break
+  assert proc.returncode == 0, out[-3000:]
+  assert "Traceback" not in out
+  assert_same_run(unbroken, broken)
+  assert not os.path.exists(os.path.join(broken, "lock"))

@@ -1,0 +1,256 @@
+"""One workdir = one run: the lock, the run-identity check, write probes and failed saves."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from kd_jax import errors
+from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax.train import loop
+from kd_jax.train import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from test_robustness import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _dead_pid():
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+# --- Lock ----------------------------------------------------------------------------------
+
+
+def test_lock_refuses_a_live_holder_naming_it(tmp_path):
+  lock_file = tmp_path / "lock"
+  holder = {"host": socket.gethostname(), "pid": os.getppid(), "since": "2026-12-01 10:00:00 UTC"}
+  lock_file.write_text(json.dumps(holder))
+  with pytest.raises(errors.WorkdirError) as e:
+    workdir_lib.WorkdirLock(tmp_path).acquire()
+  msg = str(e.value)
+  assert f"pid {os.getppid()}" in msg and socket.gethostname() in msg
+  assert "2026-12-01 10:00:00 UTC" in msg
+  assert json.loads(lock_file.read_text()) == holder  # untouched
+
+
+def test_lock_of_another_host_is_refused_even_if_the_pid_is_free_here(tmp_path):
+  (tmp_path / "lock").write_text(json.dumps({"host": "elsewhere", "pid": _dead_pid(),
+                                             "since": "x"}))
+  with pytest.raises(errors.WorkdirError, match="on host elsewhere"):
+    workdir_lib.WorkdirLock(tmp_path).acquire()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_and_released(tmp_path):
+  dead = _dead_pid()
+  (tmp_path / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead,
+                                             "since": "x"}))
+  lock = workdir_lib.WorkdirLock(tmp_path).acquire()
+  assert lock.took_over["pid"] == dead
+  assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+  lock.release()
+  assert not (tmp_path / "lock").exists()
+
+
+def test_lock_is_not_taken_by_other_processes_of_a_multi_host_run(tmp_path):
+  lock = workdir_lib.WorkdirLock(tmp_path, enabled=False).acquire()
+  assert not (tmp_path / "lock").exists()
+  lock.release()
+
+
+# --- Run identity ----------------------------------------------------------------------------
+
+
+def test_changed_identity_keys_are_listed_with_old_and_new_values():
+  old = {"batch_size": 16, "seed": 0, "loss": {"temperature": 4.0}, "log_every_steps": 10,
+         "allow_changed": ""}
+  new = {"batch_size": 32, "seed": 1, "loss": {"temperature": 2.0}, "log_every_steps": 50,
+         "allow_changed": ""}
+  assert workdir_lib.changed_identity_keys(old, new) == [
+      ("batch_size", 16, 32), ("loss.temperature", 4.0, 2.0), ("seed", 0, 1)]
+  with pytest.raises(errors.ConfigError) as e:
+    workdir_lib.check_identity(old, new, workdir="W", step=40)
+  msg = str(e.value)
+  assert "batch_size 16 -> 32" in msg and "seed 0 -> 1" in msg and "loss.temperature" in msg
+  assert "log_every_steps" not in msg  # a non-identity key may change
+  assert "--config.allow_changed=batch_size,loss.temperature,seed" in msg
+  # The explicit override accepts exactly the keys it names.
+  new["allow_changed"] = "batch_size,seed,loss.temperature"
+  workdir_lib.check_identity(old, new, workdir="W", step=40)
+  new["allow_changed"] = "bogus_key"
+  with pytest.raises(errors.ConfigError, match="bogus_key"):
+    workdir_lib.check_identity(old, new, workdir="W", step=40)
+
+
+def test_keys_unknown_to_the_classification_count_as_identity():
+  # A key added by another part of kd_jax (not in NON_IDENTITY_KEYS) is refused when changed;
+  # a key the old run did not have is not compared.
+  assert workdir_lib.changed_identity_keys({"student_init": "a"}, {"student_init": "b"}) == [
+      ("student_init", "a", "b")]
+  assert workdir_lib.changed_identity_keys({}, {"student_init": "b"}) == []
+
+
+def test_resume_with_changed_batch_size_is_refused_and_files_untouched(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=4), workdir)
+  before = {n: open(os.path.join(workdir, n)).read() for n in ("config.json", "metrics.jsonl")}
+  with pytest.raises(errors.ConfigError, match="batch_size 16 -> 32"):
+    loop.train_and_evaluate(tiny("kd", steps=4, batch_size=32), workdir)
+  after = {n: open(os.path.join(workdir, n)).read() for n in ("config.json", "metrics.jsonl")}
+  assert before == after
+  assert not os.path.exists(os.path.join(workdir, "lock"))  # released after the refusal
+  # Cadence keys may change; extending the run needs the documented override.
+  with pytest.raises(errors.ConfigError, match="num_train_steps 4 -> 6"):
+    loop.train_and_evaluate(tiny("kd", steps=6), workdir)
+  result = loop.train_and_evaluate(
+      tiny("kd", steps=6, log_every_steps=3, checkpoint_every_steps=3,
+           allow_changed="num_train_steps"), workdir)
+  assert result.step == 6
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["num_train_steps"] == 6 and saved["log_every_steps"] == 3
+
+
+# --- Write failures --------------------------------------------------------------------------
+
+
+def test_probe_names_the_directory_and_errno(tmp_path):
+  blocker = tmp_path / "checkpoints"
+  blocker.write_text("a file where a directory must be")
+  with pytest.raises(errors.WorkdirError) as e:
+    workdir_lib.probe_writable([tmp_path / "best", blocker])
+  assert str(blocker) in str(e.value) and "errno" in str(e.value)
+
+
+def test_failed_background_save_stops_the_run_with_path_and_errno(tmp_path, monkeypatch, capfd):
+  """A background write that fails (here: disk full while committing step 4) surfaces at the
+  next boundary as one CheckpointError naming the directory, step and errno: no hang, no
+  traceback on the terminal, the lock released, and the workdir resumes afterwards."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+  real = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def disk_full(self):
+    if self._final_path.parent.name == "checkpoints" and self._final_path.name == "4":
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return await real(self)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.CheckpointError) as e:
+    loop.train_and_evaluate(tiny("kd", steps=8), workdir)
+  msg = str(e.value)
+  assert os.path.join(workdir, "checkpoints") in msg and "errno 28 ENOSPC" in msg
+  assert "checkpoint of step 4" in msg
+  assert "Traceback" not in capfd.readouterr().err
+  assert not os.path.exists(os.path.join(workdir, "lock"))
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", real)
+  assert loop.train_and_evaluate(tiny("kd", steps=8), workdir).step == 8
+
+
+def test_errors_from_the_async_write_thread_are_reported(tmp_path, monkeypatch):
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def boom():
+    raise OSError(errno.EROFS, "Read-only file system")
+
+  monkeypatch.setattr(ck.latest, "check_for_errors", boom)
+  with pytest.raises(errors.CheckpointError, match="errno 30 EROFS"):
+    ck.check()
+
+
+# --- The launcher: one line, exit code 2, nothing touched ----------------------------------
+
+_TINY_ARGS = ["--config.train_examples=128", "--config.eval_examples=32",
+              "--config.num_train_steps=4", "--config.log_every_steps=2",
+              "--config.checkpoint_every_steps=2", "--config.steps_per_dispatch=2",
+              "--config.eval_batch_size=16", "--config.num_devices=1"]
+
+
+def _launch(workdir, *extra):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch.py"),
+       "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}",
+       *_TINY_ARGS, *extra], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _snapshot(workdir):
+  out = {}
+  for root, _, names in os.walk(workdir):
+    for n in names:
+      p = os.path.join(root, n)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, workdir)] = (f.read(), os.stat(p).st_mtime_ns)
+  return out
+
+
+@pytest.mark.slow
+def test_launcher_refuses_a_busy_workdir_and_a_changed_seed_or_batch_size(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=4), workdir)   # the same config as _TINY_ARGS
+  before = _snapshot(workdir)
+  assert "config.json" in before and any(k.startswith("checkpoints") for k in before)
+
+  res = _launch(workdir, "--config.seed=1", "--config.batch_size=32")
+  assert res.returncode == 2, res.stderr[-3000:]
+  err = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "Traceback" not in res.stderr
+  assert "batch_size 16 -> 32" in err[0] and "seed 0 -> 1" in err[0]
+  assert "--workdir" in err[0] and "allow_changed" in err[0]
+  assert _snapshot(workdir) == before
+
+  holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-12-02 05:00:00 UTC"}
+  with open(os.path.join(workdir, "lock"), "w") as f:
+    json.dump(holder, f)
+  before = _snapshot(workdir)
+  res = _launch(workdir)
+  assert res.returncode == 2, res.stderr[-3000:]
+  err = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "Traceback" not in res.stderr
+  assert f"in use by pid {os.getpid()} on host {socket.gethostname()}" in err[0]
+  assert "2026-12-02 05:00:00 UTC" in err[0]
+  assert _snapshot(workdir) == before
+
+
+# --- Non-local paths ---------------------------------------------------------------------------
+
+
+def test_lock_probe_and_config_json_work_on_a_gs_workdir(tmp_path, monkeypatch):
+  """A gs:// workdir through etils.epath, with the bucket mocked onto a local folder. (Orbax's
+  own gs:// writes go through TensorStore and are not exercised here.)"""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  from etils.epath import testing as epath_testing  # pylint: disable=g-import-not-at-top
+  # With TensorFlow installed epath would pick its gfile backend over the mocked one.
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+
+  def local(path):
+    path = os.fspath(path)
+    return str(tmp_path / path[len("gs://"):]) if path.startswith("gs://") else path
+
+  def redirect(fn, path, *args, **kwargs):
+    return fn(local(path), *args, **kwargs)
+
+  def redirect2(fn, path, dst, *args, **kwargs):
+    return fn(local(path), local(dst), *args, **kwargs)
+
+  mocks = {n: redirect for n in ("exists", "isdir", "listdir", "makedirs", "mkdir", "open",
+                                 "remove", "rmtree", "stat", "glob", "walk")}
+  mocks.update(rename=redirect2, replace=redirect2)
+  with epath_testing.mock_epath(**mocks):
+    workdir = "gs://bucket/run"
+    workdir_lib.probe_writable([epath.Path(workdir) / "checkpoints"])
+    assert (tmp_path / "bucket" / "run" / "checkpoints").is_dir()
+    lock = workdir_lib.WorkdirLock(workdir).acquire()
+    assert json.loads((tmp_path / "bucket" / "run" / "lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(errors.WorkdirError, match="in use by pid"):
+      workdir_lib.WorkdirLock(workdir).acquire()
+    lock.release()
+    assert not (tmp_path / "bucket" / "run" / "lock").exists()
+    workdir_lib.write_config_json(workdir, {"seed": 3})
+    assert json.loads((tmp_path / "bucket" / "run" / "config.json").read_text()) == {"seed": 3}
