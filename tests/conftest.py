@@ -1,4 +1,5 @@
-"""Test set-up: 8 simulated CPU devices (for the sharding tests), a per-session compilation cache.
+"""Test set-up: 8 simulated CPU devices (for the sharding tests), a per-session compilation cache,
+the import paths.
 
 The cache lets the launcher subprocesses of the resume tests reuse each other's compiled steps.
 """
@@ -12,5 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kd_jax_jit_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The one place test imports are set up: the repository (kd_jax without an install), tests/
+# (the PyTorch twins and helpers), and configs/, scripts/, benchmarks/ (imported by name, e.g.
+# `import smoke`, `import reproduce`, `import train_step`).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _path in (os.path.join(_REPO, "benchmarks"), os.path.join(_REPO, "scripts"),
+              os.path.join(_REPO, "configs"), os.path.join(_REPO, "tests"), _REPO):
+  if _path not in sys.path:
+    sys.path.insert(0, _path)

@@ -74,7 +74,6 @@ def test_compare_runs_both_steps_and_prints_the_ratio(compare_lines):
 @pytest.mark.parametrize("method", ["ce", "kd", "dkd", "rld", "dhkd", "rkkd"])
 def test_train_step_builds_a_valid_config_for_every_method(method):
   """Config set-up only (no compilation): base_config + method_defaults, rkkd on base 'kd'."""
-  sys.path.insert(0, BENCH)
   import train_step  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from kd_jax import models  # pylint: disable=g-import-not-at-top
@@ -136,7 +135,6 @@ def test_cpu_steps_compile_the_students_convolutions_in_xla_not_ynnpack():
   student's forward or backward pass (under `jvp`/`transpose`) goes there; YNNPACK's reduce
   fusions may still absorb the last teacher-forward convolutions before a reduction.
   """
-  sys.path.insert(0, BENCH)
   import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   import train_step  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from kd_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
@@ -174,7 +172,6 @@ def test_cpu_steps_compile_the_students_convolutions_in_xla_not_ynnpack():
 
 
 def test_epoch_seconds_are_differences_of_the_eval_marks():
-  sys.path.insert(0, BENCH)
   import epoch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   records = [{"step": 0, "teacher/top1": 0.1},
              {"step": 5, "train/loss": 1.0, "elapsed_s": 3.0},

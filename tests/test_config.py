@@ -1,14 +1,10 @@
 """Config presets against docs/recipes.md: RKKD on any base, logit standardization, overrides."""
-import os
-import sys
 
 import pytest
 
 from kd_jax import errors
 from kd_jax import config as kdc
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import dkd  # pylint: disable=g-import-not-at-top,wrong-import-position
 import kd  # pylint: disable=g-import-not-at-top,wrong-import-position
 import rkkd  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -87,7 +83,6 @@ def test_ls_on_imagenet_is_refused_not_guessed():
 
 def test_dhkd_imagenet_uses_its_dali_crop_others_torchvisions():
   """docs/recipes.md §3.5: DHKD's ImageNet crop is area 0.1-1, aspect 0.8-1.25; section 2: 0.08-1."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
   import dhkd  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   c = dhkd.get_config("imagenet_resnet34,imagenet_resnet18")
   assert (tuple(c.crop_area), tuple(c.crop_aspect)) == ((0.1, 1.0), (0.8, 1.25))

@@ -26,7 +26,6 @@ tfds = pytest.importorskip("tensorflow_datasets")
 Image = pytest.importorskip("PIL.Image")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

@@ -27,7 +27,6 @@ import torch_twins_a  # pylint: disable=g-import-not-at-top,wrong-import-positio
 import torch_twins_b  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _B_NAMES = ("vgg", "MobileNet", "Shuffle")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,6 @@ from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

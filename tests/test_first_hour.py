@@ -19,7 +19,6 @@ from kd_jax import errors
 from kd_jax.train import progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LAUNCH = os.path.join(REPO, "launch.py")

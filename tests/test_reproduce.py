@@ -1,7 +1,6 @@
 """Every paper-table cell of scripts/reproduce.py builds a valid config, and the README lists it."""
 import json
 import os
-import sys
 
 import pytest
 
@@ -9,8 +8,6 @@ from kd_jax import config as kdc
 from kd_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CELLS = [(t, *c) for t in reproduce.TABLES for c in reproduce.cells(t)]

@@ -24,7 +24,6 @@ from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

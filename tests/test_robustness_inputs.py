@@ -1,7 +1,6 @@
 """Inputs that look valid but are not: out-of-range labels (every loss, the data checks) and a
 teacher whose logits are non-finite."""
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,6 @@ from kd_jax import losses
 from kd_jax.data import common as data_common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
 
 # Label -1 would wrap to the last class with a plain gather, C would read past the end.
 BAD = np.array([-1, 5, -5, 2], np.int32)   # C = 5: only the last is valid

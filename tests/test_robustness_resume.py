@@ -20,7 +20,6 @@ from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
 from test_robustness import saved_steps, tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

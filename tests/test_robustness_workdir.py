@@ -13,7 +13,6 @@ from kd_jax.train import loop
 from kd_jax.train import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
 from test_robustness import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

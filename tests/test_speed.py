@@ -10,7 +10,6 @@ from kd_jax.train import loop
 from kd_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -71,7 +70,6 @@ def test_forced_scan_equals_per_step_calls(method):
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from kd_jax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kd_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -287,7 +285,6 @@ def test_sweep_equals_the_runs_launched_alone(tmp_path):
 
 @pytest.mark.slow
 def test_train_step_benchmark_with_table_and_runs():
-  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
   import train_step  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   common = ["--teacher", "resnet8", "--student", "resnet8", "--method", "kd", "--batch-size",
             "16", "--steps", "2", "--warmup", "0", "--num-devices", "1"]
@@ -302,7 +299,6 @@ def test_train_step_benchmark_with_table_and_runs():
 
 @pytest.mark.slow
 def test_epoch_benchmark_with_table_and_runs():
-  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
   import epoch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   rec = epoch.main(["--teacher", "resnet8", "--student", "resnet8", "--batch-size", "16",
                     "--eval-batch-size", "16", "--epochs", "2", "--train-examples", "32",

@@ -18,7 +18,6 @@ from kd_jax import config as kdc
 from kd_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -213,7 +212,6 @@ def test_unknown_key_rejected():
 
 
 def test_pair_presets():
-  sys.path.insert(0, os.path.join(REPO, "configs"))
   import dkd, kd, rld  # pylint: disable=g-import-not-at-top,multiple-imports
   c = dkd.get_config("resnet56,resnet20")
   assert (c.teacher, c.student, c.loss.beta, c.learning_rate) == ("resnet56", "resnet20", 2.0,
