@@ -79,6 +79,20 @@ def test_ls_uses_published_settings_then_the_ls_defaults():
 def test_ls_on_imagenet_is_refused_not_guessed():
   with pytest.raises(ValueError, match="no published ImageNet settings"):
     dkd.get_config("imagenet_resnet34,imagenet_resnet18,ls")
+  with pytest.raises(ValueError, match="no published ImageNet settings"):
+    kd.get_config("imagenet_resnet50,MobileNetV1,ls")
+
+
+def test_kd_ls_on_imagenet_is_the_ls_readme_command():
+  """The LS README runs r34_r18/kd.yaml (CE weight 1.0) with --logit-stand --base-temp 2
+  --kd-weight 9, on the ImageNet protocol (docs/recipes.md §3.4)."""
+  c = kd.get_config("imagenet_resnet34,imagenet_resnet18,ls")
+  assert (c.loss.standardize, c.loss.temperature, c.loss.kd_weight, c.loss.ce_weight) == (
+      True, 2.0, 9.0, 1.0)
+  assert (c.dataset, c.batch_size, c.learning_rate, c.num_epochs) == (
+      "imagenet2012", 512, 0.2, 100)
+  assert tuple(c.lr_milestones) == (30, 60, 90) and c.loss.warmup_epochs == 0
+  _validate(c)
 
 
 def test_dhkd_imagenet_uses_its_dali_crop_others_torchvisions():
