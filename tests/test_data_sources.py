@@ -340,7 +340,8 @@ def test_training_batch_with_augment_none_is_the_whole_split_normalised():
   outs = []
   for step, key in ((0, 0), (1, 5)):
     state = types.SimpleNamespace(rng=jax.random.key(key), step=step)
-    x, y = step_lib._in_memory_batch(spec, state, images, labels)
+    x, y, teacher = step_lib._in_memory_batch(spec, state, images, labels)
+    assert teacher is None   # no teacher table
     x, y = np.asarray(x), np.asarray(y)
     assert sorted(y.tolist()) == list(range(16))
     np.testing.assert_allclose(x, expected[y], rtol=1e-6, atol=1e-6)
