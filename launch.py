@@ -9,6 +9,11 @@ Flags:
   --print_config                prints the fully resolved config, one key a line with a short
                                 description, and exits (no --workdir needed)
 
+Several hosts: each runs the same command. On a Cloud TPU pod or under Slurm, JAX finds its
+peers by itself; elsewhere give each process --coordinator_address=HOST:PORT (process 0's),
+--num_processes=N and its own --process_id=I. Preemption (SIGTERM) is agreed across hosts:
+every host saves the same step.
+
 List every key and its value:  python launch.py --config=configs/kd.py --print_config
 """
 import difflib
@@ -29,6 +34,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Run configuration fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False,
                                   "Print the resolved config with a description per key, exit.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "Multi-process runs: HOST:PORT of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Multi-process runs: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "Multi-process runs: this process's index in [0, N).")
 
 _LIST_KEYS = "python launch.py --config=configs/kd.py --print_config"
 
@@ -222,7 +233,8 @@ def _parse(argv: list[str]) -> list[str]:
           f"{_LIST_KEYS})")
   if len(rest) > 1:
     _fail(f"unexpected arguments {rest[1:]}; flags are --config=, --config.KEY=VALUE, "
-          f"--workdir=, --print_config (--help)")
+          f"--workdir=, --print_config, --coordinator_address=, --num_processes=, "
+          f"--process_id= (--help)")
   return rest
 
 
@@ -254,7 +266,17 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   import jax  # pylint: disable=g-import-not-at-top
-  if os.environ.get("KD_JAX_DISTRIBUTED") or os.environ.get("TPU_WORKER_HOSTNAMES") or (
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      _fail("a multi-process run needs all three of --coordinator_address=HOST:PORT, "
+            "--num_processes=N and --process_id=I")
+    if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+      _fail(f"--process_id={_PROCESS_ID.value}; accepted: 0 to {_NUM_PROCESSES.value - 1} "
+            f"(--num_processes={_NUM_PROCESSES.value})")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif os.environ.get("KD_JAX_DISTRIBUTED") or os.environ.get("TPU_WORKER_HOSTNAMES") or (
       os.environ.get("SLURM_NTASKS", "1") != "1"):
     try:
       jax.distributed.initialize()

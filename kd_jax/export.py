@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
+from etils import epath
 import flax
 import jax
 import numpy as np
@@ -98,11 +99,10 @@ def _check_round_trip(state_dict: Mapping[str, np.ndarray], variables: PyTree, n
 
 
 def _run_config(workdir: str) -> dict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.is_file():
     raise ConfigError(f"{workdir!r} is not a kd_jax run workdir: no config.json in it")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def export(workdir: str, out: str, *, best: bool = False, fmt: str = "pth") -> str:
@@ -110,7 +110,7 @@ def export(workdir: str, out: str, *, best: bool = False, fmt: str = "pth") -> s
   from kd_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   if fmt not in FORMATS:
     raise ConfigError(f"--format={fmt!r}; accepted: {', '.join(FORMATS)}")
-  if not os.path.isdir(workdir):
+  if not epath.Path(workdir).is_dir():
     raise ConfigError(f"workdir {workdir!r} does not exist (expected a kd_jax run workdir)")
   config = _run_config(workdir)
   name, aux = config["student"], config.get("aux_head") or None

@@ -184,8 +184,9 @@ def test_interrupted_save_leaves_no_partial_checkpoint(tmp_path):
 def test_unwritable_workdir_fails_at_start(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  with pytest.raises(OSError, match="cannot be written"):
+  with pytest.raises(errors.WorkdirError, match="run cannot be written .*errno 20 ENOTDIR"):
     loop.train_and_evaluate(tiny("kd"), str(blocker / "run"))
+  assert blocker.read_text() == "not a directory"
 
 
 # --- Teacher loading ---------------------------------------------------------------------

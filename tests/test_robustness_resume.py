@@ -236,3 +236,68 @@ def test_kill_anywhere_then_relaunch_until_done_matches_the_unbroken_run(tmp_pat
   assert "Traceback" not in out
   assert_same_run(unbroken, broken)
   assert not os.path.exists(os.path.join(broken, "lock"))
+
+
+# --- Several hosts -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch_hosts(workdir, tmp_path, tag, steps):
+  """Two launcher processes (one CPU device each) forming one jax.distributed run."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = []
+  for i in range(2):
+    out = open(tmp_path / f"{tag}{i}.out", "w")
+    err = open(tmp_path / f"{tag}{i}.err", "w")
+    procs.append(subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "launch.py"),
+         "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+         f"--config.num_train_steps={steps}", "--config.num_devices=0",
+         "--config.steps_per_dispatch=1", "--config.log_every_steps=2",
+         "--config.checkpoint_every_steps=1000", "--config.train_examples=128",
+         "--config.eval_examples=32", "--config.eval_batch_size=16"],
+        stdout=out, stderr=err, env=env, cwd=REPO))
+  return procs
+
+
+@pytest.mark.slow
+def test_preemption_of_one_host_saves_the_same_step_on_every_host(tmp_path):
+  """SIGTERM to one process of a two-process run: JAX's preemption service and Orbax's sync
+  point make both stop after the same step, where the one checkpoint is saved; relaunching both
+  finishes the run with each step logged once."""
+  import re  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  steps = 40
+  procs = _launch_hosts(workdir, tmp_path, "a", steps)
+  deadline = time.time() + 400
+  while time.time() < deadline:
+    text = (tmp_path / "a0.out").read_text()
+    done = [int(m) for m in re.findall(r"^step (\d+)/", text, re.M)]
+    if done and max(done) >= 10 or any(p.poll() is not None for p in procs):
+      break
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)  # only the second host is told
+  rcs = [p.wait(timeout=300) for p in procs]
+  outs = [(tmp_path / f"a{i}.out").read_text() for i in range(2)]
+  errs = [(tmp_path / f"a{i}.err").read_text() for i in range(2)]
+  assert rcs == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+  assert "Preempted: run the same command again to resume." in outs[0]
+  synced = [set(re.findall(r"Reached preemption sync point, step=(\d+)", e)) for e in errs]
+  assert len(synced[0]) == 1 and synced[0] == synced[1], synced
+  stopped = int(synced[0].pop())
+  assert 10 <= stopped < steps
+  assert saved_steps(workdir) == [stopped]   # cadence 1000: only the preemption save
+  procs = _launch_hosts(workdir, tmp_path, "b", steps)
+  rcs = [p.wait(timeout=600) for p in procs]
+  assert rcs == [0, 0], (tmp_path / "b0.err").read_text()[-2000:]
+  assert f"Resuming from step {stopped}" in (tmp_path / "b0.out").read_text()
+  assert saved_steps(workdir)[-1] == steps
+  logged = [r["step"] for r in read_metrics(workdir) if "train/loss" in r]
+  assert logged == list(range(2, steps + 1, 2))

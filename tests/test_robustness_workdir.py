@@ -219,18 +219,21 @@ def test_launcher_refuses_a_busy_workdir_and_a_changed_seed_or_batch_size(tmp_pa
 # --- Non-local paths ---------------------------------------------------------------------------
 
 
-def test_lock_probe_and_config_json_work_on_a_gs_workdir(tmp_path, monkeypatch):
-  """A gs:// workdir through etils.epath, with the bucket mocked onto a local folder. (Orbax's
-  own gs:// writes go through TensorStore and are not exercised here.)"""
-  from etils import epath  # pylint: disable=g-import-not-at-top
+@pytest.fixture
+def gcs(tmp_path, monkeypatch):
+  """gs://BUCKET/... through etils.epath, mocked onto tmp_path/gcs/BUCKET/... with an object
+  store's limits: no append. The test's working directory is tmp_path/cwd, so a gs:// path
+  handed to os.* instead of epath shows up there as a 'gs:' folder."""
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
   from etils.epath import testing as epath_testing  # pylint: disable=g-import-not-at-top
   # With TensorFlow installed epath would pick its gfile backend over the mocked one.
   monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  root = tmp_path / "gcs"
+  root.mkdir()
 
   def local(path):
     path = os.fspath(path)
-    return str(tmp_path / path[len("gs://"):]) if path.startswith("gs://") else path
+    return str(root / path[len("gs://"):]) if path.startswith("gs://") else path
 
   def redirect(fn, path, *args, **kwargs):
     return fn(local(path), *args, **kwargs)
@@ -238,18 +241,87 @@ def test_lock_probe_and_config_json_work_on_a_gs_workdir(tmp_path, monkeypatch):
   def redirect2(fn, path, dst, *args, **kwargs):
     return fn(local(path), local(dst), *args, **kwargs)
 
-  mocks = {n: redirect for n in ("exists", "isdir", "listdir", "makedirs", "mkdir", "open",
-                                 "remove", "rmtree", "stat", "glob", "walk")}
-  mocks.update(rename=redirect2, replace=redirect2)
+  def no_append(fn, path, mode, *args, **kwargs):
+    if "a" in mode and os.fspath(path).startswith("gs://"):
+      raise OSError(f"object stores have no append: open({os.fspath(path)!r}, {mode!r})")
+    return fn(local(path), mode, *args, **kwargs)
+
+  mocks = {n: redirect for n in ("exists", "isdir", "listdir", "makedirs", "mkdir", "remove",
+                                 "rmtree", "stat", "glob", "walk")}
+  mocks.update(open=no_append, rename=redirect2, replace=redirect2)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
   with epath_testing.mock_epath(**mocks):
-    workdir = "gs://bucket/run"
-    workdir_lib.probe_writable([epath.Path(workdir) / "checkpoints"])
-    assert (tmp_path / "bucket" / "run" / "checkpoints").is_dir()
-    lock = workdir_lib.WorkdirLock(workdir).acquire()
-    assert json.loads((tmp_path / "bucket" / "run" / "lock").read_text())["pid"] == os.getpid()
-    with pytest.raises(errors.WorkdirError, match="in use by pid"):
-      workdir_lib.WorkdirLock(workdir).acquire()
-    lock.release()
-    assert not (tmp_path / "bucket" / "run" / "lock").exists()
-    workdir_lib.write_config_json(workdir, {"seed": 3})
-    assert json.loads((tmp_path / "bucket" / "run" / "config.json").read_text()) == {"seed": 3}
+    yield root
+  assert os.listdir(cwd) == []  # nothing went to os.* as a relative 'gs:' path
+
+
+def test_lock_probe_and_config_json_work_on_a_gs_workdir(gcs):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  workdir = "gs://bucket/run"
+  workdir_lib.probe_writable([epath.Path(workdir) / "checkpoints"])
+  assert (gcs / "bucket" / "run" / "checkpoints").is_dir()
+  lock = workdir_lib.WorkdirLock(workdir).acquire()
+  assert json.loads((gcs / "bucket" / "run" / "lock").read_text())["pid"] == os.getpid()
+  with pytest.raises(errors.WorkdirError, match="in use by pid"):
+    workdir_lib.WorkdirLock(workdir).acquire()
+  lock.release()
+  assert not (gcs / "bucket" / "run" / "lock").exists()
+  workdir_lib.write_config_json(workdir, {"seed": 3})
+  assert json.loads((gcs / "bucket" / "run" / "config.json").read_text()) == {"seed": 3}
+
+
+def test_metrics_and_tensorboard_on_a_gs_workdir_without_append(gcs):
+  """metrics.jsonl is rewritten whole (object stores cannot append), cut back at a restart,
+  and the TensorBoard events are rebuilt from it, like on a local disk."""
+  from kd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import progress  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  workdir = "gs://bucket/run"
+  writer = metrics_lib.MetricWriter(workdir, total_steps=6)
+  writer.start(0)
+  for step in (2, 4, 6):
+    writer.write(step, {"train/loss": 1.0 / step, "eval/top1": 0.1 * step, "epoch": step / 2})
+  writer.close()
+  # A restart from the checkpoint of step 4: step 6 is dropped, then logged again.
+  writer = metrics_lib.MetricWriter(workdir, total_steps=6)
+  writer.start(4)
+  writer.write(6, {"train/loss": 0.5, "eval/top1": 0.7, "epoch": 3.0})
+  writer.close()
+  local = gcs / "bucket" / "run"
+  records = [json.loads(l) for l in (local / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [2, 4, 6] and records[-1]["eval/top1"] == 0.7
+  events = [p for p in (local / "tensorboard").iterdir() if p.name.startswith("events.out")]
+  assert len(events) == 1
+  acc = event_accumulator.EventAccumulator(str(local / "tensorboard"),
+                                           size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  assert [e.step for e in acc.Tensors("eval/top1")] == [2, 4, 6]
+  summary = progress.run_summary(workdir)
+  assert "best eval top-1  70.00% at epoch 3 (step 6)" in summary
+  assert "gs://bucket/run/best" in summary and "gs://bucket/run/metrics.jsonl" in summary
+
+
+def test_a_whole_run_on_a_gs_workdir(gcs, monkeypatch):
+  """train_and_evaluate on gs://bucket/run: every file kd_jax itself writes goes through
+  epath. Orbax writes array data through TensorStore, whose gs:// driver needs a real bucket,
+  so only the checkpoint directory is mapped to the mocked bucket's local folder here."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  real_path = ckpt_lib._path  # pylint: disable=protected-access
+  monkeypatch.setattr(ckpt_lib, "_path", lambda d: real_path(
+      str(gcs / os.fspath(d)[len("gs://"):]) if os.fspath(d).startswith("gs://") else d))
+  config = tiny("kd", steps=4)
+  result = loop.train_and_evaluate(config, "gs://bucket/run")
+  assert result.step == 4 and not result.preempted
+  local = gcs / "bucket" / "run"
+  assert sorted(p.name for p in local.iterdir()) == [
+      "best", "checkpoints", "config.json", "metrics.jsonl", "tensorboard"]
+  steps = [json.loads(l)["step"] for l in (local / "metrics.jsonl").read_text().splitlines()]
+  assert steps == sorted(steps) and steps[-1] == 4
+  assert json.loads((local / "config.json").read_text())["num_train_steps"] == 4
+  # Running it again finds the finished run.
+  again = loop.train_and_evaluate(tiny("kd", steps=4), "gs://bucket/run")
+  assert again.already_finished and again.step == 4
+  assert epath.Path("gs://bucket/run/metrics.jsonl").read_text() == (
+      local / "metrics.jsonl").read_text()

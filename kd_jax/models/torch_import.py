@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -43,11 +45,13 @@ def load_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
   Uses weights_only=True; drops `num_batches_tracked`; strips a DataParallel `module.` prefix.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"PyTorch checkpoint file not found: {path!r}")
   torch = _require_torch()
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # Local files by name; object-store files (gs://...) read through epath first.
+    source = path if "://" not in path else io.BytesIO(epath.Path(path).read_bytes())
+    obj = torch.load(source, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     if "weights_only" in str(e) or "Weights only load failed" in str(e):
       why = ("it holds Python objects that torch.load(weights_only=True) refuses to unpickle; "

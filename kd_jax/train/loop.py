@@ -58,19 +58,6 @@ def make_mesh(config) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def check_workdir(workdir: str) -> None:
-  """Fails at start, not after an hour, when the workdir cannot be written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(f"workdir {workdir!r} cannot be written ({e.strerror or e}); choose a "
-                  f"writable --workdir") from None
-
-
 def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global array from a host value that every process holds in full (multi-host safe)."""
   x = np.asarray(x)
@@ -467,7 +454,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       f"kd_jax.train.sweep.train_sweep (launch.py does this), not "
                       f"train_and_evaluate")
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
-  check_workdir(workdir)
   files.lock, files.checkpointer = workdir_lib.open_run(workdir, config.keep_checkpoints,
                                                         process_index=jax.process_index())
   prog.start(f"loading data ({config.dataset})")

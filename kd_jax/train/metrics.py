@@ -5,6 +5,9 @@ Only process 0 writes. Every start (`start(step)`) cuts metrics.jsonl back to th
 file reads exactly like an unbroken one and holds each step once. TensorBoard events are then
 rebuilt from that file: the old event files are deleted and the kept lines replayed into a fresh
 one, so TensorBoard never shows a step twice (metrics.jsonl is the one source of truth).
+
+Paths go through `etils.epath`. On a local disk each line is appended; on an object store
+(`gs://...`, no append) the writer keeps the file's lines and rewrites it whole at each write.
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ import time
 import uuid
 from typing import Any, Optional
 
+from etils import epath
 import jax
 
 from kd_jax import console
 from kd_jax.errors import ConfigError
+from kd_jax.train.workdir import is_local
 
 
 def _jsonable(value: Any) -> Any:
@@ -33,7 +38,8 @@ def _jsonable(value: Any) -> Any:
 def _start_wandb(workdir: str, project: str, run_config: Any):
   """A Weights & Biases run for `workdir` (the same run again when the workdir resumes).
 
-  Logs the resolved config; WANDB_MODE=offline keeps everything under WORKDIR/wandb.
+  Logs the resolved config; WANDB_MODE=offline keeps everything under WORKDIR/wandb (under
+  wandb's default local directory when the workdir is on an object store).
   """
   try:
     import wandb  # pylint: disable=g-import-not-at-top
@@ -41,17 +47,17 @@ def _start_wandb(workdir: str, project: str, run_config: Any):
     raise ConfigError(f"config.wandb_project={project!r} needs the wandb package, which is "
                       f"not installed: pip install wandb (or leave config.wandb_project='')"
                       ) from None
-  id_path = os.path.join(workdir, "wandb_run_id")
-  if os.path.exists(id_path):
-    with open(id_path) as f:
-      run_id = f.read().strip()
+  id_path = epath.Path(workdir) / "wandb_run_id"
+  if id_path.exists():
+    run_id = id_path.read_text().strip()
   else:
     run_id = uuid.uuid4().hex[:12]
-    with open(id_path, "w") as f:
-      f.write(run_id)
+    id_path.write_text(run_id)
   config = run_config.to_dict() if hasattr(run_config, "to_dict") else dict(run_config or {})
-  return wandb.init(project=project, id=run_id, resume="allow", dir=workdir,
-                    name=os.path.basename(os.path.abspath(workdir)), config=config)
+  name = (os.path.basename(os.path.abspath(workdir)) if is_local(workdir)
+          else epath.Path(workdir).name)
+  return wandb.init(project=project, id=run_id, resume="allow",
+                    dir=workdir if is_local(workdir) else None, name=name, config=config)
 
 
 class _ScalarEventWriter:
@@ -62,18 +68,18 @@ class _ScalarEventWriter:
   see the same tags and values. (tensorboard's own EventFileWriter would import TensorFlow.)
   """
 
-  def __init__(self, log_dir: str):
+  def __init__(self, log_dir: epath.Path):
     # pylint: disable=g-import-not-at-top
     from tensorboard.compat.proto import event_pb2
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.summary.writer import record_writer
     from tensorboard.util import tensor_util
     # pylint: enable=g-import-not-at-top
-    os.makedirs(log_dir, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
     self._event_pb2, self._summary_pb2, self._tensor_util = event_pb2, summary_pb2, tensor_util
     name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
             f"{os.getpid()}.kd_jax")
-    self._writer = record_writer.RecordWriter(open(os.path.join(log_dir, name), "wb"))
+    self._writer = record_writer.RecordWriter((log_dir / name).open("wb"))
     self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
     self.flush()
 
@@ -101,8 +107,10 @@ class MetricWriter:
   def __init__(self, workdir: str, *, total_steps: int, tensorboard: bool = True,
                wandb_project: str = "", run_config: Any = None):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.tb_dir = os.path.join(workdir, "tensorboard")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.tb_dir = epath.Path(workdir) / "tensorboard"
+    self._local = is_local(workdir)
+    self._lines: Optional[list[str]] = None  # object stores: the lines, rewritten at each write
     self.total_steps = total_steps
     self._want_tb = self.enabled and tensorboard
     self._tb = None
@@ -126,10 +134,10 @@ class MetricWriter:
     kept = self.truncate_after(step)
     if not self.enabled:
       return
-    if os.path.isdir(self.tb_dir):
-      for name in os.listdir(self.tb_dir):
-        if name.startswith("events.out.tfevents"):
-          os.remove(os.path.join(self.tb_dir, name))
+    if self.tb_dir.is_dir():
+      for path in self.tb_dir.iterdir():
+        if path.name.startswith("events.out.tfevents"):
+          path.unlink()
     self._open_tensorboard()
     for record in kept:
       self._write_tb(record)
@@ -137,23 +145,26 @@ class MetricWriter:
   def truncate_after(self, step: int) -> list[dict]:
     """Drops lines logged after `step` (they belong to work lost by an interruption), and all
     lines when `step` is 0 (a start from scratch logs step 0 again). Returns the kept records."""
-    if not self.enabled or not os.path.exists(self.path):
+    self._lines = []
+    if not self.enabled or not self.path.exists():
       return []
     kept = []
-    with open(self.path) as f:
-      for line in f:
-        if not line.endswith("\n"):
-          continue  # a line cut by a kill mid-write
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if step > 0 and isinstance(record, dict) and record.get("step", 0) <= step:
-          kept.append(record)
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write("".join(json.dumps(k) + "\n" for k in kept))
-    os.replace(tmp, self.path)
+    for line in self.path.read_text().splitlines(keepends=True):
+      if not line.endswith("\n"):
+        continue  # a line cut by a kill mid-write
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if step > 0 and isinstance(record, dict) and record.get("step", 0) <= step:
+        kept.append(record)
+    self._lines = [json.dumps(k) + "\n" for k in kept]
+    if self._local:  # a temporary file and an atomic rename
+      tmp = self.path.with_name(self.path.name + ".tmp")
+      tmp.write_text("".join(self._lines))
+      os.replace(tmp, self.path)
+    else:  # object stores replace an object atomically
+      self.path.write_text("".join(self._lines))
     return kept
 
   def _write_tb(self, record: dict) -> None:
@@ -168,9 +179,15 @@ class MetricWriter:
       return
     record = {"step": int(step)}
     record.update({k: _jsonable(v) for k, v in scalars.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-      f.flush()
+    line = json.dumps(record) + "\n"
+    if self._local:
+      with self.path.open("a") as f:
+        f.write(line)
+    else:
+      if self._lines is None:
+        self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+      self._lines.append(line)
+      self.path.write_text("".join(self._lines))
     self._open_tensorboard()
     if self._tb is not None:
       self._write_tb(record)

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, Callable, Optional, TextIO
 
+from etils import epath
+
 from kd_jax import console
 
 
@@ -173,16 +175,15 @@ class Progress:
 # The summary of a run.
 
 
-def _read_metrics(path: str) -> list[dict[str, Any]]:
+def _read_metrics(path: epath.Path) -> list[dict[str, Any]]:
   records = []
-  if not os.path.exists(path):
+  if not path.exists():
     return records
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
   return records
 
 
@@ -196,7 +197,7 @@ def run_summary(workdir: str) -> str:
   Best and last eval top-1 in percent with their epochs, the teacher's top-1 (when there is
   a teacher), the wall time and where the best checkpoint and the metrics are.
   """
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = epath.Path(workdir) / "metrics.jsonl"
   records = _read_metrics(path)
   evals = [r for r in records if "eval/top1" in r]
   steps = max((int(r.get("step", 0)) for r in records), default=0)
@@ -209,7 +210,7 @@ def run_summary(workdir: str) -> str:
     last = evals[-1]
     lines.append(f"  best eval top-1  {_pct(best['eval/top1'])} at epoch "
                  f"{math.ceil(best.get('epoch', 0) - 1e-9)} (step {best['step']}); "
-                 f"checkpoint: {os.path.join(workdir, 'best')}")
+                 f"checkpoint: {os.fspath(epath.Path(workdir) / 'best')}")
     last_line = (f"  last eval top-1  {_pct(last['eval/top1'])} at epoch "
                  f"{math.ceil(last.get('epoch', 0) - 1e-9)} (step {last['step']})")
     if "eval/top5" in last:
@@ -220,5 +221,5 @@ def run_summary(workdir: str) -> str:
   teacher = [r for r in records if "teacher/top1" in r]
   if teacher:
     lines.append(f"  teacher top-1    {_pct(teacher[-1]['teacher/top1'])}")
-  lines.append(f"  metrics: {path}")
+  lines.append(f"  metrics: {os.fspath(path)}")
   return "\n".join(lines)

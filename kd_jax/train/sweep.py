@@ -36,6 +36,7 @@ from kd_jax.errors import ConfigError, TrainingError
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop
 from kd_jax.train import metrics as metrics_lib
+from kd_jax.train import workdir as workdir_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 
@@ -183,15 +184,13 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[loop.Ru
   names = [n for n, _ in named]
   runs = [c for _, c in named]
   keys = [k for k, _ in parse_sweep(config.sweep)]
-  loop.check_workdir(workdir)
+  workdir_lib.probe_writable([workdir])
   run_dirs = [os.path.join(workdir, "runs", n) for n in names]
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    workdir_lib.write_config_json(workdir, config)
+    workdir_lib.probe_writable(run_dirs)
     for d, c in zip(run_dirs, runs):
-      os.makedirs(d, exist_ok=True)
-      with open(os.path.join(d, "config.json"), "w") as f:
-        f.write(c.to_json_best_effort(indent=2, sort_keys=True))
+      workdir_lib.write_config_json(d, c)
   console.info(f"sweep: {len(runs)} runs in one program: {', '.join(names)}")
 
   data = loop._setup_data(config, mesh)  # pylint: disable=protected-access

@@ -13,9 +13,9 @@ The variables are checked leaf by leaf against the configured model before use.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Type
 
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -44,8 +44,7 @@ def is_msgpack(path: str) -> bool:
 def read_msgpack(path: str) -> PyTree:
   """{'params', 'batch_stats'} (numpy) from a flax msgpack file, or a WeightsFileError."""
   try:
-    with open(path, "rb") as f:
-      restored = flax.serialization.msgpack_restore(f.read())
+    restored = flax.serialization.msgpack_restore(epath.Path(path).read_bytes())
   except Exception as e:  # pylint: disable=broad-except
     raise WeightsFileError(f"cannot read {path!r} as a flax .msgpack file (truncated or not "
                            f"msgpack: {type(e).__name__}: {str(e)[:200]})") from None
@@ -91,15 +90,16 @@ def load_variables(source: str, model: str, num_classes: int, *, aux_head: Optio
   does not exist or does not fit raises `missing_error`. Returns (variables, where read from).
   """
   path, which = split_source(source)
-  if not os.path.exists(path):
+  is_dir = epath.Path(path).is_dir()
+  if not is_dir and not epath.Path(path).exists():
     raise missing_error(f"config.{key}={source!r} does not exist; expected a PyTorch .pth "
                         f"file, a .msgpack file or a kd_jax run workdir (WORKDIR, WORKDIR:best)")
-  if which is not None and not os.path.isdir(path):
+  if which is not None and not is_dir:
     raise missing_error(f"config.{key}={source!r}: ':{which}' applies to a kd_jax run "
                         f"workdir, but {path!r} is a file")
   module = models.create(model, num_classes, aux_head=aux_head)
   abstract = abstract_variables(module, image_size)
-  if os.path.isdir(path):
+  if is_dir:
     try:
       variables, read_from = ckpt_lib.restore_variables(path, which or default_which)
     except CheckpointError:

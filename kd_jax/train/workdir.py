@@ -45,7 +45,8 @@ NON_IDENTITY_KEYS = frozenset({
 })
 
 
-def _is_local(path: epath.Path) -> bool:
+def is_local(path: str | os.PathLike) -> bool:
+  """False for object-store paths (gs://, s3://, ...): no O_EXCL create, append or rename."""
   return "://" not in os.fspath(path)
 
 
@@ -108,7 +109,7 @@ class WorkdirLock:
                        f"this workdir")
 
   def _create(self, text: str) -> bool:
-    if _is_local(self.path):
+    if is_local(self.path):
       try:
         fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
@@ -228,7 +229,7 @@ def probe_writable(directories: Iterable[str | os.PathLike]) -> None:
       probe.write_text("ok")
       probe.unlink()
     except OSError as e:
-      raise WorkdirError(f"{path} cannot be written ({describe_os_error(e)}); choose a "
+      raise WorkdirError(f"{os.fspath(path)} cannot be written ({describe_os_error(e)}); choose a "
                          f"writable --workdir or free the disk") from None
 
 
@@ -253,11 +254,11 @@ def write_config_json(workdir: str | os.PathLike, config: Any) -> None:
   tmp = epath.Path(workdir) / f".config.json.tmp{os.getpid()}"
   text = config.to_json_best_effort(indent=2, sort_keys=True) if hasattr(
       config, "to_json_best_effort") else json.dumps(config, indent=2, sort_keys=True)
+  if not is_local(path):  # an object store replaces an object atomically
+    path.write_text(text)
+    return
   tmp.write_text(text)
-  if _is_local(path):
-    os.replace(os.fspath(tmp), os.fspath(path))
-  else:
-    tmp.rename(path)
+  os.replace(os.fspath(tmp), os.fspath(path))
 
 
 def _legacy_config(workdir: str | os.PathLike) -> Optional[dict]:
@@ -272,6 +273,7 @@ def open_run(workdir: str | os.PathLike, keep_checkpoints: int, *, process_index
   """Locks WORKDIR (process 0) and probes its output directories. Returns (lock, checkpointer);
   the caller releases the lock (also on errors) and closes the checkpointer."""
   from kd_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  probe_writable([workdir])  # the lock file goes there
   lock = WorkdirLock(workdir, enabled=process_index == 0).acquire()
   try:
     root = epath.Path(workdir)
