@@ -64,6 +64,37 @@ def test_forced_scan_equals_per_step_calls(method):
   _assert_states_close(s1, s2)
 
 
+def test_cpu_step_counts_share_one_compiled_step():
+  """On CPU, 5 and 3 steps per dispatch are calls of the one compiled one-step function (one
+  compilation, not one per count), each call on its own slice of the streamed batches."""
+  from test_robustness import _step_spec, tiny  # pylint: disable=g-import-not-at-top
+  spec, state0, teacher_vars = _step_spec(tiny())
+  # Committed like the loop's state (trainer.init_state), so each function compiles once.
+  repl = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
+  state0 = jax.device_put(state0, repl)
+  made = []
+
+  def make(n, one_step):
+    made.append((n, one_step))
+    return step_lib.make_train_fn(spec, n, one_step=one_step)
+
+  fns = step_lib.TrainFns(spec, make)
+  (f5, c5), (f3, c3), (f1, c1), (again, c_again) = (fns.get(5), fns.get(3), fns.get(1),
+                                                      fns.get(5))
+  assert (c5, c3, c1, c_again) == (True, False, False, False) and again is f5
+  assert [n for n, _ in made] == [1, 5, 3] and made[1][1] is f1 and made[2][1] is f1
+  rng = np.random.default_rng(0)
+  data = {"image": rng.normal(size=(8, 4, 32, 32, 3)).astype(np.float32),
+          "label": rng.integers(0, 100, size=(8, 4)).astype(np.int32)}
+  chunked = f3(f5(state0, teacher_vars, {k: v[:5] for k, v in data.items()}), teacher_vars,
+               {k: v[5:] for k, v in data.items()})
+  state1 = jax.device_put(_step_spec(tiny())[1], repl)
+  for i in range(8):
+    state1 = f1(state1, teacher_vars, {k: v[i:i + 1] for k, v in data.items()})
+  assert f1._cache_size() == 1  # pylint: disable=protected-access
+  _assert_states_close(chunked, state1, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------------------
 # The teacher-logit table.
 

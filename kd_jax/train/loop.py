@@ -494,7 +494,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = int(jax.device_get(state.step))
   writer.start(step)
 
-  train_fns: dict[int, Callable] = {}
   eval_fn = step_lib.make_eval_fn(student, spec.mean, spec.std, mesh, data.in_memory)
 
   if teacher is not None and config.teacher_dtype != "float32":
@@ -538,14 +537,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return (s // every + 1) * every
 
   eval_every = config.eval_every_epochs * spe
+  train_fns = step_lib.TrainFns(
+      spec, lambda n, one_step: step_lib.make_train_fn(spec, n, one_step=one_step))
   with _Preemption(multi_host=jax.process_count() > 1) as preemption:
     while step < total_steps:
       target = min(total_steps, boundary(step, config.log_every_steps),
                    boundary(step, config.checkpoint_every_steps), boundary(step, eval_every))
       n = min(config.steps_per_dispatch, target - step)
-      compiling = n not in train_fns
+      train_fn, compiling = train_fns.get(n)
       if compiling:
-        train_fns[n] = step_lib.make_train_fn(spec, n)
         prog.message(f"compiling the train step ({n} step{'s' if n > 1 else ''} per "
                      f"dispatch)...")
         t_compile = time.time()
@@ -561,7 +561,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                        where=f"training batch of step {step + i + 1}")
         batch_data = _to_global_batch(
             {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
-      state = train_fns[n](state, step_teacher, batch_data)
+      state = train_fn(state, step_teacher, batch_data)
       step += n
       if compiling:
         compile_s += time.time() - t_compile

@@ -210,8 +210,50 @@ def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all, t
           jax.lax.with_sharding_constraint(labels, sharding), teacher_logits)
 
 
-def make_train_fn(spec: StepSpec, num_steps: int, *,
-                  force_scan: bool = False) -> Callable[..., TrainState]:
+def steps_as_calls(spec: StepSpec, num_steps: int, force_scan: bool = False) -> bool:
+  """True where `num_steps` steps run as that many calls of the compiled one-step function
+  (CPU; see make_train_fn), False where they run in one lax.scan."""
+  return num_steps > 1 and spec.mesh.devices.flat[0].platform == "cpu" and not force_scan
+
+
+def repeat_calls(one_step: Callable, num_steps: int, *, slice_data: bool) -> Callable:
+  """`fn(state, *rest)` calling `one_step(state, *rest)` num_steps times; with slice_data the
+  last argument is a pytree of per-step stacks and call i gets its slice [i:i+1]."""
+  def run_steps(state, *rest):
+    for i in range(num_steps):
+      args = rest
+      if slice_data:
+        args = (*rest[:-1], jax.tree.map(lambda a, i=i: a[i:i + 1], rest[-1]))
+      state = one_step(state, *args)
+    return state
+  return run_steps
+
+
+class TrainFns:
+  """Train functions by steps per dispatch, built once each. Where steps run as calls (CPU),
+  every count shares the one-step function, so it compiles once rather than once per count.
+
+  `make(num_steps, one_step)` builds a function (one_step: the shared one-step function, or None).
+  """
+
+  def __init__(self, spec: StepSpec, make: Callable[[int, Optional[Callable]], Callable]):
+    self._spec, self._make, self._fns = spec, make, {}
+
+  def get(self, num_steps: int) -> tuple[Callable, bool]:
+    """(fn, whether its first call compiles)."""
+    if num_steps in self._fns:
+      return self._fns[num_steps], False
+    if steps_as_calls(self._spec, num_steps):
+      one_step, compiles = self.get(1)
+      fn = self._make(num_steps, one_step)
+    else:
+      fn, compiles = self._make(num_steps, None), True
+    self._fns[num_steps] = fn
+    return fn, compiles
+
+
+def make_train_fn(spec: StepSpec, num_steps: int, *, force_scan: bool = False,
+                  one_step: Optional[Callable] = None) -> Callable[..., TrainState]:
   """`fn(state, teacher_vars, data) -> state` running `num_steps` steps, jit-compiled.
 
   data: (images_u8 [N,H,W,3], labels [N]) replicated, for in-memory datasets; or a dict with
@@ -222,18 +264,13 @@ def make_train_fn(spec: StepSpec, num_steps: int, *,
   On accelerators the steps run in one `lax.scan`. On CPU they are `num_steps` calls of the
   compiled one-step function: XLA:CPU runs the convolutions of a while-loop body tens of times
   slower than outside a loop (BENCHMARKS.md), and unrolling would multiply the compile time.
-  `force_scan=True` takes the accelerator path (one `lax.scan`) on CPU too, for tests.
+  `force_scan=True` takes the accelerator path (one `lax.scan`) on CPU too, for tests;
+  `one_step` is the one-step function to call there (shared, see TrainFns).
   With `spec.teacher_table`, teacher_vars is the teacher-logit table.
   """
-  if num_steps > 1 and spec.mesh.devices.flat[0].platform == "cpu" and not force_scan:
-    one_step = make_train_fn(spec, 1)
-
-    def run_steps(state, teacher_vars, data):
-      for i in range(num_steps):
-        step_data = data if spec.in_memory else jax.tree.map(lambda a: a[i:i + 1], data)
-        state = one_step(state, teacher_vars, step_data)
-      return state
-    return run_steps
+  if steps_as_calls(spec, num_steps, force_scan):
+    return repeat_calls(one_step or make_train_fn(spec, 1), num_steps,
+                        slice_data=not spec.in_memory)
 
   def body(carry, xs, teacher_vars, data):
     state = carry

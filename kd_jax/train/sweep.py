@@ -132,20 +132,16 @@ def run_spec(spec: step_lib.StepSpec, config, hp: dict, total_steps: int) -> ste
 
 
 def make_sweep_train_fn(spec: step_lib.StepSpec, config, total_steps: int, num_steps: int, *,
-                        force_scan: bool = False) -> Callable[..., PyTree]:
+                        force_scan: bool = False,
+                        one_step: Optional[Callable] = None) -> Callable[..., PyTree]:
   """`fn(states, hp, teacher, data) -> states`: `num_steps` steps of every run (vmapped).
 
   states: TrainStates stacked on a leading run axis; hp: {key: [N]} swept values. As
   step.make_train_fn: one lax.scan on accelerators (or with force_scan), calls on CPU.
   """
-  if num_steps > 1 and spec.mesh.devices.flat[0].platform == "cpu" and not force_scan:
-    one = make_sweep_train_fn(spec, config, total_steps, 1)
-
-    def run_steps(states, hp, teacher, data):
-      for _ in range(num_steps):
-        states = one(states, hp, teacher, data)
-      return states
-    return run_steps
+  if step_lib.steps_as_calls(spec, num_steps, force_scan):
+    return step_lib.repeat_calls(one_step or make_sweep_train_fn(spec, config, total_steps, 1),
+                                 num_steps, slice_data=False)
 
   def per_run(state, hp, teacher, data):
     rs = run_spec(spec, config, hp, total_steps)
@@ -235,7 +231,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[loop.Ru
     spec = dataclasses.replace(spec, teacher_table=True)
 
   eval_fn = step_lib.make_eval_fn(spec.student, spec.mean, spec.std, mesh, True)
-  train_fns: dict[int, Callable] = {}
+  train_fns = step_lib.TrainFns(spec, lambda n, one_step: make_sweep_train_fn(
+      spec, config, total_steps, n, one_step=one_step))
   window_start, window_step = time.time(), step
   eval_every = config.eval_every_epochs * spe
   last_eval: list[dict] = [{} for _ in runs]
@@ -252,9 +249,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[loop.Ru
       target = min(total_steps, boundary(step, config.log_every_steps),
                    boundary(step, config.checkpoint_every_steps), boundary(step, eval_every))
       n = min(config.steps_per_dispatch, target - step)
-      if n not in train_fns:
-        train_fns[n] = make_sweep_train_fn(spec, config, total_steps, n)
-      states = train_fns[n](states, hp, step_teacher, data.train)
+      states = train_fns.get(n)[0](states, hp, step_teacher, data.train)
       step += n
 
       if step % config.log_every_steps == 0 or step == total_steps:
