@@ -1,5 +1,5 @@
-"""Test set-up: 8 simulated CPU devices (for the sharding tests), a per-session compilation cache,
-the import paths.
+"""Test set-up: 8 simulated CPU devices (for the sharding tests), fast XLA compilation
+(testenv.py), a per-session compilation cache, the import paths.
 
 The cache lets the launcher subprocesses of the resume tests reuse each other's compiled steps.
 """
@@ -7,8 +7,12 @@ import os
 import sys
 import tempfile
 
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _TESTS)
+import testenv  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # Must happen before jax is imported anywhere. Affects the host (CPU) platform only.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", testenv.xla_flags(8))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kd_jax_jit_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "benchmarks")
 STEP_KEYS = ("images_per_sec", "step_ms", "compile_s", "device", "method", "teacher", "student",
@@ -20,7 +22,7 @@ STEP_KEYS = ("images_per_sec", "step_ms", "compile_s", "device", "method", "teac
 
 def _env(devices: int = 1) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = testenv.xla_flags(devices)
   env["TF_CPP_MIN_LOG_LEVEL"] = "3"
   env.setdefault("PYTHON", sys.executable)
   return env

@@ -14,6 +14,8 @@ import types
 import jax
 import numpy as np
 import pytest
+
+import testenv  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
@@ -515,7 +517,7 @@ def test_launch_with_a_missing_image_folder_exits_2_with_one_line(tmp_path):
          f"--config={os.path.join(REPO, 'configs', 'smoke.py')}:ce",
          f"--workdir={tmp_path / 'run'}", f"--config.dataset=imagefolder:{tmp_path / 'nope'}",
          "--config.num_classes=10"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = testenv.subprocess_env(1)
   res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
   assert res.returncode == 2, res.stderr[-2000:]
   errors_out = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -536,7 +538,7 @@ def test_launch_on_an_image_folder_with_given_mean_std(tmp_path):
          "--config.eval_batch_size=4", "--config.num_train_steps=1",
          "--config.steps_per_dispatch=1", "--config.train_examples=0",
          "--config.eval_examples=0"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = testenv.subprocess_env(1)
   res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   with open(workdir / "config.json") as f:

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 from kd_jax import errors
 from kd_jax import export as export_lib
 from kd_jax import models
@@ -114,7 +116,7 @@ def test_export_cli_writes_a_pth_the_twin_loads_with_the_same_logits(tmp_path):
 
 
 def test_export_bad_arguments_are_one_line_exit_2(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = testenv.subprocess_env(1)
   cases = [[str(tmp_path / "nope"), "--out", str(tmp_path / "x.pth")],   # no such workdir
            [str(tmp_path), "--out", str(tmp_path / "x.pth")],            # not a run workdir
            [str(tmp_path), "--out", "x.pth", "--format", "onnx"],        # bad format

@@ -14,6 +14,8 @@ import tomllib
 import ml_collections
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 from kd_jax import config as kdc
 from kd_jax import errors
 from kd_jax.train import progress
@@ -25,8 +27,7 @@ LAUNCH = os.path.join(REPO, "launch.py")
 
 
 def _run(*args, timeout=600, cwd=REPO):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             PYTHONUNBUFFERED="1")
+  env = testenv.subprocess_env(1, PYTHONUNBUFFERED="1")
   return subprocess.run([sys.executable, LAUNCH, *args], capture_output=True, text=True,
                         env=env, timeout=timeout, cwd=cwd)
 

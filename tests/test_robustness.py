@@ -15,6 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 from kd_jax import errors
 from kd_jax import methods
 from kd_jax import models
@@ -229,7 +231,7 @@ def test_teacher_pth_of_wrong_architecture_and_truncated_file(tmp_path):
 
 
 def test_launcher_prints_one_line_for_user_errors(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = testenv.subprocess_env(1)
   res = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch.py"),
        "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd",

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop
 
@@ -150,8 +152,7 @@ def _popen(workdir):
   cmd = [sys.executable, os.path.join(REPO, "launch.py"),
          "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd",
          f"--workdir={workdir}", *_ARGS]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             PYTHONUNBUFFERED="1")
+  env = testenv.subprocess_env(1, PYTHONUNBUFFERED="1")
   return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env)
 
@@ -250,7 +251,7 @@ def _free_port() -> int:
 def _launch_hosts(workdir, tmp_path, tag, steps):
   """Two launcher processes (one CPU device each) forming one jax.distributed run."""
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = testenv.subprocess_env(1)
   procs = []
   for i in range(2):
     out = open(tmp_path / f"{tag}{i}.out", "w")

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 from kd_jax import errors
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop
@@ -171,7 +173,7 @@ _TINY_ARGS = ["--config.train_examples=128", "--config.eval_examples=32",
 
 
 def _launch(workdir, *extra):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = testenv.subprocess_env(1)
   return subprocess.run(
       [sys.executable, os.path.join(REPO, "launch.py"),
        "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}",

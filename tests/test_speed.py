@@ -6,6 +6,8 @@ import jax
 import numpy as np
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 from kd_jax.train import loop
 from kd_jax.train import step as step_lib
 
@@ -350,7 +352,7 @@ def test_launch_refuses_a_bad_sweep_with_one_line(tmp_path):
        f"--config={os.path.join(REPO, 'configs', 'smoke.py')}:dkd",
        f"--workdir={tmp_path / 'w'}", "--config.sweep=student=resnet8,resnet20"],
       capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+      env=testenv.subprocess_env(1))
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors_ = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors_) == 1 and "'student' cannot be swept" in errors_[0]

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 from kd_jax import errors
 from kd_jax import config as kdc
 from kd_jax.train import loop
@@ -131,8 +133,7 @@ def _launch(workdir, *overrides, wait=True):
          "--config.train_examples=256", "--config.eval_examples=40",
          "--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
          "--config.log_every_steps=10", *overrides]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             PYTHONUNBUFFERED="1")
+  env = testenv.subprocess_env(2, PYTHONUNBUFFERED="1")
   if wait:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
   return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -3,7 +3,7 @@
 Same data (an image folder of 64 training images, 10 classes, no augmentation), same teacher
 and student weights (.pth), one full-batch step per epoch (so batch order does not matter),
 30 epochs with LR steps after epochs 10 and 20. kd_jax runs through launch.py and its student
-comes back through `python -m kd_jax.export`; tests/torch_trainer.py is the PyTorch side.
+comes back through kd_jax.export; tests/torch_trainer.py is the PyTorch side.
 
 Yardstick: float32 round-off grows from step to step on such a small full-batch problem, so
 the PyTorch loop runs in float64 (the reference trajectory) and in float32; kd_jax (float32)
@@ -19,8 +19,11 @@ import sys
 import numpy as np
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
+from kd_jax import export  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_twins_a  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -134,7 +137,7 @@ def test_kd_jax_run_follows_the_pytorch_loop(setup, tmp_path, method):
   config_file, overrides, aux = METHODS[method]
   settings = dict(COMMON, **overrides)
   workdir = tmp_path / "run"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = testenv.subprocess_env(1)
   cmd = [sys.executable, os.path.join(REPO, "launch.py"),
          f"--config={os.path.join(REPO, config_file)}", f"--workdir={workdir}",
          f"--config.dataset=imagefolder:{root / 'data'}",
@@ -160,11 +163,10 @@ def test_kd_jax_run_follows_the_pytorch_loop(setup, tmp_path, method):
   assert ref[-1] < ref[0]  # it really trains
   drift = np.abs(l32 - ref) / np.abs(ref)
   err = np.abs(jax_losses - ref) / np.abs(ref)
-  # The exported student, loaded strictly into the PyTorch model.
+  # The exported student (kd_jax.export, the function behind `python -m kd_jax.export`),
+  # loaded strictly into the PyTorch model.
   out = tmp_path / "s2.pth"
-  res = subprocess.run([sys.executable, "-m", "kd_jax.export", str(workdir), "--out", str(out)],
-                       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-  assert res.returncode == 0, res.stderr[-2000:]
+  export.export(str(workdir), str(out))
   exported = torch_twins_a.build("resnet8", NUM_CLASSES, aux)
   exported.load_state_dict(torch.load(out, weights_only=True)["model"], strict=True)
   sd_jax, sd64, sd32 = (m.state_dict() for m in (exported, s64, s32))
@@ -193,8 +195,8 @@ def test_kd_jax_step_in_float64_equals_torch_double(setup, tmp_path, method):
   settings = dict(COMMON, num_epochs=12, lr_milestones=(4, 8), **overrides)
   per_class = 2
   out = tmp_path / "x64"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+  env = testenv.subprocess_env(
+      1, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
   res = subprocess.run([sys.executable, os.path.join(REPO, "tests", "x64_runner.py"),
                         os.path.join(REPO, config_file), json.dumps(settings), str(root),
                         str(aux), str(per_class), str(out)],
