@@ -118,7 +118,7 @@ def test_train_eval_forward_and_backward(name):
   model = models.create(name, c)
   x = jax.random.normal(jax.random.key(1), (b, s, s, 3))
   labels = jnp.arange(b) % c
-  variables = model.init(jax.random.key(0), x[:1])
+  variables = jax.jit(model.init)(jax.random.key(0), x[:1])
   params, stats = variables["params"], variables["batch_stats"]
 
   def loss_fn(p):
@@ -127,7 +127,9 @@ def test_train_eval_forward_and_backward(name):
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean()
     return ce, (logits, new_vars["batch_stats"])
 
-  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  # One compiled program each (op-by-op dispatch compiles every layer's ops separately).
+  value_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  (loss, (logits, new_stats)), grads = value_and_grad(params)
   assert logits.shape == (b, c) and logits.dtype == jnp.float32
   assert np.isfinite(float(loss))
   # Training mode moved the running statistics (momentum 0.9 towards the batch stats).
@@ -137,7 +139,8 @@ def test_train_eval_forward_and_backward(name):
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grad_leaves)
   assert float(jnp.abs(grads["conv1"]["kernel"]).sum()) > 0
   assert float(jnp.abs(grads["head"]["kernel"]).sum()) > 0
-  eval_logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+  eval_logits = jax.jit(lambda v: model.apply(v, x, train=False))(
+      {"params": params, "batch_stats": stats})
   assert eval_logits.shape == (b, c) and bool(jnp.all(jnp.isfinite(eval_logits)))
   # Eval uses running stats (0/1 at init), training the batch statistics: they differ.
   assert not np.allclose(eval_logits, logits, atol=1e-5)

@@ -137,7 +137,7 @@ def test_kd_jax_run_follows_the_pytorch_loop(setup, tmp_path, method):
   config_file, overrides, aux = METHODS[method]
   settings = dict(COMMON, **overrides)
   workdir = tmp_path / "run"
-  env = testenv.subprocess_env(1)
+  env = testenv.subprocess_env(1, fast_compile=False)
   cmd = [sys.executable, os.path.join(REPO, "launch.py"),
          f"--config={os.path.join(REPO, config_file)}", f"--workdir={workdir}",
          f"--config.dataset=imagefolder:{root / 'data'}",
@@ -196,7 +196,7 @@ def test_kd_jax_step_in_float64_equals_torch_double(setup, tmp_path, method):
   per_class = 2
   out = tmp_path / "x64"
   env = testenv.subprocess_env(
-      1, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+      1, fast_compile=False, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
   res = subprocess.run([sys.executable, os.path.join(REPO, "tests", "x64_runner.py"),
                         os.path.join(REPO, config_file), json.dumps(settings), str(root),
                         str(aux), str(per_class), str(out)],

@@ -5,18 +5,20 @@ most of its CPU time. XLA's backend optimization level 0 (LLVM without its expen
 compiled the resnet8 KD train step in 2.7 s instead of 5.8 s, with the same step time and the
 loss equal to 6 digits (2-core CPU, 2026-12-02). It changes float rounding only, never what is
 computed; every comparison in the suite has a tolerance or compares programs compiled alike.
-Users' runs keep XLA's defaults.
+Users' runs keep XLA's defaults, and so do the tests whose time goes into running rather than
+compiling (the trajectory proofs: level 0 made their float64 steps several times slower).
 """
 import os
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
-def xla_flags(devices: int) -> str:
+def xla_flags(devices: int, fast_compile: bool = True) -> str:
   """XLA_FLAGS for a test process simulating `devices` CPU devices."""
-  return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+  flags = f"--xla_force_host_platform_device_count={devices}"
+  return f"{flags} {FAST_COMPILE}" if fast_compile else flags
 
 
-def subprocess_env(devices: int = 1, **extra: str) -> dict:
+def subprocess_env(devices: int = 1, fast_compile: bool = True, **extra: str) -> dict:
   """os.environ for a launcher/script subprocess with `devices` CPU devices, plus `extra`."""
-  return dict(os.environ, XLA_FLAGS=xla_flags(devices), **extra)
+  return dict(os.environ, XLA_FLAGS=xla_flags(devices, fast_compile), **extra)
