@@ -112,7 +112,9 @@ def test_aux_heads_are_siblings_on_the_pooled_feature(name):
   assert set(nonlin["batch_stats"]["aux_head"]["net_2"]) == {"mean", "var"}
 
 
-@pytest.mark.parametrize("name", NAMES)
+# resnet56 and resnet110 are resnet20's stages with more of the same blocks (their parameter
+# counts and PyTorch parity are tested like every name); compiling their train pass costs ~1 min.
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("resnet56", "resnet110")])
 def test_train_eval_forward_and_backward(name):
   c, s, b = _spec(name)
   model = models.create(name, c)

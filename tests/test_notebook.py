@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+import testenv  # pylint: disable=g-import-not-at-top
+
 nbformat = pytest.importorskip("nbformat")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +51,7 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
   pytest.importorskip("ipykernel")
   monkeypatch.setenv("KD_JAX_NOTEBOOK_TEST", "1")
   monkeypatch.setenv("KD_JAX_NOTEBOOK_WORKROOT", str(tmp_path))
-  monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, like a user's machine
+  monkeypatch.setenv("XLA_FLAGS", testenv.xla_flags(1))  # one CPU device, like a user's machine
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = _read()
   client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
