@@ -145,7 +145,7 @@ class MetricWriter:
   def truncate_after(self, step: int) -> list[dict]:
     """Drops lines logged after `step` (they belong to work lost by an interruption), and all
     lines when `step` is 0 (a start from scratch logs step 0 again). Returns the kept records."""
-    self._lines = []
+    self._lines = None if self._local else []
     if not self.enabled or not self.path.exists():
       return []
     kept = []
@@ -158,13 +158,14 @@ class MetricWriter:
         continue
       if step > 0 and isinstance(record, dict) and record.get("step", 0) <= step:
         kept.append(record)
-    self._lines = [json.dumps(k) + "\n" for k in kept]
+    text = "".join(json.dumps(k) + "\n" for k in kept)
     if self._local:  # a temporary file and an atomic rename
       tmp = self.path.with_name(self.path.name + ".tmp")
-      tmp.write_text("".join(self._lines))
+      tmp.write_text(text)
       os.replace(tmp, self.path)
     else:  # object stores replace an object atomically
-      self.path.write_text("".join(self._lines))
+      self._lines = text.splitlines(keepends=True)
+      self.path.write_text(text)
     return kept
 
   def _write_tb(self, record: dict) -> None:
