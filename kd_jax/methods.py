@@ -192,11 +192,14 @@ def needs_teacher(config) -> bool:
 # The loss of one step.
 
 
-def warmup_factor(epoch: jax.Array, warmup_epochs: float) -> jax.Array:
-  """w(e) = min(e / W, 1) with 1-based epochs, constant within an epoch; 1 when W = 0."""
+def warmup_factor(epoch: jax.Array, warmup_epochs: float,
+                  dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """w(e) = min(e / W, 1) with 1-based epochs, constant within an epoch; 1 when W = 0.
+
+  In `dtype`, the logits' (float64 under JAX x64: a float32 w would be off by ~1e-8)."""
   if not warmup_epochs:
-    return jnp.ones((), jnp.float32)
-  return jnp.minimum(epoch.astype(jnp.float32) / warmup_epochs, 1.0)
+    return jnp.ones((), dtype)
+  return jnp.minimum(epoch.astype(dtype) / warmup_epochs, 1.0)
 
 
 def loss_terms(spec: LossSpec, logits: jax.Array, labels: jax.Array,
@@ -214,7 +217,7 @@ def loss_terms(spec: LossSpec, logits: jax.Array, labels: jax.Array,
   if teacher_logits is not None:
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
   inputs = TermInputs(logits=logits, labels=labels, teacher=teacher_logits, aux=aux_logits,
-                      epoch=epoch, warmup=warmup_factor(epoch, spec.warmup_epochs))
+                      epoch=epoch, warmup=warmup_factor(epoch, spec.warmup_epochs, logits.dtype))
   for record in spec.records:
     terms.update(record.terms(spec, inputs))
   return terms
@@ -261,9 +264,9 @@ def _rld_terms(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
 
 
 def _dhkd_terms(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
-  on = jnp.ones((), jnp.float32)
+  on = jnp.ones((), x.logits.dtype)
   if spec.bkln_until_epoch:
-    on = (x.epoch < spec.bkln_until_epoch).astype(jnp.float32)
+    on = (x.epoch < spec.bkln_until_epoch).astype(x.logits.dtype)
   return {"bkln": on * spec.bkln_weight * jnp.mean(losses.binary_kl_norm(
       x.aux, x.teacher, temperature=spec.bkln_temperature))}
 
