@@ -11,6 +11,8 @@ compiling (the trajectory proofs: level 0 made their float64 steps several times
 import os
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
+# XLA's default level, for the few programs of the suite that run long rather than compile long.
+DEFAULT_LEVEL = {"xla_backend_optimization_level": 2}
 
 
 def xla_flags(devices: int, fast_compile: bool = True) -> str:
@@ -22,3 +24,12 @@ def xla_flags(devices: int, fast_compile: bool = True) -> str:
 def subprocess_env(devices: int = 1, fast_compile: bool = True, **extra: str) -> dict:
   """os.environ for a launcher/script subprocess with `devices` CPU devices, plus `extra`."""
   return dict(os.environ, XLA_FLAGS=xla_flags(devices, fast_compile), **extra)
+
+
+def run_optimized(fn, mesh, *args):
+  """Runs the jitted `fn(*args)` compiled at XLA's default optimization level (with kd_jax's
+  own CPU options for `mesh`), for lax.scan loops: at level 0 XLA:CPU ran the 4-step scan of
+  the resnet8 KD step in 11 s instead of 1.5 s (2-core CPU, 2026-12-02)."""
+  from kd_jax.train import step  # pylint: disable=import-outside-toplevel
+  options = {**(step.compiler_options(mesh) or {}), **DEFAULT_LEVEL}
+  return fn.lower(*args).compile(options)(*args)
