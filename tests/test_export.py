@@ -1,8 +1,8 @@
-"""Given weights in, trained weights out (issue 15 items 3 and 4, issue 13 item 8).
+"""Given weights in, trained weights out.
 
 `config.student_init` / `config.teacher_checkpoint` from .pth, .msgpack and workdirs;
-`python -m kd_jax.export` writes state_dicts the PyTorch twins load strictly, and
-import -> export is exact.
+`python -m kd_jax.export` writes state_dicts the PyTorch models (kd_jax.torch_models) load
+strictly and TorchScript files that run without kd_jax; import -> export is exact.
 """
 from __future__ import annotations
 
@@ -92,20 +92,95 @@ def _eval_logits(name, variables, x_nhwc, aux=None):
   return np.asarray(out[0] if isinstance(out, tuple) else out)
 
 
-def test_export_cli_writes_a_pth_the_twin_loads_with_the_same_logits(tmp_path):
-  _, workdir = _train(tmp_path)
-  out = tmp_path / "student.pth"
+# Runs in a fresh interpreter (-I, cwd elsewhere): kd_jax is not importable for the TorchScript
+# file; for the state_dict only kd_jax.torch_models is put on the path, with jax and flax
+# blocked, so the class needs nothing but torch.
+_LOAD_ELSEWHERE = r"""
+import importlib.abc, json, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+x = torch.from_numpy(np.load(sys.argv[1]))
+out = {}
+try:
+  import kd_jax
+  out["kd_jax_importable"] = True
+except ImportError:
+  out["kd_jax_importable"] = False
+extra = {"kd_jax.json": ""}
+ts = torch.jit.load(sys.argv[2], _extra_files=extra)
+out["meta_inside"] = json.loads(extra["kd_jax.json"])
+with torch.no_grad():
+  out["torchscript"] = ts(x).double().tolist()
+
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("jax", "jaxlib", "flax", "mdistiller"):
+      raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[4])
+from kd_jax.torch_models import load_exported
+model = load_exported(sys.argv[3])
+with torch.no_grad():
+  out["state_dict"] = model(x).double().tolist()
+out["jax_loaded"] = [m for m in ("jax", "flax") if m in sys.modules]
+print(json.dumps(out))
+"""
+
+
+def test_export_cli_pth_and_torchscript_run_without_kd_jax_with_kd_jax_logits(tmp_path):
+  config, workdir = _train(tmp_path)
+  out, ts = tmp_path / "student.pth", tmp_path / "student.pt"
   assert export_lib.main([workdir, "--out", str(out)]) == 0
+  assert export_lib.main([workdir, "--out", str(ts), "--format", "torchscript"]) == 0
   sd = torch.load(out, weights_only=True)["model"]
   model = torch_twins_a.build("resnet8", 100)
   model.load_state_dict(sd, strict=True)
   assert int(sd["bn1.num_batches_tracked"]) == 4  # one forward per step, as torch counts
+  # The metadata: the run's resolved normalisation and image size, beside each file.
+  import json  # pylint: disable=import-outside-toplevel
+  run = json.loads((tmp_path / "run" / "config.json").read_text())
+  meta = json.loads((tmp_path / "student.pth.json").read_text())
+  assert (meta["model"], meta["num_classes"], meta["image_size"]) == ("resnet8", 100, 32)
+  assert meta["mean"] == list(run["mean"]) and meta["std"] == list(run["std"])
+  assert len(meta["mean"]) == 3 and meta["format"] == "pth"
+  assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left beside them
+
   x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
-  with torch.no_grad():
-    want = model.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   variables, _ = loop.ckpt_lib.restore_variables(workdir, "latest")
   got = _eval_logits("resnet8", variables, x)
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  model.eval()
+  with torch.no_grad():
+    want32 = model(xt).double().numpy()
+    want64 = model.double()(xt.double()).numpy()
+    train_mode = model.train()(xt.double()).numpy()
+  # Yardstick: PyTorch's own float32 rounding on this machine (float32 vs float64 forward);
+  # kd_jax's and the exported file's float32 forwards may each be a few times that, plus a
+  # floor of a few float32 ulps of the largest logit.
+  scale = np.abs(want64).max()
+  bound = 8 * np.abs(want32 - want64).max() + 8 * np.finfo(np.float32).eps * scale
+  np.testing.assert_allclose(got, want64, rtol=0, atol=bound)
+  # The same weights in train mode (batch statistics: a defect a bad export would show) are
+  # far outside that bound, so the bound can fail.
+  assert np.abs(train_mode - want64).max() > 100 * bound
+
+  np.save(tmp_path / "x.npy", x.transpose(0, 3, 1, 2).copy())
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = {k: v for k, v in testenv.subprocess_env(1).items() if k != "PYTHONPATH"}
+  res = subprocess.run([sys.executable, "-I", "-c", _LOAD_ELSEWHERE, str(tmp_path / "x.npy"),
+                        str(ts), str(out), REPO], capture_output=True, text=True, env=env,
+                       cwd=elsewhere, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  loaded = json.loads(res.stdout.strip().splitlines()[-1])
+  assert loaded["kd_jax_importable"] is False and loaded["jax_loaded"] == []
+  assert loaded["meta_inside"]["mean"] == meta["mean"]
+  assert loaded["meta_inside"]["image_size"] == 32
+  for fmt in ("torchscript", "state_dict"):
+    np.testing.assert_allclose(np.asarray(loaded[fmt]), want64, rtol=0, atol=bound, err_msg=fmt)
+    np.testing.assert_allclose(np.asarray(loaded[fmt]), got, rtol=0, atol=2 * bound,
+                               err_msg=fmt)
+
   # --best and --format msgpack; the msgpack holds the best student's exact variables.
   mp = tmp_path / "best.msgpack"
   assert export_lib.main([workdir, "--out", str(mp), "--best", "--format", "msgpack"]) == 0
@@ -186,3 +261,15 @@ def test_student_init_errors_name_the_source(tmp_path):
   config.student_init = str(pth) + ":best"
   with pytest.raises(errors.ConfigError, match="is a file"):
     loop.load_student_init(config)
+
+
+def test_torch_models_cover_the_zoo_and_import_without_torch_or_jax():
+  from kd_jax import torch_models  # pylint: disable=import-outside-toplevel
+  assert set(torch_models.NAMES) == set(models.names())
+  with pytest.raises(ValueError, match="resnt8.*accepted: .*resnet8"):
+    torch_models.build("resnt8", 10)
+  res = subprocess.run(
+      [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+       "import kd_jax.torch_models as t; print(len(t.NAMES), sorted(m for m in ('torch', 'jax', "
+       "'flax') if m in sys.modules))", REPO], capture_output=True, text=True, timeout=120)
+  assert res.returncode == 0 and res.stdout.split() == [str(len(models.names())), "[]"], res
