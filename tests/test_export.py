@@ -273,3 +273,90 @@ def test_torch_models_cover_the_zoo_and_import_without_torch_or_jax():
        "import kd_jax.torch_models as t; print(len(t.NAMES), sorted(m for m in ('torch', 'jax', "
        "'flax') if m in sys.modules))", REPO], capture_output=True, text=True, timeout=120)
   assert res.returncode == 0 and res.stdout.split() == [str(len(models.names())), "[]"], res
+
+
+@flax.struct.dataclass
+class _Vars:
+  params: dict
+  batch_stats: dict
+
+
+def _sweep_workdir(tmp_path):
+  """A sweep workdir as the sweep writes it: config.json with config.sweep, runs/NAME/config.json,
+  checkpoints holding both runs' variables stacked on a leading axis."""
+  import json  # pylint: disable=import-outside-toplevel
+  from kd_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "sweep"
+  base = {"student": "resnet8", "num_classes": 10, "aux_head": "", "image_size": 32,
+          "dataset": "synthetic", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+  runs = []
+  for seed in (0, 1):
+    (workdir / "runs" / f"seed={seed}").mkdir(parents=True)
+    (workdir / "runs" / f"seed={seed}" / "config.json").write_text(
+        json.dumps({**base, "seed": seed, "sweep": ""}))
+    runs.append(models.init(models.create("resnet8", 10), jax.random.PRNGKey(seed), 32))
+  (workdir / "config.json").write_text(json.dumps({**base, "sweep": "seed=0,1"}))
+  stacked = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *runs)
+  ck = ckpt_lib.Checkpointer(str(workdir), keep=1)
+  ck.save(6, _Vars(stacked["params"], stacked["batch_stats"]), {"step": 6})
+  ck.wait()
+  ck.close()
+  return str(workdir), runs
+
+
+def test_export_of_a_sweep_writes_each_run_never_stacked_tensors(tmp_path, capsys):
+  workdir, runs = _sweep_workdir(tmp_path)
+  want = [export_lib.to_state_dict(jax.tree.map(np.asarray, r), "resnet8") for r in runs]
+  out = tmp_path / "students"
+  assert export_lib.main([workdir, "--out", str(out)]) == 0   # created: every run
+  assert sorted(os.listdir(out)) == ["seed=0.pth", "seed=0.pth.json", "seed=1.pth",
+                                     "seed=1.pth.json"]
+  for i in (0, 1):
+    sd = torch.load(out / f"seed={i}.pth", weights_only=True)["model"]
+    assert tuple(sd["conv1.weight"].shape) == (16, 3, 3, 3)
+    for k, v in want[i].items():
+      np.testing.assert_array_equal(sd[k].numpy(), v, err_msg=k)
+  one = tmp_path / "one.pth"
+  assert export_lib.main([workdir, "--out", str(one), "--run", "seed=1"]) == 0
+  sd = torch.load(one, weights_only=True)["model"]
+  np.testing.assert_array_equal(sd["fc.weight"].numpy(), want[1]["fc.weight"])
+  assert not np.array_equal(want[0]["fc.weight"], want[1]["fc.weight"])
+  capsys.readouterr()
+  for args, needle in (([workdir, "--out", str(one)], "is a file; a sweep exports one file per run"),
+                       ([workdir, "--out", str(one), "--run", "seed=7"],
+                        "'seed=7' is not a run of this sweep; accepted: seed=0, seed=1"),
+                       ([workdir, "--out", str(out), "--best"], "keeps no best model"),
+                       ([str(tmp_path / "nope"), "--out", str(one)], "does not exist"),
+                       ([workdir, "--out", str(tmp_path / "no" / "x.pth"), "--run", "seed=0"],
+                        "does not exist")):
+    assert export_lib.main(args) == 2, args
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, (args, err)
+
+
+def test_export_is_atomic_and_out_may_be_a_directory(tmp_path, monkeypatch, capsys):
+  workdir, runs = _sweep_workdir(tmp_path)
+  target = tmp_path / "s.pth"
+  assert export_lib.main([workdir, "--out", str(target), "--run", "seed=0"]) == 0
+  before = target.read_bytes()
+
+  def killed(obj, path):  # a write interrupted midway
+    with open(path, "wb") as f:
+      f.write(b"partial")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(torch, "save", killed)
+  with pytest.raises(KeyboardInterrupt):
+    export_lib.main([workdir, "--out", str(target), "--run", "seed=1"])
+  monkeypatch.undo()
+  assert target.read_bytes() == before       # the previous file, whole
+  assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []
+  # --out an existing directory: the file is named after the run.
+  into = tmp_path / "into"
+  into.mkdir()
+  assert export_lib.main([workdir, "--out", str(into), "--run", "seed=1",
+                          "--format", "msgpack"]) == 0
+  assert sorted(os.listdir(into)) == ["seed=1.msgpack", "seed=1.msgpack.json"]
+  printed = capsys.readouterr().out
+  assert "mean=(0.5000, 0.4000, 0.3000) std=(0.2000, 0.2500, 0.3000)" in printed
+  assert "32x32" in printed
