@@ -304,8 +304,9 @@ def _sweep_workdir(tmp_path):
   return str(workdir), runs
 
 
-def test_export_of_a_sweep_writes_each_run_never_stacked_tensors(tmp_path, capsys):
+def test_export_of_a_sweep_writes_each_run_never_stacked_tensors(tmp_path, capsys, caplog):
   workdir, runs = _sweep_workdir(tmp_path)
+  caplog.clear()
   want = [export_lib.to_state_dict(jax.tree.map(np.asarray, r), "resnet8") for r in runs]
   out = tmp_path / "students"
   assert export_lib.main([workdir, "--out", str(out)]) == 0   # created: every run
@@ -320,6 +321,8 @@ def test_export_of_a_sweep_writes_each_run_never_stacked_tensors(tmp_path, capsy
   assert export_lib.main([workdir, "--out", str(one), "--run", "seed=1"]) == 0
   sd = torch.load(one, weights_only=True)["model"]
   np.testing.assert_array_equal(sd["fc.weight"].numpy(), want[1]["fc.weight"])
+  # Reading a workdir's checkpoints (as an export or a teacher does) logs no Orbax warning.
+  assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.records
   assert not np.array_equal(want[0]["fc.weight"], want[1]["fc.weight"])
   capsys.readouterr()
   for args, needle in (([workdir, "--out", str(one)], "is a file; a sweep exports one file per run"),

@@ -6,7 +6,11 @@ a terminal (a log file, a notebook, CI) it prints a line when a phase starts, at
 `interval_s` seconds while it runs, and when it ends. Only process 0 writes.
 
 `run_summary(workdir)` is the human-readable end of a run, read back from the workdir's
-metrics.jsonl, so re-running a finished run prints exactly the same summary.
+metrics.jsonl (and config.json), so re-running a finished run prints exactly the same summary.
+
+Every human-readable line formats the same way: accuracies in percent (`format_percent`;
+metrics.jsonl keeps fractions), durations and ETAs as M:SS or H:MM:SS (`format_duration`), a
+log line's metrics through `format_metric` / `step_line`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import time
 from typing import Any, Callable, Optional, TextIO
 
 from etils import epath
+import numpy as np
 
 from kd_jax import console
 
@@ -30,6 +35,46 @@ def format_duration(seconds: Optional[float]) -> str:
   h, rest = divmod(seconds, 3600)
   m, s = divmod(rest, 60)
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# Metrics that are accuracies (fractions in metrics.jsonl, percent on the terminal).
+PERCENT_METRICS = ("train/top1", "train/top5", "eval/top1", "eval/top5", "teacher/top1",
+                   "teacher/top5")
+
+
+def format_percent(fraction: Any) -> str:
+  """0.015 -> '1.50%'."""
+  return f"{100.0 * float(fraction):.2f}%"
+
+
+def format_metric(key: str, value: Any) -> str:
+  """'eval/top1 1.50%' for an accuracy, 'train/loss 4.536' (4 significant digits) otherwise."""
+  if key in PERCENT_METRICS or key.endswith(("/top1", "/top5")):
+    return f"{key} {format_percent(value)}"
+  if isinstance(value, float):
+    return f"{key} {value:.4g}"
+  return f"{key} {value}"
+
+
+# The metrics of a training log line, in this order.
+STEP_LINE_METRICS = ("epoch", "train/loss", "train/top1", "eval/top1", "eval/top5", "lr",
+                     "images_per_sec")
+
+
+def step_line(step: int, total_steps: int, scalars: dict[str, Any],
+              eta_s: Optional[float]) -> str:
+  """'step 10/60 | epoch 0.1667 | train/loss 4.536 | train/top1 1.25% | ... | ETA 1:05'."""
+  parts = [f"step {step}/{total_steps}"]
+  for key in STEP_LINE_METRICS:
+    if key in scalars:
+      value = scalars[key]
+      value = float(value) if isinstance(value, (float, np.floating)) else value
+      parts.append(format_metric(key, value))
+  if scalars.get("skipped_steps"):
+    parts.append(f"skipped {int(scalars['skipped_steps'])} non-finite steps so far")
+  if eta_s is not None:
+    parts.append(f"ETA {format_duration(eta_s)}")
+  return " | ".join(parts)
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -187,8 +232,27 @@ def _read_metrics(path: epath.Path) -> list[dict[str, Any]]:
   return records
 
 
-def _pct(x: Any) -> str:
-  return f"{100.0 * float(x):.2f}%"
+_pct = format_percent
+
+
+def _run_line(workdir: str) -> Optional[str]:
+  """'  method rkkd: student resnet8, teacher resnet8 with RANDOM weights (...)' from config.json."""
+  path = epath.Path(workdir) / "config.json"
+  try:
+    config = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  if not isinstance(config, dict) or "method" not in config:
+    return None
+  line = f"  method {config['method']}: student {config.get('student')}"
+  teacher, source = config.get("teacher"), str(config.get("teacher_checkpoint") or "")
+  if teacher:
+    if source.startswith("random:"):
+      line += (f", teacher {teacher} with RANDOM weights (teacher_checkpoint={source!r}: a "
+               f"pipeline check, not a distillation result)")
+    elif source:
+      line += f", teacher {teacher} from {source}"
+  return line
 
 
 def run_summary(workdir: str) -> str:
@@ -205,6 +269,9 @@ def run_summary(workdir: str) -> str:
   epochs = max((float(r["epoch"]) for r in records if "epoch" in r), default=0.0)
   lines = [f"Done: {steps} steps ({epochs:.3g} epoch{'' if epochs == 1 else 's'}) in "
            f"{format_duration(elapsed)} wall time ({workdir})"]
+  run_line = _run_line(workdir)
+  if run_line:
+    lines.append(run_line)
   if evals:
     best = max(evals, key=lambda r: (r["eval/top1"], -r["step"]))
     last = evals[-1]
