@@ -3,7 +3,7 @@ r"""Commands that reproduce the papers' tables, one per cell and seed, with the 
   python scripts/reproduce.py --table cifar_same --seeds 0,1,2            # print the commands
   python scripts/reproduce.py --table cifar_same --seeds 0,1,2 --run      # run them one by one
   python scripts/reproduce.py --table cifar_same --run -- --config.num_epochs=1   # overrides
-  python scripts/reproduce.py --markdown                                  # the docs' table
+  python scripts/reproduce.py --markdown                                  # docs/reproduce.md's table
 Then: python -m kd_jax.report workdirs/cifar_same/* --out reports/cifar_same
 
 --run uses this interpreter (sys.executable) and this repository's launch.py, from any working
@@ -55,7 +55,7 @@ TABLES: dict[str, dict] = {
         "methods": ["kd+ls"]},
 }
 
-# Where the public teachers are, once downloaded (README: "Teachers").
+# Where the public teachers are, once downloaded (docs/getting_started.md, step 2).
 CIFAR_TEACHER = "{dir}/{t}_vanilla/ckpt_epoch_240.pth"     # mdistiller cifar_teachers.tar
 # torchvision IMAGENET1K_V1 files, as mdistiller loads them.
 IMAGENET_TEACHER = {"imagenet_resnet34": "{dir}/imagenet/resnet34-333f7ec4.pth",
@@ -94,7 +94,7 @@ def expected(table: str, method: str, teacher: str, student: str) -> str:
 
 
 def markdown() -> str:
-  """The README table: one command per cell, with $T (teachers), $W (workdirs), $SEED."""
+  """The docs/reproduce.md table: one command per cell, with $T (teachers), $W (workdirs), $SEED."""
   lines = []
   for table in TABLES:
     lines += [f"\n**{table}**\n", "| method | teacher → student | published top-1 | command |",
