@@ -190,21 +190,25 @@ def test_export_cli_pth_and_torchscript_run_without_kd_jax_with_kd_jax_logits(tm
   jax.tree.map(np.testing.assert_array_equal, restored, best)
 
 
-def test_export_bad_arguments_are_one_line_exit_2(tmp_path):
+def test_export_bad_arguments_are_one_line_exit_2(tmp_path, capsys):
   env = testenv.subprocess_env(1)
   cases = [[str(tmp_path / "nope"), "--out", str(tmp_path / "x.pth")],   # no such workdir
            [str(tmp_path), "--out", str(tmp_path / "x.pth")],            # not a run workdir
            [str(tmp_path), "--out", "x.pth", "--format", "onnx"],        # bad format
            [str(tmp_path)]]                                              # --out missing
-  for args in cases:
-    res = subprocess.run([sys.executable, "-m", "kd_jax.export", *args], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=300)
-    assert res.returncode == 2, (args, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-  assert "nope" in subprocess.run(
-      [sys.executable, "-m", "kd_jax.export", *cases[0]], capture_output=True, text=True,
-      env=env, cwd=REPO, timeout=300).stderr
+  # The command line itself, once: one line on stderr, exit code 2, the bad value named.
+  res = subprocess.run([sys.executable, "-m", "kd_jax.export", *cases[0]], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=300)
+  assert res.returncode == 2, res.stderr
+  assert res.stderr.count("\n") == 1 and "nope" in res.stderr, res.stderr
+  for args in cases:   # every case through main(), as `python -m kd_jax.export` runs it
+    try:
+      rc = export_lib.main(args)
+    except SystemExit as e:   # argparse's usage errors exit from inside parse_args
+      rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, (args, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, (args, err)
 
 
 def _init_state_params(config):
