@@ -8,8 +8,9 @@ CRD CIFAR models, DHKD's auxiliary heads, torchvision's ImageNet ResNets), so th
 (`kd_jax.torch_models.build(name, num_classes)`, or the authors' own) accepts it with
 load_state_dict(strict=True). The state_dict is checked against the importer before it is
 written: importing the file gives back exactly the exported variables.
-torchscript: the PyTorch model traced in eval mode with those weights, returning the main
-logits; `torch.jit.load(path)` runs it with neither kd_jax nor the authors' code installed.
+torchscript: the PyTorch model traced in eval mode with those weights (the same keys), returning
+the main logits (a DHKD auxiliary head is left out); `torch.jit.load(path)` runs it with neither
+kd_jax nor the authors' code installed.
 Every file gets a metadata sidecar PATH.json (model, classes, image size, the input
 normalisation); a TorchScript file also carries it inside (extra file `kd_jax.json`). Files are
 written to a temporary name and renamed, so an interrupted export leaves no partial file.
@@ -163,40 +164,35 @@ def _atomic_write(path: str, write: Callable[[str], None]) -> None:
       os.remove(tmp)
 
 
-def _torch_module(variables: PyTree, name: str, num_classes: int, aux: Optional[str],
-                  step: int):
-  """kd_jax.torch_models' model with the exported weights loaded strictly, in eval mode."""
+def _main_head_module(variables: PyTree, name: str, num_classes: int, step: int):
+  """kd_jax.torch_models' model without an auxiliary head, the exported weights loaded (every
+  key but the auxiliary head's, strictly), in eval mode: forward returns the main logits."""
   from kd_jax.models import torch_import  # pylint: disable=import-outside-toplevel
   from kd_jax import torch_models  # pylint: disable=import-outside-toplevel
   torch = torch_import._require_torch()  # pylint: disable=protected-access
   state_dict = to_state_dict(variables, name, num_batches_tracked=step)
-  model = torch_models.build(name, num_classes, aux)
-  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()},
-                        strict=True)
+  aux = _head_prefixes(name).get("aux_head")
+  model = torch_models.build(name, num_classes, None)
+  result = model.load_state_dict(
+      {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=False)
+  stray = [k for k in result.unexpected_keys if not (aux and k.startswith(aux + "."))]
+  if result.missing_keys or stray:
+    raise WeightsFileError(f"internal error: the exported {name} state_dict does not fit "
+                           f"kd_jax.torch_models.build({name!r}) (missing "
+                           f"{result.missing_keys[:3]}, unexpected {stray[:3]})")
   return model.eval()
 
 
 def _write_torchscript(path: str, model, image_size: int, meta: Mapping[str, Any]) -> None:
-  """Traces `model` (eval mode, main logits only) on a [1, 3, S, S] input and saves it."""
+  """Traces `model` (eval mode) on a [2, 3, S, S] input and saves it with `meta` inside."""
   import warnings  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-
-  class MainLogits(torch.nn.Module):
-    def __init__(self, net):
-      super().__init__()
-      self.net = net
-
-    def forward(self, x):
-      out = self.net(x)
-      return out[0] if isinstance(out, tuple) else out
-
-  wrapped = MainLogits(model).eval()
   example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
   with torch.no_grad(), warnings.catch_warnings():
     warnings.simplefilter("ignore", torch.jit.TracerWarning)
-    traced = torch.jit.trace(wrapped, example)
-    want, got = wrapped(example), traced(example)
-  if not torch.allclose(want, got, rtol=0, atol=0):
+    traced = torch.jit.trace(model, example)
+    want, got = model(example), traced(example)
+  if not torch.equal(want, got):
     raise WeightsFileError(f"internal error: the traced {meta['model']} does not reproduce the "
                            f"eager model's logits")
   _atomic_write(path, lambda tmp: torch.jit.save(
@@ -209,8 +205,7 @@ def write_variables(variables: PyTree, config: Mapping[str, Any], out: str, *, f
   plus the metadata sidecar out.json; returns the metadata."""
   if fmt not in FORMATS:
     raise ConfigError(f"--format={fmt!r}; accepted: {', '.join(FORMATS)}")
-  name, aux = config["student"], config.get("aux_head") or None
-  num_classes = int(config["num_classes"])
+  name, num_classes = config["student"], int(config["num_classes"])
   variables = jax.tree.map(lambda x: np.asarray(x, np.float32), dict(variables))
   meta = metadata(config, fmt=fmt, checkpoint=checkpoint)
   if fmt == "msgpack":
@@ -224,7 +219,7 @@ def write_variables(variables: PyTree, config: Mapping[str, Any], out: str, *, f
     _atomic_write(out, lambda tmp: torch.save(
         {"model": {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}}, tmp))
   else:
-    model = _torch_module(variables, name, num_classes, aux, step)
+    model = _main_head_module(variables, name, num_classes, step)
     _write_torchscript(out, model, meta["image_size"], meta)
   from kd_jax import torch_models  # pylint: disable=import-outside-toplevel
   text = json.dumps(meta, indent=1) + "\n"

@@ -87,7 +87,11 @@ def _train(tmp_path, name="run", steps=4, **overrides):
 
 
 def _eval_logits(name, variables, x_nhwc, aux=None):
-  model = models.create(name, 100, aux_head=aux)
+  return _eval_logits_n(name, 100, variables, x_nhwc, aux)
+
+
+def _eval_logits_n(name, num_classes, variables, x_nhwc, aux=None):
+  model = models.create(name, num_classes, aux_head=aux)
   out = model.apply(variables, jnp.asarray(x_nhwc), train=False)
   return np.asarray(out[0] if isinstance(out, tuple) else out)
 
@@ -180,6 +184,9 @@ def test_export_cli_pth_and_torchscript_run_without_kd_jax_with_kd_jax_logits(tm
     np.testing.assert_allclose(np.asarray(loaded[fmt]), want64, rtol=0, atol=bound, err_msg=fmt)
     np.testing.assert_allclose(np.asarray(loaded[fmt]), got, rtol=0, atol=2 * bound,
                                err_msg=fmt)
+
+  # The TorchScript module carries the state_dict's own keys.
+  assert set(torch.jit.load(str(ts)).state_dict()) == set(sd)
 
   # --best and --format msgpack; the msgpack holds the best student's exact variables.
   mp = tmp_path / "best.msgpack"
@@ -367,3 +374,33 @@ def test_export_is_atomic_and_out_may_be_a_directory(tmp_path, monkeypatch, caps
   printed = capsys.readouterr().out
   assert "mean=(0.5000, 0.4000, 0.3000) std=(0.2000, 0.2500, 0.3000)" in printed
   assert "32x32" in printed
+
+
+def test_torchscript_of_a_dhkd_student_returns_its_main_logits(tmp_path):
+  """The traced module leaves the auxiliary head out; its logits are kd_jax's main head's."""
+  model = models.create("resnet8", 10, aux_head="linear")
+  variables = jax.tree.map(np.asarray, models.init(model, jax.random.PRNGKey(3), 32))
+  config = {"student": "resnet8", "num_classes": 10, "aux_head": "linear", "image_size": 32,
+            "mean": [0.5] * 3, "std": [0.25] * 3, "dataset": "synthetic"}
+  out = str(tmp_path / "dhkd.pt")
+  meta = export_lib.write_variables(variables, config, out, fmt="torchscript", step=3)
+  assert meta["outputs"] == "logits [N, num_classes]" and meta["aux_head"] == "linear"
+  ts = torch.jit.load(out)
+  keys = set(export_lib.to_state_dict(variables, "resnet8", num_batches_tracked=3))
+  assert set(ts.state_dict()) == {k for k in keys if not k.startswith("fc2.")}
+  x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  got = _eval_logits_n("resnet8", 10, variables, x, aux="linear")
+  twin64 = torch_twins_a.build("resnet8", 10, "linear")
+  twin64.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in export_lib.to_state_dict(
+      variables, "resnet8", num_batches_tracked=3).items()}, strict=True)
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  with torch.no_grad():
+    ts_out = ts(xt).double().numpy()
+    want32 = twin64.eval()(xt)[0].double().numpy()
+    want64 = twin64.double()(xt.double())[0].numpy()
+  # Yardstick as above: PyTorch's float32-vs-float64 deviation on this input, times 8, plus a
+  # floor of 8 float32 ulps of the largest logit.
+  bound = (8 * np.abs(want32 - want64).max()
+           + 8 * np.finfo(np.float32).eps * np.abs(want64).max())
+  np.testing.assert_allclose(ts_out, want64, rtol=0, atol=bound)
+  np.testing.assert_allclose(got, want64, rtol=0, atol=bound)
