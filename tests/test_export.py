@@ -341,6 +341,8 @@ def test_export_of_a_sweep_writes_each_run_never_stacked_tensors(tmp_path, capsy
                         "'seed=7' is not a run of this sweep; accepted: seed=0, seed=1"),
                        ([workdir, "--out", str(out), "--best"], "keeps no best model"),
                        ([str(tmp_path / "nope"), "--out", str(one)], "does not exist"),
+                       ([os.path.join(workdir, "runs", "seed=0"), "--out", str(one), "--run",
+                         "seed=0"], "is not a sweep workdir"),
                        ([workdir, "--out", str(tmp_path / "no" / "x.pth"), "--run", "seed=0"],
                         "does not exist")):
     assert export_lib.main(args) == 2, args
