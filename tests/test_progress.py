@@ -62,3 +62,20 @@ def test_without_log_records_drops_only_the_named_notice(caplog):
     log.warning("Given directory is read only=%s", "/w/best")   # outside: kept
   assert [r.getMessage() for r in caplog.records] == ["something else",
                                                       "Given directory is read only=/w/best"]
+
+
+def test_a_sweep_summary_lists_every_run_in_percent(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(
+      {"method": "dkd", "student": "resnet8", "teacher": "resnet8",
+       "teacher_checkpoint": "random:0", "sweep": "seed=0,1"}))
+  for name, top1 in (("seed=0", (0.25, 0.2)), ("seed=1", (0.125, 0.5))):
+    (tmp_path / "runs" / name).mkdir(parents=True)
+    (tmp_path / "runs" / name / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": 10 * (i + 1), "eval/top1": t, "elapsed_s": 65.0}) + "\n"
+        for i, t in enumerate(top1)))
+  lines = progress.run_summary(str(tmp_path)).splitlines()
+  assert lines[0] == f"Done: a sweep of 2 runs, 20 steps each, in 1:05 wall time ({tmp_path})"
+  assert "RANDOM weights" in lines[1]
+  assert lines[2] == "  seed=0  best eval top-1 25.00% (step 10), last 20.00% (step 20)"
+  assert lines[3] == "  seed=1  best eval top-1 50.00% (step 20), last 50.00% (step 20)"
+  assert "--run NAME" in lines[4]

@@ -262,6 +262,9 @@ def run_summary(workdir: str) -> str:
   a teacher), the wall time and where the best checkpoint and the metrics are.
   """
   path = epath.Path(workdir) / "metrics.jsonl"
+  runs_dir = epath.Path(workdir) / "runs"
+  if not path.exists() and runs_dir.is_dir():
+    return sweep_summary(workdir)
   records = _read_metrics(path)
   evals = [r for r in records if "eval/top1" in r]
   steps = max((int(r.get("step", 0)) for r in records), default=0)
@@ -289,4 +292,33 @@ def run_summary(workdir: str) -> str:
   if teacher:
     lines.append(f"  teacher top-1    {_pct(teacher[-1]['teacher/top1'])}")
   lines.append(f"  metrics: {os.fspath(path)}")
+  return "\n".join(lines)
+
+
+def sweep_summary(workdir: str) -> str:
+  """Summary of a sweep workdir: one line per run (WORKDIR/runs/NAME/metrics.jsonl) with its
+  best and last eval top-1 in percent; the sweep keeps no best model per run."""
+  runs_dir = epath.Path(workdir) / "runs"
+  names = sorted(p.name for p in runs_dir.iterdir() if (p / "metrics.jsonl").exists())
+  per_run = {n: _read_metrics(runs_dir / n / "metrics.jsonl") for n in names}
+  records = [r for rs in per_run.values() for r in rs]
+  steps = max((int(r.get("step", 0)) for r in records), default=0)
+  elapsed = max((float(r["elapsed_s"]) for r in records if "elapsed_s" in r), default=None)
+  lines = [f"Done: a sweep of {len(names)} runs, {steps} steps each, in "
+           f"{format_duration(elapsed)} wall time ({workdir})"]
+  run_line = _run_line(workdir)
+  if run_line:
+    lines.append(run_line)
+  width = max((len(n) for n in names), default=0)
+  for name in names:
+    evals = [r for r in per_run[name] if "eval/top1" in r]
+    if not evals:
+      lines.append(f"  {name:<{width}}  no evaluation recorded yet")
+      continue
+    best = max(evals, key=lambda r: (r["eval/top1"], -r["step"]))
+    lines.append(f"  {name:<{width}}  best eval top-1 {_pct(best['eval/top1'])} (step "
+                 f"{best['step']}), last {_pct(evals[-1]['eval/top1'])} (step "
+                 f"{evals[-1]['step']})")
+  lines.append(f"  metrics: {os.fspath(runs_dir)}/NAME/metrics.jsonl; export a run with "
+               f"python -m kd_jax.export {workdir} --run NAME --out FILE")
   return "\n".join(lines)
