@@ -96,13 +96,22 @@ def _eval_logits_n(name, num_classes, variables, x_nhwc, aux=None):
   return np.asarray(out[0] if isinstance(out, tuple) else out)
 
 
-# Runs in a fresh interpreter (-I, cwd elsewhere): kd_jax is not importable for the TorchScript
-# file; for the state_dict only kd_jax.torch_models is put on the path, with jax and flax
-# blocked, so the class needs nothing but torch.
+# Runs in a fresh interpreter (-I, cwd elsewhere, no PYTHONPATH). An import hook also refuses
+# kd_jax, jax, flax and mdistiller, so the TorchScript file is loaded where kd_jax cannot be
+# imported even when it is pip-installed; for the state_dict only kd_jax (for
+# kd_jax.torch_models) is allowed back, with jax and flax still refused, so the class needs
+# nothing but torch.
 _LOAD_ELSEWHERE = r"""
 import importlib.abc, json, sys
 import numpy as np, torch
 torch.set_num_threads(1)
+
+class Refuse(importlib.abc.MetaPathFinder):
+  names = {"kd_jax", "jax", "jaxlib", "flax", "mdistiller"}
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in self.names:
+      raise ImportError("refused here: " + name)
+sys.meta_path.insert(0, Refuse())
 x = torch.from_numpy(np.load(sys.argv[1]))
 out = {}
 try:
@@ -116,11 +125,7 @@ out["meta_inside"] = json.loads(extra["kd_jax.json"])
 with torch.no_grad():
   out["torchscript"] = ts(x).double().tolist()
 
-class Block(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in ("jax", "jaxlib", "flax", "mdistiller"):
-      raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
+Refuse.names.discard("kd_jax")
 sys.path.insert(0, sys.argv[4])
 from kd_jax.torch_models import load_exported
 model = load_exported(sys.argv[3])
