@@ -233,7 +233,7 @@ def cutout(image: Array, v: Any, centre_x: Any, centre_y: Any) -> Array:
 
 
 class Policy(NamedTuple):
-  """One draw of the policy: op indices into OPS [n], their magnitudes [n], Cutout's v and centre."""
+  """One draw of the policy: op indices into OPS [n], their magnitudes [n], Cutout's v, centre."""
   ops: Array
   magnitudes: Array
   cutout_v: Array
