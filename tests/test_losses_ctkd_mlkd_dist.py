@@ -180,17 +180,16 @@ def test_ctkd_kd_finite_differences_float64():
   with jax.enable_x64(True):
     s, t, _ = _inputs(3, 3, 5, scale=1.5)
     t = jnp.asarray(t)
-    check_grads(jax.jit(lambda sv, tau: L.ctkd_kd(sv, t, tau)), (jnp.asarray(s), 2.5),
+    # with lambda = -1 the reversal layer passes the true gradient, so the composed global
+    # module is differentiable end to end and must agree with finite differences too
+    def all_cases(sv, tau, taus, raw):
+      return jnp.stack([
+          jnp.mean(L.ctkd_kd(sv, t, tau)),
+          jnp.mean(L.ctkd_kd(sv, t, taus, teacher_eps=1e-7, standardize=True)),
+          jnp.mean(L.ctkd_kd(sv, t, L.global_temperature({"raw": raw}, -1.0)))])
+    check_grads(jax.jit(all_cases), (jnp.asarray(s), jnp.asarray(2.5),
+                                     jnp.asarray([1.5, 3.0, 7.0]), jnp.asarray(0.3)),
                 order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
-    check_grads(jax.jit(lambda sv, tau: L.ctkd_kd(sv, t, tau, teacher_eps=1e-7,
-                                                  standardize=True)),
-                (jnp.asarray(s), jnp.asarray([1.5, 3.0, 7.0])), order=1, modes=["rev"],
-                atol=1e-6, rtol=1e-6)
-    # with lambda = -1 the reversal layer passes the true gradient: the composed module is
-    # then differentiable end to end and must agree with finite differences
-    check_grads(jax.jit(lambda raw: jnp.mean(L.ctkd_kd(jnp.asarray(s), t, L.global_temperature(
-        {"raw": raw}, -1.0)))), (jnp.asarray(0.3),), order=1, modes=["rev"], atol=1e-6,
-                rtol=1e-6)
 
 
 def test_ctkd_kd_scalar_temperature_equals_kd():
@@ -253,21 +252,25 @@ def test_batch_and_class_level_hand_values():
   # ~1e-7, the difference 0.125 of Gram entries by ~2e-7, its square by ~3e-6 relative: rtol 1e-5.
   s = np.zeros((1, 2), np.float32)
   t = np.array([[math.log(3.0), 0.0]], np.float32)
-  # sample Gram: sum p^2 = 0.5 vs 0.625 -> (0.125)^2 / B = 0.015625
-  np.testing.assert_allclose(L.mlkd_batch_level(s, t, temperatures=(1.0,)), 0.015625,
-                             rtol=1e-5)
-  # class Gram: outer(p, p); differences 0.3125, -0.0625, -0.0625, -0.1875 -> 0.140625 / C
-  np.testing.assert_allclose(L.mlkd_class_level(s, t, temperatures=(1.0,)), 0.0703125,
-                             rtol=1e-5)
-  # zero at the teacher, and summed over temperatures
   s2, t2, _ = _inputs(5, 4, 6, dtype=np.float32)
-  np.testing.assert_allclose(L.mlkd_batch_level(t2, t2), 0.0, atol=1e-7)
-  np.testing.assert_allclose(L.mlkd_class_level(t2, t2), 0.0, atol=1e-7)
-  both = L.mlkd_batch_level(s2, t2, temperatures=(2.0, 5.0))
-  np.testing.assert_allclose(both, L.mlkd_batch_level(s2, t2, temperatures=(2.0,))
-                             + L.mlkd_batch_level(s2, t2, temperatures=(5.0,)), rtol=1e-6)
-  np.testing.assert_allclose(L.mlkd_instance_kd(s2, t2, temperatures=(3.0,)),
-                             L.kd(s2, t2, temperature=3.0), rtol=1e-6)
+  def values(s, t, s2, t2):
+    return {"bc_hand": L.mlkd_batch_level(s, t, temperatures=(1.0,)),
+            "cc_hand": L.mlkd_class_level(s, t, temperatures=(1.0,)),
+            "bc_self": L.mlkd_batch_level(t2, t2), "cc_self": L.mlkd_class_level(t2, t2),
+            "bc_25": L.mlkd_batch_level(s2, t2, temperatures=(2.0, 5.0)),
+            "bc_2": L.mlkd_batch_level(s2, t2, temperatures=(2.0,)),
+            "bc_5": L.mlkd_batch_level(s2, t2, temperatures=(5.0,)),
+            "inst_3": L.mlkd_instance_kd(s2, t2, temperatures=(3.0,)),
+            "kd_3": L.kd(s2, t2, temperature=3.0)}
+  v = jax.jit(values)(s, t, s2, t2)
+  # sample Gram: sum p^2 = 0.5 vs 0.625 -> (0.125)^2 / B = 0.015625
+  np.testing.assert_allclose(v["bc_hand"], 0.015625, rtol=1e-5)
+  # class Gram: outer(p, p); differences 0.3125, -0.0625, -0.0625, -0.1875 -> 0.140625 / C
+  np.testing.assert_allclose(v["cc_hand"], 0.0703125, rtol=1e-5)
+  # zero at the teacher, and summed over temperatures
+  np.testing.assert_allclose([v["bc_self"], v["cc_self"]], 0.0, atol=1e-7)
+  np.testing.assert_allclose(v["bc_25"], v["bc_2"] + v["bc_5"], rtol=1e-6)
+  np.testing.assert_allclose(v["inst_3"], v["kd_3"], rtol=1e-6)
   assert L.mlkd_temperatures(4.0) == (4.0, 3.0, 5.0, 2.0, 6.0)
 
 
@@ -404,9 +407,10 @@ def test_dist_matches_torch_float64(shape, tau):
   with jax.enable_x64(True):
     def ours(sv):
       return L.dist(sv, jnp.asarray(t), beta=1.0, gamma=1.0, tau=tau)
-    v, g = jax.jit(jax.value_and_grad(ours))(jnp.asarray(s))
-    inter = jnp.mean(L.dist_inter(s, t, tau=tau))
-    intra = L.dist_intra(s, t, tau=tau)
+    def parts(sv):
+      return (jax.value_and_grad(ours)(sv), jnp.mean(L.dist_inter(sv, t, tau=tau)),
+              L.dist_intra(sv, t, tau=tau))
+    (v, g), inter, intra = jax.jit(parts)(jnp.asarray(s))
   ts = torch.tensor(s, requires_grad=True)
   ref = tl.dist_loss(ts, torch.tensor(t), 1.0, 1.0, tau)
   ref.backward()
@@ -426,15 +430,17 @@ def test_dist_comparison_catches_eps_placement():
   s, t, _ = _inputs(33, 4, 6, scale=1e-3)
   ref = tl.dist_loss(torch.tensor(s), torch.tensor(t), 1.0, 1.0, 1.0).item()
   with jax.enable_x64(True):
-    ours = float(L.dist(s, t, tau=1.0))
-    ys, yt = jax.nn.softmax(jnp.asarray(s)), jax.nn.softmax(jnp.asarray(t))
-    def wrong_pearson(a, b, axis):
-      a = a - a.mean(axis, keepdims=True)
-      b = b - b.mean(axis, keepdims=True)
-      na = jnp.sqrt(jnp.sum(a * a, axis)) + 1e-8
-      nb = jnp.sqrt(jnp.sum(b * b, axis)) + 1e-8
-      return jnp.sum(a * b, axis) / (na * nb)
-    wrong = float((1 - wrong_pearson(ys, yt, 1).mean()) + (1 - wrong_pearson(ys, yt, 0).mean()))
+    def both(sv, tv):
+      ys, yt = jax.nn.softmax(sv), jax.nn.softmax(tv)
+      def wrong_pearson(a, b, axis):
+        a = a - a.mean(axis, keepdims=True)
+        b = b - b.mean(axis, keepdims=True)
+        na = jnp.sqrt(jnp.sum(a * a, axis)) + 1e-8
+        nb = jnp.sqrt(jnp.sum(b * b, axis)) + 1e-8
+        return jnp.sum(a * b, axis) / (na * nb)
+      wrong = (1 - wrong_pearson(ys, yt, 1).mean()) + (1 - wrong_pearson(ys, yt, 0).mean())
+      return L.dist(sv, tv, tau=1.0), wrong
+    ours, wrong = (float(v) for v in jax.jit(both)(jnp.asarray(s), jnp.asarray(t)))
   _close(ours, ref, 4 * 6 * 6, "value")
   assert abs(wrong - ref) > 1e6 * _bound(144) * (1 + abs(ref))
 
