@@ -41,6 +41,46 @@ def _inputs(seed, batch, classes, scale=2.0, dtype=np.float64):
   return s, t, y
 
 
+# docs/methods.md §8 inputs and the golden values of §9-§11 listed there (6 decimals, from the
+# float64 PyTorch transcriptions). Evaluated in float64, so the bound is the 6-decimal rounding:
+# float32 at CTKD's tau = 15.6 loses ~tau^2 C eps32 ~ 1e-4 to cancellation in the KL.
+S8 = np.array([[1.0, 2.0, 0.5, -1.0, 0.0], [0.2, -0.3, 1.5, 0.7, 2.2],
+               [0.3, 1.2, -0.4, 0.9, 0.1]], np.float32)
+T8 = np.array([[0.5, 3.0, 1.0, -2.0, 0.1], [1.0, 0.0, 2.5, 2.5, -1.0],
+               [2.0, 1.0, 0.0, -1.0, 3.0]], np.float32)
+Y8 = np.array([1, 3, 1], np.int32)
+
+
+def test_golden_values_of_methods_md():
+  def golden(s, t, y):
+    tau0 = L.global_temperature(L.global_temperature_init(), 0.0)
+    perm = jnp.array([1, 2, 0])
+    return {"tau0": tau0, "ctkd": L.ctkd_kd(s, t, tau0),
+            "inter4": L.dist_inter(s, t, tau=4.0), "intra4": L.dist_intra(s, t, tau=4.0),
+            "dist4": L.dist(s, t, tau=4.0), "inter1": L.dist_inter(s, t, tau=1.0),
+            "intra1": L.dist_intra(s, t, tau=1.0), "dist1": L.dist(s, t, tau=1.0),
+            "masks": L.mlkd_confidence_masks(t),
+            "mlkd": L.mlkd(s, s[perm], t, t[perm], y),
+            "mlkd_ls": L.mlkd(s, s[perm], t, t[perm], y, temperature=2.0, kd_weight=9.0,
+                              standardize=True)}
+  with jax.enable_x64(True):
+    g = jax.jit(golden)(S8.astype(np.float64), T8.astype(np.float64), Y8)
+    g = jax.tree.map(np.asarray, g)
+  close = lambda got, want: np.testing.assert_allclose(got, want, rtol=0, atol=5.1e-7)
+  close(g["tau0"], 15.621172)
+  close(g["ctkd"], [0.249591, 1.467218, 1.342068])
+  close(g["inter4"], [0.729879, 17.871500, 20.252701])
+  close([g["intra4"], g["dist4"]], [11.724176, 24.675536])
+  close(g["inter1"], [0.033138, 1.158779, 1.378872])
+  close([g["intra1"], g["dist1"]], [0.772005, 1.628935])
+  np.testing.assert_array_equal(g["masks"][0], [False, True, True])
+  np.testing.assert_array_equal(g["masks"][1], [True, False, True, True, False])
+  m = {k: np.mean(v) for k, v in g["mlkd"].items()}
+  close([m["ce"], m["kd"], m["cc"], m["bc"]], [0.291485, 7.027350, 0.006046, 0.005067])
+  m = {k: np.mean(v) for k, v in g["mlkd_ls"].items()}
+  close([m["kd"], m["cc"], m["bc"]], [45.254823, 0.090391, 0.085343])
+
+
 # ============================================================================ CTKD
 
 
