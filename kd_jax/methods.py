@@ -344,8 +344,9 @@ class Method:
   plugin_weight: Optional[str] = None
   # Views of each example its terms read (the first is the run's main view).
   views: tuple[View, ...] = (View(DEFAULT_VIEW),)
-  # Learnable loss parameters: spec -> initial pytree (trained with the student, same optimizer).
-  loss_params: Optional[Callable[[LossSpec], PyTree]] = None
+  # Learnable loss parameters: (spec, LossParamsInit) -> initial pytree, trained with the
+  # student by the same optimizer and checkpointed with the state.
+  loss_params: Optional[Callable[[LossSpec, "LossParamsInit"], PyTree]] = None
   # spec -> a GradTransform for the student's gradient, or None (the plain gradient).
   grad_transform: Optional[Callable[[LossSpec], Optional[GradTransform]]] = None
   # Logged per-step values that are not loss terms: (names, fn(spec, inputs) -> {name: scalar}).
@@ -490,9 +491,21 @@ def warmup_factor(epoch: jax.Array, warmup_epochs: float,
   return jnp.minimum(epoch.astype(dtype) / warmup_epochs, 1.0)
 
 
-def init_loss_params(spec: LossSpec) -> dict[str, PyTree]:
-  """{method name: its initial learnable loss parameters} for the records that have them."""
-  return {r.name: r.loss_params(spec) for r in spec.records if r.loss_params is not None}
+@dataclasses.dataclass(frozen=True)
+class LossParamsInit:
+  """What a record's `loss_params` may use to initialise: an RNG key of its own and the
+  number of classes (e.g. for an instance-wise temperature network)."""
+  rng: jax.Array
+  num_classes: int
+
+
+def init_loss_params(spec: LossSpec, rng: Optional[jax.Array] = None,
+                     num_classes: int = 0) -> dict[str, PyTree]:
+  """{method name: its initial learnable loss parameters} for the records that have them;
+  each record gets its own key folded from `rng` (its position in the run)."""
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  return {r.name: r.loss_params(spec, LossParamsInit(jax.random.fold_in(rng, i), num_classes))
+          for i, r in enumerate(spec.records) if r.loss_params is not None}
 
 
 def grad_transform(spec: LossSpec) -> Optional[GradTransform]:
