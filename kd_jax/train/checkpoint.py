@@ -163,13 +163,17 @@ def _model_of(config: Optional[Mapping[str, Any]]) -> str:
 
 
 class _NoOrbaxTracebacks(logging.logging.Filter):
-  """Orbax logs a failed background write with its traceback; kd_jax reports it as one line
-  (CheckpointError), so the traceback is dropped from the terminal (the message is kept)."""
+  """Orbax logs a failed background write at ERROR level (one record per writer thread, with
+  tracebacks); kd_jax raises that failure as one CheckpointError line, so Orbax's ERROR
+  records are dropped and tracebacks are removed from its other records."""
 
   def filter(self, record) -> bool:
-    if record.exc_info and f"{os.sep}orbax{os.sep}" in (record.pathname or ""):
-      record.exc_info = None
-      record.exc_text = None
+    if f"{os.sep}orbax{os.sep}" not in (record.pathname or ""):
+      return True
+    if record.levelno >= logging.logging.ERROR:
+      return False
+    record.exc_info = None
+    record.exc_text = None
     return True
 
 
@@ -352,7 +356,6 @@ class Checkpointer:
     moved = self._set_aside(step)
     msg = (f"checkpoint at step {step} in {self.latest.directory} is damaged ({why})"
            + (f"; moved to {moved}" if moved else ""))
-    logging.warning("%s; trying the previous one", msg)
     console.warn(f"{msg}; trying the previous one")
     return msg
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno as errno_lib
 import os
+import re
 import shutil
 from typing import Optional
 
@@ -35,12 +36,34 @@ def os_error_of(e: BaseException) -> Optional[OSError]:
   return None
 
 
+# TensorStore (Orbax's array writer) reports an OS error inside its message text.
+_TENSORSTORE_ERRNO = re.compile(r"os_error_code='?(\d+)")
+
+
+def error_number(e: BaseException) -> Optional[int]:
+  """The errno of `e`: of an OSError in its chain, or named in a TensorStore message."""
+  found = os_error_of(e)
+  if found is not None:
+    return found.errno
+  cause: Optional[BaseException] = e
+  while cause is not None:
+    match = _TENSORSTORE_ERRNO.search(str(cause))
+    if match:
+      return int(match.group(1))
+    cause = cause.__cause__ or cause.__context__
+  return None
+
+
 def describe_os_error(e: BaseException) -> str:
-  """'errno 13 EACCES: Permission denied' for an OSError, else the exception's text."""
+  """'errno 13 EACCES: Permission denied' for an OSError (or a TensorStore error naming its
+  OS error), else the exception's text."""
   found = os_error_of(e)
   if found is not None:
     name = errno_lib.errorcode.get(found.errno, "")
     return f"errno {found.errno} {name}: {found.strerror or os.strerror(found.errno)}"
+  number = error_number(e)
+  if number is not None:
+    return f"errno {number} {errno_lib.errorcode.get(number, '')}: {os.strerror(number)}"
   return f"{e!r:.200}"
 
 
