@@ -511,3 +511,20 @@ def test_a_failed_launch_leaves_no_empty_output_folders(tmp_path):
     loop.train_and_evaluate(tiny("kd", teacher_checkpoint=str(tmp_path / "none.pth")),
                             str(workdir))
   assert sorted(os.listdir(workdir)) == ["config.json"]
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_student_is_refused_and_nothing_is_moved(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=4), workdir)
+  before = _snapshot(workdir)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+    loop.train_and_evaluate(tiny("kd", steps=4, student="resnet14", allow_changed="student"),
+                            workdir)
+  msg = str(e.value)
+  assert "student='resnet8'" in msg and "student='resnet14'" in msg and "Nothing" in msg
+  assert _snapshot(workdir) == before            # checkpoints and config.json untouched
+  capsys.readouterr()
+  result = loop.train_and_evaluate(
+      tiny("kd", steps=6, allow_changed="num_train_steps"), workdir)
+  assert result.step == 6 and "Resuming from step 4" in capsys.readouterr().out
