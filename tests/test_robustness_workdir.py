@@ -444,6 +444,33 @@ def test_immutable_directories_stop_each_writer_in_one_line(tmp_path):
       workdir_lib.write_config_json(run, {"seed": 1})
 
 
+def test_a_write_failing_in_orbax_background_threads_leaves_none_waiting(tmp_path, monkeypatch):
+  """The folder turns immutable after the probe (the probe disabled here): Orbax's writer fails
+  in its threads; the error is one line and no writer thread is left waiting for the failed
+  step's signals (they would hold the process for Orbax's 300 s barrier timeout at exit)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import storage  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  ck = ckpt_lib.Checkpointer(str(run), keep=3)
+  ck.save(2, _state(), {"step": 2, "best_step": -1})
+  ck.wait()
+  monkeypatch.setattr(storage, "probe_dir", lambda d: None)
+  with immutable(run / "checkpoints"):
+    with pytest.raises(errors.CheckpointError, match=r"checkpoint of step 4 .*errno 1 EPERM"):
+      ck.save(4, _state(), {"step": 4, "best_step": -1})
+      for _ in range(100):
+        ck.check()
+        time.sleep(0.05)
+    deadline = time.time() + 10
+    waiting = ["?"]
+    while waiting and time.time() < deadline:
+      waiting = [t.name for t in threading.enumerate()
+                 if type(t).__name__ == "_SignalingThread" and t.is_alive()]
+      time.sleep(0.05)
+    assert not waiting, waiting
+  assert ck.latest.all_steps() == [2]
+
+
 @pytest.mark.slow
 def test_an_immutable_checkpoint_dir_stops_the_launcher_within_seconds_in_one_line(tmp_path):
   """The checkpoints/ folder made immutable while the run trains: the launcher exits 2 within

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -183,6 +184,21 @@ def _quiet_orbax_tracebacks() -> None:
     logger.addFilter(_NoOrbaxTracebacks())
 
 
+def _release_orbax_waiters() -> None:
+  """After a failed write: wakes Orbax's writer threads still waiting for a signal that the
+  failed step will never send (each waits up to Orbax's 300 s barrier timeout, and the process
+  cannot exit before they end). Best effort: Orbax's internals may differ between versions."""
+  try:
+    from orbax.checkpoint._src.futures import future as orbax_future  # pylint: disable=g-import-not-at-top
+    for thread in threading.enumerate():
+      if isinstance(thread, orbax_future._SignalingThread) and thread.is_alive():  # pylint: disable=protected-access
+        thread._cancelled = True  # pylint: disable=protected-access
+        orbax_future.set_signals(thread._receive_signals,  # pylint: disable=protected-access
+                                 operation_id=thread._operation_id)  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
 def _stored_meta(mngr: ocp.CheckpointManager, step: int) -> Optional[dict]:
   try:
     return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -268,6 +284,7 @@ class Checkpointer:
       self.latest.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # pylint: disable=broad-except
+      _release_orbax_waiters()
       raise storage.write_failure("checkpoint", self.latest.directory, e, step=step,
                                   error=CheckpointError) from None
     self._issued["checkpoint"] = step
@@ -286,12 +303,14 @@ class Checkpointer:
       self.best.save(step, args=ocp.args.Composite(
           variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # pylint: disable=broad-except
+      _release_orbax_waiters()
       raise storage.write_failure("best model", self.best.directory, e, step=step,
                                   error=CheckpointError) from None
     self._issued["best model"] = step
 
   def _raise_write_error(self, what: str, mngr: ocp.CheckpointManager,
                          e: BaseException) -> None:
+    _release_orbax_waiters()
     raise storage.write_failure(what, mngr.directory, e, step=self._issued[what],
                                 error=CheckpointError) from None
 
@@ -418,14 +437,15 @@ class Checkpointer:
       self.after_restore = None
 
   def _reconcile_best(self, best_step: int) -> None:
-    """Drops best models other than `best_step` (-1: none was recorded); says so when the
-    recorded one is missing (the run goes on; its next better evaluation saves a new one)."""
+    """Drops best models other than `best_step` (-1: none was recorded); says so when best/
+    holds none although one is recorded (removed by hand: the run goes on, and its next
+    evaluation better than the recorded one saves a new one)."""
     steps = self.best.all_steps()
     for s in steps:
       if s != best_step:
         logging.info("dropping best model of step %d (not in the restored checkpoint)", s)
         self.best.delete(s)
-    if best_step >= 0 and best_step not in steps:
+    if best_step >= 0 and not steps:
       console.warn(f"the best model of step {best_step} that the checkpoint records is missing "
                    f"from {self.best.directory}; the next evaluation better than it saves a "
                    f"new one")

@@ -12,6 +12,7 @@ import errno as errno_lib
 import os
 import re
 import shutil
+import socket
 from typing import Optional
 
 from etils import epath
@@ -86,7 +87,7 @@ def probe_dir(directory: str | os.PathLike) -> None:
   """Writes and removes a small file in `directory` (or, while it does not exist yet, in its
   nearest existing parent, creating nothing); raises the OSError of a failed write."""
   path = _existing_ancestor(epath.Path(directory))
-  probe = path / f".write_probe_{os.getpid()}"
+  probe = path / f".write_probe_{socket.gethostname()}_{os.getpid()}"
   probe.write_text("ok")
   probe.unlink()
 

@@ -227,7 +227,7 @@ def probe_writable(directories: Iterable[str | os.PathLike]) -> None:
     path = epath.Path(directory)
     try:
       path.mkdir(parents=True, exist_ok=True)
-      probe = path / f".write_probe_{pid}"
+      probe = path / f".write_probe_{socket.gethostname()}_{pid}"
       probe.write_text("ok")
       probe.unlink()
     except OSError as e:
