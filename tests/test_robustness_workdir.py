@@ -3,6 +3,7 @@ full/immutable filesystems, a removed best model and failed launches."""
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -504,7 +505,6 @@ def test_an_immutable_checkpoint_dir_stops_the_launcher_within_seconds_in_one_li
 
 
 def test_a_removed_best_model_is_one_line_when_asked_for(tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
   from kd_jax.train import progress  # pylint: disable=g-import-not-at-top
   run = tmp_path / "run"
   ck = ckpt_lib.Checkpointer(str(run), keep=3)
@@ -519,6 +519,23 @@ def test_a_removed_best_model_is_one_line_when_asked_for(tmp_path):
     np.testing.assert_array_equal(variables["params"]["w"], np.full(3, 7.0))
     assert where == str(run / "best" / "2")
   assert f"checkpoint: {run / 'best'}" in progress.run_summary(str(run))
+  # A best model carries its own checksums: one flipped bit is one line, not other weights.
+  damaged = tmp_path / "damaged"
+  shutil.copytree(run, damaged)
+  ck = ckpt_lib.Checkpointer(str(damaged), keep=3)
+  ck.best.delete(2)
+  ck.save_best(2, {"params": {"w": _state().params["w"]}, "batch_stats": {}},
+               {"step": 2, "eval_top1": 0.5})
+  ck.wait()
+  ck.close()
+  files = [os.path.join(r, n) for r, _, ns in os.walk(damaged / "best" / "2" / "variables")
+           for n in ns]
+  biggest = max(files, key=os.path.getsize)
+  data = bytearray(open(biggest, "rb").read())
+  data[len(data) // 2] ^= 1
+  open(biggest, "wb").write(data)
+  with pytest.raises(errors.CheckpointError, match=r"is damaged: 1 arrays fail their checksum"):
+    ckpt_lib.restore_variables(str(damaged), "best")
   shutil.rmtree(run / "best")
   for which in ("auto", "best"):
     with pytest.raises(errors.CheckpointError) as e:

@@ -263,8 +263,9 @@ def write_config_json(workdir: str | os.PathLike, config: Any,
 
 
 def open_run(workdir: str | os.PathLike, keep_checkpoints: int, *, process_index: int = 0):
-  """Locks WORKDIR (process 0) and probes its output directories. Returns (lock, checkpointer);
-  the caller releases the lock (also on errors) and closes the checkpointer."""
+  """Locks WORKDIR (process 0) and probes it and those of its output directories that exist
+  (the others are made by their first write). Returns (lock, checkpointer); the caller releases
+  the lock (also on errors) and closes the checkpointer."""
   probe_writable([workdir])  # the lock file goes there
   lock = WorkdirLock(workdir, enabled=process_index == 0).acquire()
   try:
