@@ -76,7 +76,11 @@ def config(**kw):
 
 
 @pytest.mark.slow
-def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_run(tmp_path):
+def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_run(tmp_path,
+                                                                                  capsys):
+  """Every case ends with the unbroken run's metrics: a kill between a best save and its
+  checkpoint, before any checkpoint, a flipped bit in the newest checkpoint, and a checkpoint
+  that passes its checksum but diverges at once after the restore (set aside once)."""
   unbroken = str(tmp_path / "unbroken")
   loop.train_and_evaluate(config(), unbroken)
   assert len(read_metrics(unbroken)) > 0
@@ -107,6 +111,46 @@ def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_r
   assert_same_run(unbroken, b)
   assert tensorboard_steps(b, "eval/top1") == steps_with(read_metrics(b), "eval/top1")
   assert tensorboard_steps(b, "teacher/top1") == [0]
+
+  # (c) One bit flipped in the newest checkpoint's largest array file: detected by its
+  # checksum, set aside, and the run resumes from the previous checkpoint.
+  capsys.readouterr()
+  flipped = str(tmp_path / "flipped")
+  shutil.copytree(unbroken, flipped)
+  flip_one_bit(_largest_file(os.path.join(flipped, "checkpoints", "16", "state")))
+  result = loop.train_and_evaluate(config(), flipped)
+  err = capsys.readouterr().err
+  assert result.step == 16 and not result.already_finished
+  damaged = [l for l in err.splitlines() if "is damaged" in l]
+  assert len(damaged) == 1 and "step 16" in damaged[0] and "checksum" in damaged[0]
+  assert_same_run(unbroken, flipped)
+
+  # (d) Killed before checkpoint 16; checkpoint 12 rewritten (valid checksums) with a classifier
+  # whose logits overflow: every step after the restore is non-finite.
+  diverging = str(tmp_path / "diverging")
+  shutil.copytree(unbroken, diverging)
+  shutil.rmtree(os.path.join(diverging, "checkpoints", "16"))
+  cfg = config()
+  trainer = loop.build_trainer(cfg, loop.make_mesh(cfg), steps_per_epoch=8, total_steps=16,
+                               in_memory=True, mean=(0.0,) * 3, std=(1.0,) * 3)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          trainer.init_state())
+  ck = ckpt_lib.Checkpointer(diverging, 10)
+  state, meta = ck.restore_latest(abstract)
+  assert meta["step"] == 12
+  params = dict(state.params)
+  params["head"] = {**params["head"], "kernel": jnp.full_like(params["head"]["kernel"], 3e38)}
+  ck.latest.delete(12)
+  ck.save(12, state.replace(params=params), {k: v for k, v in meta.items() if k != "checksums"})
+  ck.wait()
+  ck.close()
+  dead_lock(diverging)
+  result = loop.train_and_evaluate(config(max_bad_steps=2), diverging)
+  err = capsys.readouterr().err
+  assert result.step == 16
+  assert "right after resuming from checkpoint 12" in err and "step 8" in err
+  assert len(glob.glob(os.path.join(diverging, "unreadable_checkpoints", "12-diverged-*"))) == 1
+  assert_same_run(unbroken, diverging)
 
 
 @flax.struct.dataclass
@@ -487,50 +531,3 @@ def test_a_lost_metrics_file_is_rebuilt_from_tensorboard_and_back(tmp_path, caps
   assert _tb_steps(workdir, "train/loss") == [2, 4]
   assert capsys.readouterr().err == ""
   assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 1
-
-
-@pytest.mark.slow
-def test_a_damaged_or_diverging_newest_checkpoint_ends_as_the_unbroken_run(tmp_path, capsys):
-  """One bit flipped in the newest checkpoint's largest array file is detected and the run
-  resumes from the previous checkpoint; a checkpoint that passes its checksum but diverges at
-  once after the restore is set aside once. Both end with the unbroken run's metrics."""
-  unbroken = str(tmp_path / "unbroken")
-  loop.train_and_evaluate(config(), unbroken)
-  capsys.readouterr()
-
-  flipped = str(tmp_path / "flipped")
-  shutil.copytree(unbroken, flipped)
-  flip_one_bit(_largest_file(os.path.join(flipped, "checkpoints", "16", "state")))
-  result = loop.train_and_evaluate(config(), flipped)
-  err = capsys.readouterr().err
-  assert result.step == 16 and not result.already_finished
-  damaged = [l for l in err.splitlines() if "is damaged" in l]
-  assert len(damaged) == 1 and "step 16" in damaged[0] and "checksum" in damaged[0]
-  assert_same_run(unbroken, flipped)
-
-  # Killed before checkpoint 16; checkpoint 12 rewritten (valid checksums) with a classifier
-  # whose logits overflow: every step after the restore is non-finite.
-  diverging = str(tmp_path / "diverging")
-  shutil.copytree(unbroken, diverging)
-  shutil.rmtree(os.path.join(diverging, "checkpoints", "16"))
-  cfg = config()
-  trainer = loop.build_trainer(cfg, loop.make_mesh(cfg), steps_per_epoch=8, total_steps=16,
-                               in_memory=True, mean=(0.0,) * 3, std=(1.0,) * 3)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          trainer.init_state())
-  ck = ckpt_lib.Checkpointer(diverging, 10)
-  state, meta = ck.restore_latest(abstract)
-  assert meta["step"] == 12
-  params = dict(state.params)
-  params["head"] = {**params["head"], "kernel": jnp.full_like(params["head"]["kernel"], 3e38)}
-  ck.latest.delete(12)
-  ck.save(12, state.replace(params=params), {k: v for k, v in meta.items() if k != "checksums"})
-  ck.wait()
-  ck.close()
-  dead_lock(diverging)
-  result = loop.train_and_evaluate(config(max_bad_steps=2), diverging)
-  err = capsys.readouterr().err
-  assert result.step == 16
-  assert "right after resuming from checkpoint 12" in err and "step 8" in err
-  assert len(glob.glob(os.path.join(diverging, "unreadable_checkpoints", "12-diverged-*"))) == 1
-  assert_same_run(unbroken, diverging)
