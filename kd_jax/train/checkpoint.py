@@ -32,6 +32,7 @@ import hashlib
 import os
 import threading
 import time
+import warnings
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -188,6 +189,9 @@ def _release_orbax_waiters() -> None:
   """After a failed write: wakes Orbax's writer threads still waiting for a signal that the
   failed step will never send (each waits up to Orbax's 300 s barrier timeout, and the process
   cannot exit before they end). Best effort: Orbax's internals may differ between versions."""
+  # The woken threads drop their unstarted coroutines; Python would name each at exit.
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                          category=RuntimeWarning)
   try:
     from orbax.checkpoint._src.futures import future as orbax_future  # pylint: disable=g-import-not-at-top
     for thread in threading.enumerate():
