@@ -447,6 +447,14 @@ def test_immutable_directories_stop_each_writer_in_one_line(tmp_path):
   with immutable(run / "metrics.jsonl"):
     with pytest.raises(errors.WorkdirError, match=r"metrics of step 4 .*metrics.jsonl.*EPERM"):
       writer.write(4, {"train/loss": 1.0})
+  events = [p for p in (run / "tensorboard").iterdir() if p.name.startswith("events.out")]
+  assert len(events) == 1
+  with immutable(events[0]):
+    with pytest.raises(errors.WorkdirError) as e:
+      writer.write(6, {"train/loss": 1.0})
+    assert f"TensorBoard events of step 6 to {run / 'tensorboard'}" in str(e.value)
+    assert "errno 1 EPERM" in str(e.value)
+  writer.close()   # nothing left to flush: no error at exit either
   with immutable(run):
     with pytest.raises(errors.WorkdirError, match=r"config .*config.json.*errno 1 EPERM"):
       workdir_lib.write_config_json(run, {"seed": 1})
