@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import testenv  # pylint: disable=g-import-not-at-top
+import yardstick  # pylint: disable=g-import-not-at-top
 
 from kd_jax.train import loop
 from kd_jax.train import step as step_lib
@@ -52,19 +53,50 @@ def test_forced_scan_equals_per_step_calls(method):
   """The multi-step lax.scan (the GPU/TPU path) on CPU gives the per-step path's state."""
   config = tiny_config(method)
   mesh, data, trainer = _setup(config)
-  per_step = step_lib.make_train_fn(trainer.spec, 4)
+  one_step = step_lib.make_train_fn(trainer.spec, 1)
+  per_step = step_lib.make_train_fn(trainer.spec, 4, one_step=one_step)
   scanned = step_lib.make_train_fn(trainer.spec, 4, force_scan=True)
   s1 = per_step(trainer.init_state(), trainer.teacher_vars, data.train)
   s2 = testenv.run_optimized(scanned, mesh, trainer.init_state(), trainer.teacher_vars,
                              data.train)
   assert int(jax.device_get(s1.metric_count)) == 4
-  # The first step alone changes the parameters: the comparison is not between two no-ops.
-  s0 = step_lib.make_train_fn(trainer.spec, 1)(trainer.init_state(), trainer.teacher_vars,
-                                               data.train)
-  first = jax.tree.leaves(jax.device_get(s0.params))[0]
-  init = jax.tree.leaves(jax.device_get(trainer.init_state().params))[0]
-  assert np.abs(first - init).max() > 1e-6
-  _assert_states_close(s1, s2)
+  np.testing.assert_array_equal(jax.device_get(s1.step), jax.device_get(s2.step))
+  # The two are compiled at different XLA optimization levels (the suite's 0 for the calls,
+  # the default for the scan), and the scan is one loop: they round differently. Bound: the
+  # yardstick (the per-step path once more from parameters 4 ulps away) x yardstick.FACTOR.
+  # Measured: scan vs calls <= 2.2 yardsticks (on the summed KD term), 0.07 of the bound.
+  bounds = _state_bounds(s1, per_step(_wobbled(trainer.init_state()), trainer.teacher_vars,
+                                      data.train), config.batch_size)
+  yardstick.assert_within(_compared(s1), _compared(s2), bounds, "scan vs per-step calls")
+  # Defects land far outside the bound (measured: > 1000 x): the 4 steps on another random
+  # stream (other crops and flips), and one step fewer.
+  other = trainer.init_state()
+  other = other.replace(rng=jax.random.fold_in(other.rng, 1))
+  yardstick.assert_beyond(_compared(s1), _compared(per_step(other, trainer.teacher_vars,
+                                                            data.train)),
+                          bounds, what="another random stream")
+  three = step_lib.make_train_fn(trainer.spec, 3, one_step=one_step)(
+      trainer.init_state(), trainer.teacher_vars, data.train)
+  yardstick.assert_beyond(_compared(s1)[:2], _compared(three)[:2], bounds, what="a step skipped")
+
+
+def _wobbled(state):
+  """`state` with its parameters a few float32 ulps away (yardstick.perturb)."""
+  return state.replace(params=yardstick.perturb(state.params))
+
+
+def _state_bounds(reference, wobbled_run, batch_size: int) -> dict:
+  """Per-leaf bounds of _compared(state) from a yardstick run. top1 counts argmax hits, and
+  round-off may flip the argmax of a near-tie: one flip (1 / batch_size) is allowed."""
+  bounds = yardstick.leaf_bounds(_compared(reference), _compared(wobbled_run))
+  key = "[2]['top1']"
+  bounds[key] = max(bounds[key], 1.0 / batch_size)
+  return bounds
+
+
+def _compared(state):
+  """The parts of a train state two paths must agree on."""
+  return (state.params, state.batch_stats, state.metric_sums)
 
 
 def test_cpu_step_counts_share_one_compiled_step():
