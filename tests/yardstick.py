@@ -97,12 +97,48 @@ def assert_beyond(a: Any, b: Any, bounds: Mapping[str, float], margin: float = 1
   return ratio
 
 
-def scalar_bound(pairs: list[tuple[float, float]], factor: float = FACTOR,
-                 floor: float = 64 * EPS32) -> float:
-  """A relative bound from (reference, yardstick run) value pairs: factor x the largest relative
-  distance between them, at least `floor` (round-off of the logged sums themselves)."""
-  measured = max((abs(a - b) / max(abs(a), abs(b), 1e-30) for a, b in pairs), default=0.0)
-  return max(factor * measured, floor)
+COUNTS = ("top1", "top5")   # metric names that count argmax hits
+
+
+def logged(records: list[dict]) -> dict[tuple[int, str], float]:
+  """{(step, key): value} of every train/* and eval/* value in metrics.jsonl records."""
+  return {(r["step"], k): float(v) for r in records for k, v in r.items()
+          if k.startswith(("train/", "eval/"))}
+
+
+def logged_bounds(reference: dict, yard: dict, flip: float, factor: float = FACTOR,
+                  floor: float = 64 * EPS32, values: dict | None = None) -> dict:
+  """Absolute bounds for the logged values of a run, from its yardstick run (`logged` dicts).
+
+  Values logged at one step by one pass (train or eval) share one yardstick: the largest
+  |reference - yardstick run| among them (a loss term's round-off is a part of the loss's, so
+  a small term is not held to a tighter bound than the loss it adds to). A value's bound is
+  factor x that, at least `floor` x |value| (64 ulps: the round-off of a logged mean itself).
+  Accuracies count argmax hits; round-off may flip the argmax of a near-tie, so they may also
+  move by one flip (`flip`: 1 / the fewest examples behind one value). `values`: the values
+  (of another run of the same problem) to bound, instead of `reference`'s."""
+  assert reference.keys() == yard.keys(), sorted(set(reference) ^ set(yard))
+  group = lambda key: (key[0], key[1].split("/")[0])
+  measured = {}
+  for key, v in reference.items():
+    if not key[1].endswith(COUNTS):
+      measured[group(key)] = max(measured.get(group(key), 0.0), abs(v - yard[key]))
+  bounds = {}
+  for key, v in (reference if values is None else values).items():
+    b = max(factor * measured.get(group(key), 0.0), floor * abs(v))
+    bounds[key] = max(b, flip) if key[1].endswith(COUNTS) else b
+  return bounds
+
+
+def assert_logged_within(reference: dict, other: dict, bounds: dict, what: str = "") -> float:
+  """Every logged value of `other` within its bound of `reference`; returns the largest
+  |difference| / bound."""
+  assert sorted(other) == sorted(reference), what
+  over = {k: (reference[k], other[k], bounds[k]) for k in reference
+          if not abs(reference[k] - other[k]) <= bounds[k]}
+  assert not over, f"{what}: (reference, value, bound) beyond the measured bound: {over}"
+  return max((abs(reference[k] - other[k]) / bounds[k] for k in reference if bounds[k]),
+             default=0.0)
 
 
 def perturbed_init(build: Callable) -> Callable:
@@ -119,3 +155,33 @@ def perturbed_init(build: Callable) -> Callable:
       return s.replace(params=perturb(s.params), batch_stats=perturb(s.batch_stats, seed=1))
     return dataclasses.replace(trainer, init_state=init_state)
   return wrapped
+
+
+def max_rel(a: list[float], b: list[float]) -> float:
+  """max over i of |a_i - b_i| / max(|a_i|, |b_i|)."""
+  return max((abs(x - y) / max(abs(x), abs(y), 1e-30) for x, y in zip(a, b)), default=0.0)
+
+
+def near_reference(got: Any, want: Any, want64: Any, factor: float = FACTOR,
+                   floor_ulps: float = 64.0) -> tuple[float, float]:
+  """(max |got - want64|, its bound) for `got`, a float32 computation of what a reference
+  implementation computes as `want` in float32 and `want64` in float64. The yardstick is the
+  reference's own float32 error max |want - want64|, measured on this machine; got may be
+  `factor` of it away from want64, at least floor_ulps float32 ulps of max |want64|."""
+  got, want, want64 = (np.asarray(v, np.float64) for v in (got, want, want64))
+  err = float(np.max(np.abs(got - want64)))
+  own = float(np.max(np.abs(want - want64)))
+  return err, max(factor * own, floor_ulps * EPS32 * float(np.max(np.abs(want64))))
+
+
+def reorder_batches(mp) -> None:
+  """Monkeypatches kd_jax.data (with `mp`, a pytest MonkeyPatch) so that a run's in-memory
+  training steps see each global batch in reversed order: the same examples with the same
+  crops and flips, so the same losses, BatchNorm statistics and gradients, summed in another
+  order. A run made so is the yardstick of a comparison whose two sides differ by reduction
+  order (1 vs 8 devices). The run's train step compiles anew (the reversal is in the program)."""
+  from kd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  indices, params = data_lib.cifar_batch_indices, data_lib.cifar_augment_params
+  mp.setattr(data_lib, "cifar_batch_indices", lambda *a, **k: indices(*a, **k)[::-1])
+  mp.setattr(data_lib, "cifar_augment_params",
+             lambda *a, **k: tuple(x[::-1] for x in params(*a, **k)))
