@@ -173,15 +173,3 @@ def near_reference(got: Any, want: Any, want64: Any, factor: float = FACTOR,
   own = float(np.max(np.abs(want - want64)))
   return err, max(factor * own, floor_ulps * EPS32 * float(np.max(np.abs(want64))))
 
-
-def reorder_batches(mp) -> None:
-  """Monkeypatches kd_jax.data (with `mp`, a pytest MonkeyPatch) so that a run's in-memory
-  training steps see each global batch in reversed order: the same examples with the same
-  crops and flips, so the same losses, BatchNorm statistics and gradients, summed in another
-  order. A run made so is the yardstick of a comparison whose two sides differ by reduction
-  order (1 vs 8 devices). The run's train step compiles anew (the reversal is in the program)."""
-  from kd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  indices, params = data_lib.cifar_batch_indices, data_lib.cifar_augment_params
-  mp.setattr(data_lib, "cifar_batch_indices", lambda *a, **k: indices(*a, **k)[::-1])
-  mp.setattr(data_lib, "cifar_augment_params",
-             lambda *a, **k: tuple(x[::-1] for x in params(*a, **k)))
