@@ -534,5 +534,4 @@ def test_matches_torch_float32_imagenet_width():
   for what, got, want, want64 in cases:
     err, bound = yardstick.near_reference(got, want, want64)
     assert err <= bound, (name, what, err, bound)
-    print("YARD", what, err, bound / yardstick.FACTOR, bound, np.abs(want64).max())
 
