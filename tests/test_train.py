@@ -85,33 +85,13 @@ def test_every_method_trains_on_1_and_8_devices_identically(method, tmp_path):
     mp.setattr(loop, "build_trainer", yardstick.perturbed_init(loop.build_trainer))
     loop.train_and_evaluate(tiny_config(method, 1), str(tmp_path / "yardstick"))
   one, eight = yardstick.logged(rec1), yardstick.logged(rec8)
-  bounds = yardstick.logged_bounds(one, yardstick.logged(read_metrics(str(tmp_path / "yardstick"))),
-                                   flip=1 / 16)
-  ratio = yardstick.assert_logged_within(one, eight, bounds, "8 devices vs 1")
-  import os as _os
-  if _os.environ.get("YARD"):
-    other = str(tmp_path / "rng")
-    def rng_fold(build):
-      import dataclasses
-      def wrapped(*a, **k):
-        t = build(*a, **k)
-        init = t.init_state
-        return dataclasses.replace(t, init_state=lambda: (lambda s: s.replace(rng=jax.random.fold_in(s.rng, 1)))(init()))
-      return wrapped
-    with pytest.MonkeyPatch.context() as mp:
-      mp.setattr(loop, "build_trainer", rng_fold(loop.build_trainer))
-      loop.train_and_evaluate(tiny_config(method, 1), other)
-    recr = yardstick.logged(read_metrics(other))
-    with pytest.MonkeyPatch.context() as mp:
-      mp.setattr(loop, "build_trainer", yardstick.perturbed_init(loop.build_trainer))
-      loop.train_and_evaluate(tiny_config(method, 1), str(tmp_path / "pert"))
-    pb = yardstick.logged_bounds(one, yardstick.logged(read_metrics(str(tmp_path / "pert"))), flip=1/16)
-    yv = yardstick.logged(read_metrics(str(tmp_path / "yardstick")))
-    print("YARD", method, "1v8/bound", ratio, "1v8/pertbound", max(abs(one[k]-eight[k])/pb[k] for k in one if pb[k]), "rng/pertbound", max(abs(one[k]-recr[k])/pb[k] for k in one if pb[k]), "rng/bound", max(abs(one[k]-recr[k])/bounds[k] for k in one if bounds[k]))
-    for k in one:
-      print("YARD", method, k, "1v8", abs(one[k] - eight[k]) / abs(one[k] or 1), "reorder", abs(one[k] - yv[k]) / abs(one[k] or 1))
-    for k in one:
-      print("YARD", method, k, "bound_rel", bounds[k] / abs(one[k] or 1), "1v8", abs(one[k] - eight[k]) / abs(one[k] or 1), "rng/bound", abs(one[k] - recr[k]) / (bounds[k] or 1))
+  yard = yardstick.logged(read_metrics(str(tmp_path / "yardstick")))
+  bounds = yardstick.logged_bounds(one, yard, flip=1 / 16)
+  yardstick.assert_logged_within(one, eight, bounds, "8 devices vs 1")
+  # Measured (2-core CPU, 2026-12-04): 8 devices within 0.09 of the bound (ce; the others
+  # within 0.03); a wrong random stream (the 1-device run with its key folded once more: other
+  # crops, flips and dropout) lands 107-674 x beyond it, DHKD's only 5 x: its nonlinear head's
+  # BatchNorm1d over 16 examples makes its yardstick tens of times the others'.
 
 
 @pytest.mark.slow
