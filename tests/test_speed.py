@@ -265,10 +265,12 @@ def test_teacher_cache_sharded_resume_and_forced_scan(tmp_path):
   bounds = _state_bounds(online, online_fn(_wobbled(trainer.init_state()), trainer.teacher_vars,
                                            data.train), config.batch_size)
   yardstick.assert_within(_compared(online), _compared(scanned), bounds, "table scan vs calls")
-  # A defect is far outside it: the scan reading each example's logits of another view.
+  # A defect is far outside it: the scan reading each example's logits of another view (the
+  # teacher's logits of two crops of one image are close: measured 50 x the bound).
   wrong_view = testenv.run_optimized(step_lib.make_train_fn(spec, 4, force_scan=True), mesh,
                                      trainer.init_state(), table[:, ::-1], data.train)
-  yardstick.assert_beyond(_compared(online), _compared(wrong_view), bounds, what="another view")
+  yardstick.assert_beyond(_compared(online), _compared(wrong_view), bounds, margin=10,
+                          what="another view")
 
 
 def test_stale_or_damaged_table_is_rebuilt(tmp_path, capsys):
