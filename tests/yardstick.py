@@ -11,6 +11,9 @@ ulps (`perturb`), the same program, so its distance from the reference is the pr
 amplification of float32 round-off, measured here. Two correct paths may differ by a small
 multiple of it (FACTOR); a defect (a skipped step, a wrong shard, a wrong random stream) moves
 the result by orders of magnitude more, which each test shows on a broken variant or states.
+
+Where a float64 run of a reference implementation is cheap (PyTorch, a naive JAX form under
+x64), the yardstick is that reference's own float32 error instead (`near_reference`).
 """
 from __future__ import annotations
 
@@ -44,11 +47,6 @@ def perturb(tree: Any, rel: float = REL, seed: int = 0) -> Any:
       x = x * factor
     out.append(x)
   return jax.tree.unflatten(treedef, out)
-
-
-def rel_diff(a: float, b: float, scale: float) -> float:
-  """|a - b| / scale."""
-  return abs(float(a) - float(b)) / scale
 
 
 def leaf_diffs(a: Any, b: Any) -> dict[str, float]:
@@ -155,11 +153,6 @@ def perturbed_init(build: Callable) -> Callable:
       return s.replace(params=perturb(s.params), batch_stats=perturb(s.batch_stats, seed=1))
     return dataclasses.replace(trainer, init_state=init_state)
   return wrapped
-
-
-def max_rel(a: list[float], b: list[float]) -> float:
-  """max over i of |a_i - b_i| / max(|a_i|, |b_i|)."""
-  return max((abs(x - y) / max(abs(x), abs(y), 1e-30) for x, y in zip(a, b)), default=0.0)
 
 
 def near_reference(got: Any, want: Any, want64: Any, factor: float = FACTOR,
