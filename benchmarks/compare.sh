@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Runs the JAX train step and the PyTorch-eager reference back to back on this machine.
-# Prints JSON lines: each implementation's result, then {"kind": "ratio", ...} per pair/batch.
+# Runs the JAX train step and the PyTorch reference steps (eager and torch.compile) on this
+# machine, interleaved: each round runs every mode once, one process each, so machine load
+# falls on all of them alike. Prints JSON lines: every run's result, then per pair/batch
+# {"kind": "ratio", ...} with the median images/s of each mode over the rounds, the best
+# PyTorch mode, and kd_jax (online, and with the teacher table if asked) over both peers.
 #
 # Usage: benchmarks/compare.sh [--pairs "T,S T,S"] [--batch-sizes "64 128"] [--steps N]
 #          [--repeats R] [--warmup W] [--threads N] [--dtype float32|bfloat16]
-#          [--steps-per-dispatch K] [--num-examples N]
+#          [--steps-per-dispatch K] [--num-examples N] [--rounds N]
+#          [--jax-modes "online table"] [--torch-modes "eager compile_cl"]
+#          [--compile-backend inductor|eager] [--runs N]
+#   --jax-modes:   online = the teacher runs every step; table = the exact teacher-logit table
+#   --torch-modes: eager, compile (torch.compile of the whole step); a _cl suffix (eager_cl,
+#                  compile_cl) stores models and batches channels-last (NHWC)
+#   --runs N: the kd_jax step of N vmapped runs (images/s counts all runs)
 # Environment: PYTHON (default: the repository's .venv/bin/python if present, else python3).
 set -euo pipefail
 
@@ -23,6 +32,11 @@ threads=0
 dtype=float32
 spd=1
 num_examples=50000
+rounds=1
+jax_modes="online"
+torch_modes="eager compile_cl"
+compile_backend=inductor
+runs=1
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -35,10 +49,29 @@ while [[ $# -gt 0 ]]; do
     --dtype) dtype="$2"; shift 2 ;;
     --steps-per-dispatch) spd="$2"; shift 2 ;;
     --num-examples) num_examples="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    --jax-modes) jax_modes="$2"; shift 2 ;;
+    --torch-modes) torch_modes="$2"; shift 2 ;;
+    --compile-backend) compile_backend="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+for m in $jax_modes; do
+  case "$m" in online|table) ;; *)
+    echo "compare.sh: --jax-modes: unknown mode '$m' (accepted: online table)" >&2; exit 2 ;;
+  esac
+done
+for m in $torch_modes; do
+  case "$m" in eager|compile|eager_cl|compile_cl) ;; *)
+    echo "compare.sh: --torch-modes: unknown mode '$m' (accepted: eager compile eager_cl" \
+      "compile_cl)" >&2; exit 2 ;;
+  esac
+done
+if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
+  echo "compare.sh: --rounds must be an integer >= 1, got '$rounds'" >&2; exit 2
+fi
 
 # Last line of a command's stdout that parses as a JSON object (the benchmark result).
 last_json() {
@@ -62,24 +95,31 @@ for pair in $pairs; do
   teacher="${pair%%,*}"
   student="${pair##*,}"
   for bs in $batch_sizes; do
-    echo "compare.sh: $teacher -> $student, batch $bs" >&2
-    jax_line="$("$PYTHON" benchmarks/train_step.py --teacher "$teacher" --student "$student" \
-      --method kd --batch-size "$bs" --steps "$steps" --repeats "$repeats" --warmup "$warmup" \
-      --dtype "$dtype" --steps-per-dispatch "$spd" --num-examples "$num_examples" | last_json)"
-    echo "$jax_line"
-    torch_line="$("$PYTHON" benchmarks/torch_reference.py --teacher "$teacher" \
-      --student "$student" --method kd --batch-size "$bs" --steps "$steps" \
-      --repeats "$repeats" --warmup "$warmup" --threads "$threads" | last_json)"
-    echo "$torch_line"
-    "$PYTHON" -c '
-import json, sys
-j, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(json.dumps({"kind": "ratio", "teacher": j["teacher"], "student": j["student"],
-                  "batch_size": j["batch_size"], "dtype": j["dtype"],
-                  "jax_images_per_sec": j["images_per_sec"],
-                  "torch_images_per_sec": t["images_per_sec"],
-                  "jax_over_torch": j["images_per_sec"] / t["images_per_sec"],
-                  "jax_device": j["device"], "torch_device": t["device"]}))' \
-      "$jax_line" "$torch_line"
+    lines=()
+    for ((round = 1; round <= rounds; round++)); do
+      for m in $jax_modes; do
+        echo "compare.sh: $teacher -> $student, batch $bs, round $round, kd_jax $m" >&2
+        extra=()
+        if [[ "$m" == table ]]; then extra=(--teacher-cache --num-examples "$bs");
+        else extra=(--num-examples "$num_examples"); fi
+        line="$("$PYTHON" benchmarks/train_step.py --teacher "$teacher" --student "$student" \
+          --method kd --batch-size "$bs" --steps "$steps" --repeats "$repeats" \
+          --warmup "$warmup" --dtype "$dtype" --steps-per-dispatch "$spd" --runs "$runs" \
+          "${extra[@]}" | last_json)"
+        echo "$line"; lines+=("$line")
+      done
+      for m in $torch_modes; do
+        echo "compare.sh: $teacher -> $student, batch $bs, round $round, PyTorch $m" >&2
+        extra=()
+        if [[ "$m" == compile* ]]; then extra=(--compile --compile-backend "$compile_backend"); fi
+        if [[ "$m" == *_cl ]]; then extra+=(--channels-last); fi
+        line="$("$PYTHON" benchmarks/torch_reference.py --teacher "$teacher" \
+          --student "$student" --method kd --batch-size "$bs" --steps "$steps" \
+          --repeats "$repeats" --warmup "$warmup" --threads "$threads" \
+          "${extra[@]}" | last_json)"
+        echo "$line"; lines+=("$line")
+      done
+    done
+    printf '%s\n' "${lines[@]}" | "$PYTHON" "$here/summarize_compare.py"
   done
 done

@@ -1,6 +1,9 @@
-"""PyTorch-eager reference of one KD training step (mdistiller style), for speed comparisons.
+"""PyTorch reference of one KD training step (mdistiller style), eager or torch.compile'd.
 
 Prints one JSON line with the same keys as benchmarks/train_step.py; torch is a dev dependency.
+`--compile` wraps the whole step (teacher forward, student forward, loss, backward, SGD update)
+in one `torch.compile`; `--channels-last` stores the models and batches in NHWC memory format,
+what a PyTorch user tuning for speed does. `impl` names the mode: torch_eager or torch_compile.
 """
 from __future__ import annotations
 
@@ -176,6 +179,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--num-batches", type=int, default=4,
                  help="distinct synthetic device-resident batches cycled through")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--compile", action="store_true",
+                 help="torch.compile the whole step (first call = compilation, in compile_s)")
+  p.add_argument("--compile-mode", default="default",
+                 choices=["default", "reduce-overhead", "max-autotune"],
+                 help="torch.compile mode with --compile")
+  p.add_argument("--compile-backend", default="inductor",
+                 help="torch.compile backend with --compile ('eager' traces without code "
+                      "generation: a fast check of the compiled path, not a speed figure)")
+  p.add_argument("--channels-last", action="store_true",
+                 help="models and batches in channels-last (NHWC) memory format")
   return p.parse_args(argv)
 
 
@@ -193,16 +206,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
   for p in teacher.parameters():
     p.requires_grad_(False)
   student = MODELS[args.student](args.num_classes).to(device).train()
+  memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+  teacher = teacher.to(memory_format=memory_format)
+  student = student.to(memory_format=memory_format)
   optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
   step = make_step(teacher, student, optimizer)
+  if args.compile:
+    step = torch.compile(step, backend=args.compile_backend,
+                         mode=None if args.compile_mode == "default" else args.compile_mode)
 
   # Synthetic, already normalized batches resident on the device (no loader, no augmentation).
   gen = torch.Generator().manual_seed(args.seed)
-  batches = [(torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(device),
+  batches = [(torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(
+                  device, memory_format=memory_format),
               torch.randint(0, args.num_classes, (args.batch_size,), generator=gen).to(device))
              for _ in range(args.num_batches)]
 
-  # Eager mode compiles nothing; "compile_s" is the first step (allocations, kernel selection).
+  # "compile_s" is the first step: compilation with --compile, else allocations and kernel
+  # selection.
   t0 = time.perf_counter()
   loss = step(*batches[0])
   _sync(device)
@@ -220,7 +241,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     windows.append(time.perf_counter() - t0)
   seconds = statistics.median(windows)
   result = {
-      "impl": "torch_eager",
+      "impl": "torch_compile" if args.compile else "torch_eager",
+      "channels_last": bool(args.channels_last),
+      "compile_mode": args.compile_mode if args.compile else None,
+      "compile_backend": args.compile_backend if args.compile else None,
       "method": args.method, "teacher": args.teacher, "student": args.student,
       "batch_size": args.batch_size, "dtype": args.dtype, "steps": args.steps,
       "repeats": args.repeats, "steps_per_dispatch": 1,
