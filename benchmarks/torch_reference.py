@@ -136,14 +136,21 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
   return ce_weight * F.cross_entropy(student_logits, labels) + kd_weight * temperature ** 2 * kl
 
 
-def make_step(teacher: nn.Module, student: nn.Module,
-              optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-  """One eager KD step: frozen teacher forward under no_grad, student forward/backward, SGD."""
+def make_step(teacher: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer,
+              autocast_dtype: torch.dtype | None = None,
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+  """One KD step: frozen teacher forward under no_grad, student forward/backward, SGD.
+
+  With `autocast_dtype` (bfloat16) the forward passes and the loss run under torch.autocast,
+  the mixed precision a PyTorch user reaches for; parameters and the update stay float32.
+  """
   def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-      teacher_logits = teacher(images)
-    logits = student(images)
-    loss = kd_loss(logits, teacher_logits, labels)
+    with torch.autocast(images.device.type, dtype=autocast_dtype or torch.bfloat16,
+                        enabled=autocast_dtype is not None):
+      with torch.no_grad():
+        teacher_logits = teacher(images)
+      logits = student(images)
+      loss = kd_loss(logits.float(), teacher_logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -173,7 +180,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--repeats", type=int, default=1,
                  help="timed windows of --steps steps; the median is reported")
   p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
-  p.add_argument("--dtype", default="float32", choices=["float32"])
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="bfloat16: forward passes under torch.autocast (float32 parameters)")
   p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda'")
   p.add_argument("--num-classes", type=int, default=100)
   p.add_argument("--num-batches", type=int, default=4,
@@ -210,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   teacher = teacher.to(memory_format=memory_format)
   student = student.to(memory_format=memory_format)
   optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-  step = make_step(teacher, student, optimizer)
+  step = make_step(teacher, student, optimizer,
+                   torch.bfloat16 if args.dtype == "bfloat16" else None)
   if args.compile:
     step = torch.compile(step, backend=args.compile_backend,
                          mode=None if args.compile_mode == "default" else args.compile_mode)

@@ -52,25 +52,122 @@ def _check_step_record(rec: dict, impl: str) -> None:
 
 @pytest.fixture(scope="module")
 def compare_lines():
-  """One compare.sh run (JAX step, torch step, ratio) shared by the tests below."""
+  """One compare.sh run (JAX step, torch eager and compiled steps, ratio) shared below.
+
+  torch.compile's 'eager' backend traces the whole step through Dynamo without generating
+  code: the compiled path is exercised in seconds (the speed runs use inductor).
+  """
   return _run(["bash", os.path.join(BENCH, "compare.sh"), "--pairs", "resnet8,resnet8",
-               "--batch-sizes", "8", "--steps", "2", "--warmup", "0", "--num-examples", "64",
-               "--steps-per-dispatch", "2", "--threads", "1"])
+               "--batch-sizes", "8", "--steps", "2", "--warmup", "1", "--num-examples", "64",
+               "--steps-per-dispatch", "2", "--threads", "1",
+               "--torch-modes", "eager compile_cl", "--compile-backend", "eager"])
 
 
 @pytest.mark.slow
-def test_compare_runs_both_steps_and_prints_the_ratio(compare_lines):
+def test_compare_runs_every_step_and_prints_the_ratio_to_the_best_peer(compare_lines):
   recs = [json.loads(line) for line in compare_lines]
-  assert len(recs) == 3, compare_lines
-  jax_rec, torch_rec, ratio = recs
+  assert len(recs) == 4, compare_lines
+  jax_rec, eager_rec, compiled_rec, ratio = recs
   _check_step_record(jax_rec, "jax")
   assert "jax" in jax_rec and jax_rec["skipped_steps"] == 0
   assert jax_rec["steps"] == 2 and jax_rec["steps_per_dispatch"] == 2
-  _check_step_record(torch_rec, "torch_eager")
+  _check_step_record(eager_rec, "torch_eager")
+  _check_step_record(compiled_rec, "torch_compile")
+  assert compiled_rec["channels_last"] and not eager_rec["channels_last"]
+  # Same seed, same batches: the compiled step computes the eager step's loss.
+  assert compiled_rec["final_loss"] == pytest.approx(eager_rec["final_loss"], rel=1e-4)
   assert ratio["kind"] == "ratio"
   _positive_finite(ratio, "jax_over_torch", "jax_images_per_sec", "torch_images_per_sec")
   assert ratio["jax_over_torch"] == pytest.approx(
-      jax_rec["images_per_sec"] / torch_rec["images_per_sec"])
+      jax_rec["images_per_sec"] / eager_rec["images_per_sec"])
+  best = max(eager_rec["images_per_sec"], compiled_rec["images_per_sec"])
+  assert ratio["jax_online_over_best_torch"] == pytest.approx(jax_rec["images_per_sec"] / best)
+  assert ratio["best_torch_mode"] == ("torch_eager" if best == eager_rec["images_per_sec"]
+                                      else "torch_compile_cl")
+
+
+def _rec(impl, ips, **extra):
+  return {"impl": impl, "images_per_sec": ips, "teacher": "t", "student": "s",
+          "batch_size": 64, "dtype": "float32", **extra}
+
+
+def test_summary_takes_medians_over_interleaved_rounds_and_the_best_peer():
+  """Three rounds of (kd_jax online, table, eager, compiled): medians, best mode, round ratios."""
+  import summarize_compare  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  rounds = [(10.0, 30.0, 12.0, 20.0), (14.0, 33.0, 11.0, 8.0), (11.0, 31.0, 50.0, 16.0)]
+  recs = []
+  for online, table, eager, compiled in rounds:
+    recs += [_rec("jax", online, teacher_cache=False), _rec("jax", table, teacher_cache=True),
+             _rec("torch_eager", eager), _rec("torch_compile", compiled, channels_last=True)]
+  out = summarize_compare.summarize(recs)
+  assert out["rounds"] == 3
+  assert out["jax_online_images_per_sec"] == 11.0 and out["jax_table_images_per_sec"] == 31.0
+  assert out["torch_eager_images_per_sec"] == 12.0
+  assert out["torch_compile_cl_images_per_sec"] == 16.0
+  assert out["best_torch_mode"] == "torch_compile_cl"
+  assert out["jax_online_over_best_torch"] == pytest.approx(11.0 / 16.0)
+  assert out["jax_table_over_best_torch"] == pytest.approx(31.0 / 16.0)
+  assert out["jax_over_torch"] == pytest.approx(11.0 / 12.0)  # the eager-only key, kept
+  # Each round against the faster peer of that same round.
+  assert out["round_ratios"] == pytest.approx([10.0 / 20.0, 14.0 / 11.0, 11.0 / 50.0])
+
+
+def test_gpu_sh_refuses_a_missing_out_and_unknown_arguments():
+  for args, needle in ((["--dry-run"], "--out DIR is required"),
+                       (["--out", "/tmp/x", "--frobnicate"], "unknown argument --frobnicate"),
+                       (["--out", "/tmp/x", "--budget-s", "soon"], "'soon'")):
+    proc = subprocess.run(["bash", os.path.join(BENCH, "gpu.sh"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_gpu_sh_dry_run_runs_every_step_and_writes_the_json_lines(tmp_path):
+  out = tmp_path / "gpu"
+  proc = subprocess.run(["bash", os.path.join(BENCH, "gpu.sh"), "--dry-run", "--out", str(out),
+                         "--budget-s", "900"], cwd=REPO, env=_env(1), capture_output=True,
+                        text=True, timeout=900, check=False)
+  steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+  assert proc.returncode == 0, (proc.stderr[-3000:], steps)
+  by_step = {s["step"]: s for s in steps if s["kind"] == "step"}
+  expected = {"environment", "smoke", "jax_online_b8", "torch_eager_b8", "torch_compile_cl_b8",
+              "jax_table_b8", "epoch", "rank_kendall", "jax_online_bf16_b8",
+              "torch_eager_bf16_b8", "jax_table_runs2_b8"}
+  assert set(by_step) == expected, by_step  # no install in a dry run
+  assert all(s["rc"] == 0 and not s["timed_out"] for s in by_step.values()), by_step
+  assert steps[-1]["kind"] == "gpu_sh" and steps[-1]["dry_run"] and not steps[-1]["failed"]
+
+  results = {}
+  for line in (out / "results.jsonl").read_text().splitlines():
+    rec = json.loads(line)
+    results[rec["step"]] = rec
+  assert set(results) == expected
+  assert results["environment"]["jax_devices"] == ["cpu:cpu"]
+  assert results["smoke"]["ok"] and results["smoke"]["steps"] == 4
+  online, table = results["jax_online_b8"], results["jax_table_b8"]
+  _check_step_record(online, "jax")
+  assert not online["teacher_cache"] and table["teacher_cache"]
+  _check_step_record(results["torch_eager_b8"], "torch_eager")
+  _check_step_record(results["torch_compile_cl_b8"], "torch_compile")
+  assert results["jax_online_bf16_b8"]["dtype"] == results["torch_eager_bf16_b8"]["dtype"] \
+      == "bfloat16"
+  runs = results["jax_table_runs2_b8"]
+  assert runs["runs"] == 2 and runs["images_per_sec"] == pytest.approx(
+      2 * runs["images_per_sec_per_run"])
+  assert results["epoch"]["kind"] == "epoch" and len(results["epoch"]["epoch_s"]) == 2
+  assert math.isfinite(results["rank_kendall"]["loss"])
+
+  summary = {}
+  for line in (out / "summary.jsonl").read_text().splitlines():
+    rec = json.loads(line)
+    summary[rec["dtype"]] = rec
+  f32 = summary["float32"]
+  best = max(results["torch_eager_b8"]["images_per_sec"],
+             results["torch_compile_cl_b8"]["images_per_sec"])
+  assert f32["jax_online_over_best_torch"] == pytest.approx(online["images_per_sec"] / best)
+  assert f32["jax_table_over_best_torch"] == pytest.approx(table["images_per_sec"] / best)
+  assert "jax_online_over_best_torch" in summary["bfloat16"]
 
 
 @pytest.mark.parametrize("method", ["ce", "kd", "dkd", "rld", "dhkd", "rkkd"])
