@@ -90,6 +90,8 @@ if rec is None:
 print(json.dumps(rec))'
 }
 
+tables="$(mktemp -d)"
+trap 'rm -rf "$tables"' EXIT
 cd "$repo"
 for pair in $pairs; do
   teacher="${pair%%,*}"
@@ -100,7 +102,9 @@ for pair in $pairs; do
       for m in $jax_modes; do
         echo "compare.sh: $teacher -> $student, batch $bs, round $round, kd_jax $m" >&2
         extra=()
-        if [[ "$m" == table ]]; then extra=(--teacher-cache --num-examples "$bs");
+        # One table build per pair and batch; later rounds load it (table_build_s: the load).
+        if [[ "$m" == table ]]; then extra=(--teacher-cache --num-examples "$bs"
+          --table-file "$tables/${teacher}_${bs}_${dtype}.npy");
         else extra=(--num-examples "$num_examples"); fi
         line="$("$PYTHON" benchmarks/train_step.py --teacher "$teacher" --student "$student" \
           --method kd --batch-size "$bs" --steps "$steps" --repeats "$repeats" \

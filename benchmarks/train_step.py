@@ -123,9 +123,14 @@ def build(args: argparse.Namespace) -> Setup:
   build_s = 0.0
   if args.teacher_cache and teacher is not None:
     t0 = time.perf_counter()
-    table = teacher_cache.build_table(
-        teacher, teacher_vars, images, num_classes=config.num_classes, augment="pad_crop_flip",
-        mean=spec.mean, std=spec.std, mesh=mesh)
+    if args.table_file and os.path.exists(args.table_file):
+      table = np.load(args.table_file)  # built by an earlier run with the same arguments
+    else:
+      table = teacher_cache.build_table(
+          teacher, teacher_vars, images, num_classes=config.num_classes,
+          augment="pad_crop_flip", mean=spec.mean, std=spec.std, mesh=mesh)
+      if args.table_file:
+        np.save(args.table_file, table)
     build_s = time.perf_counter() - t0
     teacher_vars = jax.device_put(table, repl)
     spec = dataclasses.replace(spec, teacher_table=True)
@@ -216,6 +221,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--teacher-cache", action="store_true",
                  help="the step reads a prebuilt exact teacher-logit table (its build is timed "
                       "separately) instead of running the teacher")
+  p.add_argument("--table-file", default="",
+                 help="with --teacher-cache: load the table from this .npy file if it exists, "
+                      "else build it and save it there (repeated runs skip the build; the file "
+                      "is only valid for the same teacher, seed, split size and dtype)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--runs", type=int, default=1,
                  help="N runs (seeds seed..seed+N-1) vmapped in one step, as --config.sweep; "
