@@ -308,3 +308,42 @@ def test_refused_cpu_options_compile_without_them_and_say_so(monkeypatch, capsys
     step_lib._cpu_options_supported.cache_clear()  # pylint: disable=protected-access
   monkeypatch.undo()
   assert step_lib.compiler_options(mesh) is not None
+
+
+def test_generated_jpegs_look_like_photographs_not_noise_or_flat_colour():
+  """Neighbouring pixels correlate (noise: ~0) yet the frame varies and has fine detail."""
+  import jpeg_folder  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  rng = np.random.default_rng(3)
+  for _ in range(3):
+    h, w = jpeg_folder.image_size(rng)
+    assert 400 <= max(h, w) <= 500 and 4 / 3 - 0.02 <= max(h, w) / min(h, w) <= 1.5 + 0.02
+    img = jpeg_folder.photo_like(rng, 96, 128).astype(np.float64).mean(axis=-1)
+    a, b = img[:, :-1].ravel(), img[:, 1:].ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.8          # smooth at the pixel scale, unlike noise
+    assert img.std() > 15.0                        # not one flat colour
+    assert np.abs(a - b).mean() > 1.0              # but with texture and grain
+  noise = np.random.default_rng(0).integers(0, 256, (96, 128)).astype(np.float64)
+  assert abs(np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1]) < 0.1
+
+
+@pytest.mark.slow
+def test_the_kd_jax_side_reads_the_very_same_jpeg_bytes(tmp_path):
+  """folder_to_tfds stores each file's bytes unchanged (no re-encoding), labels by folder."""
+  import input_pipeline  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import jpeg_folder  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from kd_jax.data import common  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  root = tmp_path / "jpegs"
+  rng = np.random.default_rng(0)
+  for i, cls in enumerate(("a", "a", "b")):
+    (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+    from PIL import Image  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    Image.fromarray(jpeg_folder.photo_like(rng, 40, 56)).save(
+        root / "train" / cls / f"{i}.JPEG", quality=90)
+  n = input_pipeline.folder_to_tfds(str(root), str(tmp_path / "tfds"), "bytes_check")
+  assert n == 3
+  tfds = common.import_tfds()
+  ds = tfds.builder("bytes_check", data_dir=str(tmp_path / "tfds")).as_dataset(
+      split="train", shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+  stored = sorted((bytes(ex["image"]), int(ex["label"])) for ex in tfds.as_numpy(ds))
+  files = sorted((open(p, "rb").read(), label) for p, label in jpeg_folder.files(str(root)))
+  assert stored == files and [label for _, label in files].count(1) == 1
