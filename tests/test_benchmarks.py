@@ -347,3 +347,12 @@ def test_the_kd_jax_side_reads_the_very_same_jpeg_bytes(tmp_path):
   stored = sorted((bytes(ex["image"]), int(ex["label"])) for ex in tfds.as_numpy(ds))
   files = sorted((open(p, "rb").read(), label) for p, label in jpeg_folder.files(str(root)))
   assert stored == files and [label for _, label in files].count(1) == 1
+
+
+def test_plot_series_against_runs_groups_by_n_and_averages_repeats():
+  import plot  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  recs = [{"impl": "jax", "batch_size": 64, "runs": n, "images_per_sec": v,
+           "teacher_cache": True} for n, v in ((4, 30.0), (1, 10.0), (4, 34.0))]
+  (label, pts), = plot.series(recs, x="runs").items()
+  assert "batch 64 table" in label and pts == [(1, 10.0), (4, 32.0)]
+  assert plot.series(recs)[label.replace(" batch 64 table", "")] == [(64, 74.0 / 3)]
