@@ -2,7 +2,7 @@
 
 Each part of the step is timed as its own compiled function (kd_jax: jitted with the train
 step's CPU compiler options) or eager call (PyTorch); the median of --repeats calls is
-reported. Each side runs in its own process (XLA's and PyTorch's thread pools in one process
+reported. Each side runs in its own process (its line is printed as it finishes) (XLA's and PyTorch's thread pools in one process
 fight for the cores), the two alternating over --rounds, and each part's figure is the median
 over the rounds:
 
@@ -269,7 +269,10 @@ def run(args: argparse.Namespace) -> dict:
                             check=False, env=dict(os.environ, **json.loads(args.side_env)))
       if proc.returncode != 0:
         raise RuntimeError(f"--side {side} failed:\n{proc.stderr[-3000:]}")
-      sides[side].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+      rec = json.loads(proc.stdout.strip().splitlines()[-1])
+      sides[side].append(rec)
+      # Each side's line as it comes, so an interrupted run keeps what it measured.
+      print(json.dumps({"kind": "profile_side", "side": side, "round": r, **rec}), flush=True)
   result: dict[str, Any] = {"kind": "profile_step", "teacher": args.teacher,
                             "student": args.student, "batch_size": args.batch_size,
                             "repeats": args.repeats, "rounds": args.rounds}
