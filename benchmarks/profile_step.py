@@ -2,9 +2,9 @@
 
 Each part of the step is timed as its own compiled function (kd_jax: jitted with the train
 step's CPU compiler options) or eager call (PyTorch); the median of --repeats calls is
-reported. Each side runs in its own process (its line is printed as it finishes) (XLA's and PyTorch's thread pools in one process
-fight for the cores), the two alternating over --rounds, and each part's figure is the median
-over the rounds:
+reported. Each side runs in its own process (XLA's and PyTorch's thread pools in one process
+fight for the cores; each side's line is printed as it finishes), the two alternating over
+--rounds, and each part's figure is the median over the rounds:
 
   teacher_forward     teacher in eval mode
   student_forward     student in train mode (batch statistics)
