@@ -108,7 +108,7 @@ if ((dry)); then
          --config.batch_size=8 --config.eval_batch_size=32 --config.steps_per_dispatch=2
          --config.log_every_steps=2 --config.checkpoint_every_steps=4)
   smoke_min_top1=0
-  limit_small=180; limit_step=180; limit_compile=180; limit_epoch=180
+  limit_small=300; limit_step=300; limit_compile=300; limit_epoch=300
 else
   pair=(--teacher resnet32x4 --student resnet8x4)
   first_batch=64; more_batches=512; steps=50; repeats=3; warmup=10; spd=10; runs=25
@@ -139,7 +139,7 @@ else
     printf "{\"kind\": \"install\", \"installed\": \"%s\"}\n" "${missing[*]}"'
 fi
 
-step environment 60 "$PYTHON" -c '
+step environment "$limit_small" "$PYTHON" -c '
 import json, os, platform, subprocess
 rec = {"kind": "environment", "python": platform.python_version(), "nproc": os.cpu_count()}
 try:

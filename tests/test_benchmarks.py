@@ -126,8 +126,8 @@ def test_gpu_sh_refuses_a_missing_out_and_unknown_arguments():
 def test_gpu_sh_dry_run_runs_every_step_and_writes_the_json_lines(tmp_path):
   out = tmp_path / "gpu"
   proc = subprocess.run(["bash", os.path.join(BENCH, "gpu.sh"), "--dry-run", "--out", str(out),
-                         "--budget-s", "900"], cwd=REPO, env=_env(1), capture_output=True,
-                        text=True, timeout=900, check=False)
+                         "--budget-s", "1500"], cwd=REPO, env=_env(1), capture_output=True,
+                        text=True, timeout=1600, check=False)
   steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
   assert proc.returncode == 0, (proc.stderr[-3000:], steps)
   by_step = {s["step"]: s for s in steps if s["kind"] == "step"}
