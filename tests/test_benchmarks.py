@@ -60,7 +60,7 @@ def compare_lines():
   return _run(["bash", os.path.join(BENCH, "compare.sh"), "--pairs", "resnet8,resnet8",
                "--batch-sizes", "8", "--steps", "2", "--warmup", "1", "--num-examples", "64",
                "--steps-per-dispatch", "2", "--threads", "1",
-               "--torch-modes", "eager compile_cl", "--compile-backend", "eager"])
+               "--torch-modes", "eager compile_cl", "--compile-backend", "eager"], timeout=900)
 
 
 @pytest.mark.slow
