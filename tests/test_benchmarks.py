@@ -194,7 +194,7 @@ def test_plot_writes_a_png(compare_lines, tmp_path):
   src.write_text("\n".join(compare_lines) + "\n")
   out = tmp_path / "plot.png"
   lines = _run([sys.executable, os.path.join(BENCH, "plot.py"), str(src), "--out", str(out)])
-  assert json.loads(lines[-1])["records"] == 2
+  assert json.loads(lines[-1])["records"] == 3  # kd_jax, PyTorch eager, compiled
   with open(out, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
