@@ -259,7 +259,9 @@ def format_config(config: ml_collections.ConfigDict) -> str:
 def main(argv):
   del argv  # checked by _parse
   if _PRINT_CONFIG.value:
-    print(format_config(_CONFIG.value), flush=True)
+    from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    print(config_lib.format_config(
+        _CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"])), flush=True)
     return
   if not _WORKDIR.value:
     _fail("--workdir=DIR is required (outputs go there; the same workdir resumes)")
@@ -294,6 +296,8 @@ def main(argv):
   try:
     config_lib.check_overrides(list(config_flags.get_override_values(flags.FLAGS["config"])),
                                config_flags.get_config_filename(flags.FLAGS["config"]))
+    config_lib.record_command_line(_CONFIG.value,
+                                   config_flags.get_override_values(flags.FLAGS["config"]))
     if _CONFIG.value.get("sweep"):
       from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
       results = sweep.train_sweep(_CONFIG.value, _WORKDIR.value)

@@ -1,16 +1,21 @@
-"""Run configuration: the schema every `configs/*.py` fills, the generic presets, validation.
+"""Run configuration: the schema every `configs/*.py` fills, the presets as layers, validation.
 
 A config is data (an ml_collections ConfigDict). `base_config()` holds every key, with a
-one-line description each (`key_descriptions()`), and the CIFAR-100 protocol of the papers.
-`method_defaults()` applies a method's record (kd_jax/methods.py), `apply_pair()` a
-teacher/student pair's preset and, on request, logit standardization; `validate()` rejects bad
-values before anything is compiled. This module names no method: what is specific to one lives
-in its record. The recipes and their sources are in docs/recipes.md.
+one-line description each (`key_descriptions()`), and the CIFAR-100 protocol of the papers; its
+`loss` block is derived from the hyperparameters the method records declare
+(kd_jax/methods.py). `method_defaults()` applies a method's record, `apply_pair()` a
+teacher/student pair's preset (the ImageNet protocol for ImageNet pairs) and, on request,
+logit standardization. Each preset is a named layer computed from the values beneath it, so
+re-applying one replaces it instead of compounding; `sources()` says where each value comes
+from (SOURCES). `validate()` rejects bad values before anything is compiled. This module names
+no method: what is specific to one lives in its record. The recipes and their sources are in
+docs/recipes.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ml_collections
 
@@ -20,7 +25,6 @@ from kd_jax.data import cifar as cifar_data
 from kd_jax.data import imagenet as imagenet_data
 from kd_jax.data import sources as data_sources
 from kd_jax.errors import ConfigError, DataError
-from kd_jax.losses import kendall
 
 # Datasets with presets (more: 'imagefolder:PATH' and TFDS names, kd_jax/data/sources.py).
 DATASETS = tuple(data_sources.KNOWN_DATASETS)
@@ -46,20 +50,25 @@ IMAGENET_PAIRS: tuple[tuple[str, str], ...] = (
     ("imagenet_resnet34", "imagenet_resnet18"), ("imagenet_resnet50", "MobileNetV1"),
 )
 
-# The ImageNet protocol shared by every method (docs/recipes.md §2); a method's record
-# adds its own `imagenet` overrides on top.
+# The ImageNet protocol shared by every method (docs/recipes.md §2): these keys plus each loss
+# hyperparameter's declared ImageNet value (`imagenet_protocol()`); a method's record adds its
+# own `imagenet` overrides on top.
 IMAGENET_PROTOCOL: dict[str, Any] = {
     "dataset": "imagenet2012", "num_classes": 1000, "eval_split": "validation",
     "batch_size": 512, "eval_batch_size": 512, "learning_rate": 0.2, "weight_decay": 1e-4,
     "num_epochs": 100, "lr_milestones": (30, 60, 90), "log_every_steps": 100,
-    "checkpoint_every_steps": 2000, "loss.temperature": 1.0, "loss.alpha_temperature": 1.0,
-    "loss.warmup_epochs": 0,
+    "checkpoint_every_steps": 2000,
 }
 
-# Every key: (dotted name, default, description). The defaults are the CIFAR-100 protocol of
-# mdistiller; a method's record changes the loss block.
+
+def imagenet_protocol() -> dict[str, Any]:
+  """The ImageNet protocol's values, the loss keys' from their declarations."""
+  return {**IMAGENET_PROTOCOL, **methods.imagenet_protocol_values()}
+
+# Every key but the loss block: (dotted name, default, description). The defaults are the
+# CIFAR-100 protocol of mdistiller.
 _SCHEMA: tuple[tuple[str, Any, str], ...] = (
-    ("method", "kd", "the method: " + ", ".join(methods.names())),
+    ("method", "kd", "the method (kd_jax.methods.names())"),
     ("base_method", "", "for a plug-in method (rkkd): the method its term is added to"),
     # Data.
     ("dataset", "cifar100", "a preset (" + ", ".join(DATASETS) + "), 'imagefolder:PATH' or a "
@@ -92,24 +101,7 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("teacher_dtype", "float32", "teacher compute dtype (bfloat16 only within tolerance)"),
     ("teacher_cache", "",
      "dir of exact teacher-logit tables for every augmented view (in-memory data); '' = off"),
-    # Loss hyperparameters (docs/methods.md); a method ignores the keys it does not use.
-    ("loss.ce_weight", 0.1, "weight of the cross-entropy on the main head"),
-    ("loss.kd_weight", 0.9, "KD: weight of T^2 KL"),
-    ("loss.temperature", 4.0, "distillation temperature T"),
-    ("loss.alpha", 1.0, "DKD/RLD: weight of TCKD/SCD"),
-    ("loss.beta", 8.0, "DKD/RLD: weight of NCKD/MCD"),
-    ("loss.alpha_temperature", 0.0, "RLD: SCD temperature (0 = loss.temperature)"),
-    ("loss.standardize", False, "logit standardization (LS) for kd, dkd, rld"),
-    ("loss.warmup_epochs", 0, "distillation warm-up min(epoch / W, 1), 1-based; 0 = off"),
-    ("loss.label_smoothing", 0.0, "label smoothing of the cross-entropy"),
-    ("loss.bkln_weight", 1.0, "DHKD: weight alpha of BinaryKL-Norm on the auxiliary head"),
-    ("loss.bkln_temperature", 2.0, "DHKD: BinaryKL-Norm temperature"),
-    ("loss.bkln_until_epoch", 0, "DHKD: auxiliary loss off from this 1-based epoch (0 = never)"),
-    ("loss.grad_align", False, "DHKD: gradient alignment of the distillation gradient"),
-    ("loss.rank_weight", 0.0, "RKKD: weight gamma of the ranking term 1 - tau_k"),
-    ("loss.rank_steepness", 100.0, "RKKD: steepness k of the smooth sign"),
-    ("loss.rank_form", "tanh", "RKKD: smooth sign: " + ", ".join(kendall.FORMS)),
-    ("loss.rank_top_k", 0, "RKKD: rank only the teacher's top k classes (0 = all)"),
+    # The loss block, loss.*, is derived from the method records (_loss_schema).
     # Optimisation.
     ("optimizer", "sgd", "optimizer: " + ", ".join(OPTIMIZERS)),
     ("learning_rate", 0.05, "base learning rate"),
@@ -140,17 +132,30 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+
+
+def _loss_schema() -> tuple[tuple[str, Any, str], ...]:
+  """The loss block: every hyperparameter the registered methods declare."""
+  return tuple((f"loss.{h.key}", h.default, h.doc) for h in methods.hyperparameters())
+
+
+def schema() -> tuple[tuple[str, Any, str], ...]:
+  """Every key of a run: (dotted name, default, one-line description)."""
+  method = (("method", "kd", "the method: " + ", ".join(methods.names())),)
+  return method + _SCHEMA[1:] + _loss_schema()
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every key of a run, with the CIFAR-100 protocol of mdistiller (docs/recipes.md)."""
   c = ml_collections.ConfigDict()
-  for key, default, _ in _SCHEMA:
+  for key, default, _ in schema():
     _set(c, key, default, create=True)
   return c
 
 
 def key_descriptions() -> dict[str, str]:
   """Dotted key -> one-line description, for every key of the schema."""
-  return {key: doc for key, _, doc in _SCHEMA}
+  return {key: doc for key, _, doc in schema()}
 
 
 def _set(config, key: str, value: Any, create: bool = False) -> None:
@@ -163,6 +168,144 @@ def _set(config, key: str, value: Any, create: bool = False) -> None:
   node[leaf] = value
 
 
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def flat_items(config, prefix: str = "") -> dict[str, Any]:
+  """{'loss': {'beta': 8}} -> {'loss.beta': 8}, in the config's key order."""
+  out = {}
+  for name, value in config.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(flat_items(value, f"{prefix}{name}."))
+    else:
+      out[f"{prefix}{name}"] = value
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Presets as named layers, and where each value comes from.
+
+# Where a value can come from, in the order the layers apply.
+SCHEMA_DEFAULT = "schema default"
+METHOD_RECORD = "method record"
+PROTOCOL = "protocol"
+PAIR_PRESET = "pair preset"
+LS_RECIPE = "LS recipe"
+CONFIG_FILE = "config file"
+COMMAND_LINE = "command line"
+RESOLVED = "resolved from the data"
+SOURCES = (SCHEMA_DEFAULT, METHOD_RECORD, PROTOCOL, PAIR_PRESET, LS_RECIPE, CONFIG_FILE,
+           COMMAND_LINE, RESOLVED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One preset applied to a config: its source (one of SOURCES) and its dotted values."""
+  source: str
+  values: tuple[tuple[str, Any], ...]
+
+
+# The layers a ConfigDict was built from ride on it as this attribute (not a config key, so
+# config.json's fields, to_json and identity checks see the values only).
+_LAYERS_ATTR = "_kd_jax_layers"
+
+
+def layers(config: ml_collections.ConfigDict) -> tuple[Layer, ...]:
+  """The preset layers applied to `config`, in order (() for a config built by hand)."""
+  return tuple(config.__dict__.get(_LAYERS_ATTR, ()))
+
+
+def _set_layers(config, stack: Sequence[Layer]) -> None:
+  object.__setattr__(config, _LAYERS_ATTR, tuple(stack))
+
+
+def _fold(stack: Sequence[Layer]) -> ml_collections.ConfigDict:
+  """base_config() with the layers' values applied in order."""
+  c = base_config()
+  for layer in stack:
+    _apply(c, dict(layer.values))
+  return c
+
+
+def _push(config, source: str, compute: Callable[[Any], Mapping[str, Any]]) -> None:
+  """Applies the `source` layer, computed from the config with any earlier `source` layer
+  taken off (its keys back to the values beneath it); the new layer replaces the old."""
+  stack = layers(config)
+  kept = [layer for layer in stack if layer.source != source]
+  if len(kept) != len(stack):
+    beneath = _fold(kept)
+    for layer in stack:
+      if layer.source == source:
+        for key, _ in layer.values:
+          _set(config, key, _get(beneath, key))
+  values = dict(compute(config))
+  _apply(config, values)
+  _set_layers(config, kept + [Layer(source, tuple(values.items()))])
+
+
+def record_command_line(config: ml_collections.ConfigDict,
+                        overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Records `--config.KEY=VALUE` overrides (already applied) as the command-line layer."""
+  kept = [layer for layer in layers(config) if layer.source != COMMAND_LINE]
+  values = tuple((k, _get(config, k)) for k in overrides)
+  _set_layers(config, kept + [Layer(COMMAND_LINE, values)])
+  return config
+
+
+def _same(a: Any, b: Any) -> bool:
+  return methods._hashable(a) == methods._hashable(b)  # pylint: disable=protected-access
+
+
+def sources(config: ml_collections.ConfigDict,
+            resolved: Optional[ml_collections.ConfigDict] = None) -> dict[str, str]:
+  """Dotted key -> the source of its value (SOURCES), for every key of `config`.
+
+  A value equal to what the preset layers give comes from the last layer that set it (else the
+  schema); one the command-line layer set, from the command line; any other value, from the
+  config file. `resolved`: the config after the run filled in data-dependent values (their
+  source is then the data).
+  """
+  stack = layers(config)
+  presets = [layer for layer in stack if layer.source != COMMAND_LINE]
+  folded = flat_items(_fold(presets))
+  command_line = {k: v for layer in stack if layer.source == COMMAND_LINE for k, v in layer.values}
+  by_layer = {k: layer.source for layer in presets for k, _ in layer.values}
+  after = flat_items(resolved) if resolved is not None else {}
+  out = {}
+  for key, value in flat_items(config).items():
+    if key in after and not _same(after[key], value):
+      out[key] = RESOLVED
+    elif key in command_line and _same(command_line[key], value):
+      out[key] = COMMAND_LINE
+    elif key not in folded or not _same(folded[key], value):
+      out[key] = CONFIG_FILE
+    else:
+      out[key] = by_layer.get(key, SCHEMA_DEFAULT)
+  return out
+
+
+def format_config(config: ml_collections.ConfigDict,
+                  command_line: Optional[Mapping[str, Any]] = None) -> str:
+  """One `key = value  source  # description` line per key (what --print_config prints)."""
+  if command_line is not None:
+    config = record_command_line(config, command_line)
+  descriptions = key_descriptions()
+  where = sources(config)
+  flat = flat_items(config)
+  width = max(len(f"{k} = {v!r}") for k, v in flat.items())
+  lines = []
+  for key, value in flat.items():
+    text = f"{key} = {value!r}"
+    line = f"{text:<{width}}  {where[key]:<{max(map(len, SOURCES))}}"
+    doc = descriptions.get(key, "")
+    lines.append(f"{line}  # {doc}" if doc else line.rstrip())
+  return "\n".join(lines)
+
+
 def _apply(config, overrides: Mapping[str, Any]) -> None:
   for key, value in overrides.items():
     _set(config, key, value)
@@ -172,25 +315,31 @@ def method_defaults(config: ml_collections.ConfigDict, method: str,
                     base_method: str = "kd") -> ml_collections.ConfigDict:
   """Sets `method` and its CIFAR defaults from its record (a plug-in: its base's, then its own)."""
   record = methods.get(method)
+  values: dict[str, Any] = {}
   if record.plugin:
     if base_method not in methods.base_names():
       raise ConfigError(f"{method} base method {base_method!r} is not supported; accepted: "
                         f"{list(methods.base_names())}")
-    _apply(config, methods.get(base_method).cifar)
-    config.base_method = base_method
-  _apply(config, record.cifar)
-  config.method = method
-  _set_plugin_weight(config)
+    values.update(methods.get(base_method).cifar)
+    values["base_method"] = base_method
+  values.update(record.cifar)
+  values["method"] = method
+  _push(config, METHOD_RECORD, lambda c: {**values, **_plugin_weight(c, values)})
   return config
 
 
-def _set_plugin_weight(config) -> None:
-  """A plug-in's weight = its base's distillation weight (docs/recipes.md §3.6)."""
-  record = methods.get(config.method)
-  if record.plugin and record.plugin_weight:
-    base = methods.get(config.base_method)
-    weight = config.loss[base.distill_weight] if base.distill_weight else 1.0
-    config.loss[record.plugin_weight] = weight
+def _plugin_weight(config, values: Mapping[str, Any]) -> dict[str, Any]:
+  """A plug-in's weight = its base's distillation weight (docs/recipes.md §3.6), as the
+  override the layer of `values` adds (config overlaid with `values`); {} if unchanged."""
+  def value(key):
+    return values[key] if key in values else _get(config, key)
+  record = methods.get(value("method"))
+  if not (record.plugin and record.plugin_weight):
+    return {}
+  base = methods.get(value("base_method"))
+  weight = value(f"loss.{base.distill_weight}") if base.distill_weight else 1.0
+  key = f"loss.{record.plugin_weight}"
+  return {} if key in values or _same(value(key), weight) else {key: weight}
 
 
 def parse_arg(arg: Optional[str]) -> dict[str, Any]:
@@ -227,34 +376,36 @@ def _base_record(config) -> methods.Method:
 
 def apply_pair(config: ml_collections.ConfigDict, teacher: str, student: str,
                ls: bool = False) -> ml_collections.ConfigDict:
-  """Sets teacher, student and the pair's published hyperparameters for config.method."""
+  """Sets teacher, student and the pair's published hyperparameters for config.method.
+
+  ImageNet pairs take the ImageNet protocol layer first; `ls` adds the LS recipe's layer.
+  """
   pair = (teacher, student)
   base = _base_record(config)
+  values: dict[str, Any] = {}
   if pair in IMAGENET_PAIRS:
-    _apply(config, IMAGENET_PROTOCOL)
-    _apply(config, base.imagenet)
-    _apply(config, base.imagenet_pairs.get(pair, {}))
+    protocol = {**imagenet_protocol(), **base.imagenet}
+    _push(config, PROTOCOL, lambda c: {**protocol, **_plugin_weight(c, protocol)})
+    values.update(base.imagenet_pairs.get(pair, {}))
   elif pair in CIFAR_PAIRS:
     if student in SMALL_LR_STUDENTS:
-      config.learning_rate = 0.01
-    _apply(config, base.cifar_pairs.get(pair, {}))
+      values["learning_rate"] = 0.01
+    values.update(base.cifar_pairs.get(pair, {}))
   else:
     raise ConfigError(
         f"unknown teacher/student pair {teacher},{student}; the presets cover: "
         f"{', '.join(known_pairs())}. For another pair, start from the config without an "
         f"argument and set --config.teacher={teacher} --config.student={student}")
-  config.teacher, config.student = teacher, student
+  values.update(teacher=teacher, student=student)
+  _push(config, PAIR_PRESET, lambda c: {**values, **_plugin_weight(c, values)})
   if ls:
-    _apply_ls(config, pair, base)
-  _set_plugin_weight(config)
+    _push(config, LS_RECIPE, lambda c: _ls_values(c, pair, base))
   return config
 
 
-def _apply_ls(config, pair, base: methods.Method) -> None:
-  """Logit standardization with the pair's published setting, else the method's default.
-
-  ImageNet pairs take only published settings; other ImageNet requests are refused.
-  """
+def _ls_values(config, pair, base: methods.Method) -> dict[str, Any]:
+  """The LS layer: the pair's published setting, else the method's default, applied to the
+  loss values beneath it. ImageNet pairs take only published settings; others are refused."""
   if base.ls is None:
     raise ConfigError(f"',ls' applies to {', '.join(methods.ls_names())}; got method "
                       f"{base.name!r}")
@@ -266,7 +417,8 @@ def _apply_ls(config, pair, base: methods.Method) -> None:
           f"set --config.loss.standardize=True and the temperature/weights yourself")
   else:
     setting = base.ls.cifar.get(pair, base.ls.default)
-  base.ls.apply(config, setting)
+  values = dict(base.ls.apply({k: config.loss[k] for k in config.loss.keys()}, setting))
+  return {**values, **_plugin_weight(config, values)}
 
 
 def from_arg(config: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections.ConfigDict:
@@ -313,13 +465,6 @@ def _choice(config, key: str, accepted: Sequence[Any]) -> None:
   if value not in accepted:
     raise ConfigError(f"config.{key}={value!r} is not accepted; accepted: "
                       f"{', '.join(repr(a) for a in accepted)}")
-
-
-def _get(config, key: str):
-  node = config
-  for part in key.split("."):
-    node = node[part]
-  return node
 
 
 def _positive(config, key: str, allow_zero: bool = False) -> None:
@@ -373,6 +518,31 @@ def _augment_and_normalization(config) -> None:
                         f"with {what}, e.g. --config.{key}=(0.5071,0.4867,0.4408)")
 
 
+def _loss_values(config) -> None:
+  """Every declared loss key against its declaration's accepted values."""
+  for h in methods.hyperparameters():
+    value = config.loss[h.key]
+    expected = h.expected(value)
+    if expected is not None:
+      raise ConfigError(f"config.loss.{h.key}={value!r} is not accepted; {expected}")
+
+
+def _views(config) -> None:
+  """The run's views: known augmentations; a teacher table serves the run's own augmentation."""
+  records = [methods.get(n) for n in (lambda b, p: (b,) + p)(*methods.methods_of(config))]
+  views = methods.run_views(records)
+  for view in views:
+    if view.augment and view.augment not in data_sources.AUGMENTATIONS:
+      raise ConfigError(f"method {config.method!r}: view {view.name!r} has augmentation "
+                        f"{view.augment!r}; accepted: "
+                        f"{', '.join(repr(a) for a in data_sources.AUGMENTATIONS)}")
+  own = [v.name for v in views if v.augment and v.augment != config.augment]
+  if config.teacher_cache and own and config.augment != "none":
+    raise ConfigError(f"config.teacher_cache={config.teacher_cache!r} holds the teacher's logits "
+                      f"of the run's augmentation only; method {config.method!r} has views "
+                      f"{own} with their own augmentation (set config.teacher_cache='')")
+
+
 def _method_keys(config) -> None:
   """The method, its base, teacher, heads and the loss keys that belong to one method."""
   _choice(config, "method", methods.names())
@@ -402,7 +572,7 @@ def _method_keys(config) -> None:
                       f"auxiliary head (got method {config.method!r}); set config.aux_head=''")
   for name in methods.names():
     for key in methods.get(name).own_keys:
-      if name not in run and config.loss[key]:
+      if name not in run and not _same(config.loss[key], methods.hyper(key).default):
         raise ConfigError(f"config.loss.{key}={config.loss[key]!r} is only used by method "
                           f"{name!r} (got method {config.method!r})")
   if config.loss.standardize and base not in methods.ls_names():
@@ -422,6 +592,7 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
     raise ConfigError(f"unknown config.loss keys {unknown_loss}; accepted: "
                       f"{sorted(base_config().loss.keys())}")
   _method_keys(config)
+  _views(config)
   _dataset(config)
   _choice(config, "student", sorted(model_names))
   if methods.needs_teacher(config):
@@ -431,21 +602,17 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
   _choice(config, "teacher_dtype", tuple(models.DTYPES))
   _choice(config, "schedule", SCHEDULES)
   _choice(config, "optimizer", OPTIMIZERS)
-  _choice(config, "loss.rank_form", kendall.FORMS)
   if config.dataset in NUM_CLASSES and config.num_classes != NUM_CLASSES[config.dataset]:
     raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
                       f"{config.dataset!r}, which has {NUM_CLASSES[config.dataset]} classes")
-  for key in ("learning_rate", "batch_size", "eval_batch_size", "loss.temperature",
-              "loss.bkln_temperature", "loss.rank_steepness", "steps_per_dispatch",
+  for key in ("learning_rate", "batch_size", "eval_batch_size", "steps_per_dispatch",
               "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
               "max_bad_steps", "eval_every_epochs"):
     _positive(config, key)
-  for key in ("image_size", "weight_decay", "momentum", "loss.ce_weight", "loss.kd_weight",
-              "loss.alpha", "loss.beta", "loss.alpha_temperature", "loss.warmup_epochs",
-              "loss.label_smoothing", "loss.bkln_weight", "loss.bkln_until_epoch",
-              "loss.rank_weight", "loss.rank_top_k", "lr_warmup_epochs",
+  for key in ("image_size", "weight_decay", "momentum", "lr_warmup_epochs",
               "train_examples", "eval_examples", "num_devices", "in_memory_budget_mb"):
     _positive(config, key, allow_zero=True)
+  _loss_values(config)
   if not isinstance(config.num_classes, int) or config.num_classes < 1:
     raise ConfigError(f"config.num_classes={config.num_classes!r} is not accepted; expected a "
                       f"positive integer")
@@ -466,12 +633,9 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs} and config.num_train_steps="
                       f"{config.num_train_steps}: one of them must be > 0")
-  if config.loss.rank_top_k and config.loss.rank_top_k < 2:
-    raise ConfigError(f"config.loss.rank_top_k={config.loss.rank_top_k}: expected 0 (all "
-                      f"classes) or at least 2")
-  if config.loss.rank_top_k > config.num_classes:
-    raise ConfigError(f"config.loss.rank_top_k={config.loss.rank_top_k} exceeds "
-                      f"num_classes={config.num_classes}")
+  for name in methods.names():
+    if methods.get(name).check is not None:
+      methods.get(name).check(config)
   if list(config.lr_milestones) != sorted(config.lr_milestones):
     raise ConfigError(f"config.lr_milestones={tuple(config.lr_milestones)} must be increasing")
   for key in ("batch_size", "eval_batch_size"):

@@ -1,64 +1,228 @@
 """The method registry: one record per method holds everything that is specific to it.
 
-A record (`Method`) says which loss terms the method adds and on which head, whether it needs a
-teacher or an auxiliary head, its CIFAR-100 defaults, its ImageNet overrides, its per-pair
-settings and its logit-standardization (LS) recipe. `kd_jax/config.py` applies records
-generically and names no method; the training step calls `loss_terms`, which adds the terms of
-the run's records. Adding a method = one `register(Method(...))` plus its loss function (and a
-`configs/` file). The equations are in docs/methods.md, the recipes and their sources in
-docs/recipes.md.
+A record (`Method`) declares the method's hyperparameters (`Hyper`: key, default, doc, accepted
+values, whether a sweep may vary it, its ImageNet-protocol value), its loss terms and their
+names, the views of each example it reads, its learnable loss parameters and gradient
+transform, whether it needs a teacher or an auxiliary head, its CIFAR-100 defaults, ImageNet
+overrides, per-pair settings and logit-standardization (LS) recipe. Everything else is derived
+from the records: the `loss` block of the config schema, validation, the sweepable keys, the
+static loss settings the step sees (`LossSpec`) and the metric names. `kd_jax/config.py` and
+the training step name no method. Adding a method = one `register(Method(...))` plus its loss
+function (and a `configs/` file). The equations are in docs/methods.md, the recipes and their
+sources in docs/recipes.md.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from kd_jax import losses
 from kd_jax.errors import ConfigError
+from kd_jax.losses import kendall
 
 Pair = tuple[str, str]
 Overrides = Mapping[str, Any]   # dotted config key -> value, e.g. {'loss.beta': 6.0}
+PyTree = Any
+
+
+# ---------------------------------------------------------------------------------------
+# Hyperparameters: what a record declares per loss key.
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """A finite number in [lo, hi] (either end open on request); `integer` asks for an int."""
+  lo: float = -math.inf
+  hi: float = math.inf
+  lo_open: bool = False
+  hi_open: bool = False
+  integer: bool = False
+
+  def accepts(self, value: Any) -> bool:
+    if not _is_number(value) or not math.isfinite(value):
+      return False
+    if self.integer and not isinstance(value, int):
+      return False
+    above = value > self.lo if self.lo_open else value >= self.lo
+    below = value < self.hi if self.hi_open else value <= self.hi
+    return above and below
+
+  def bounds(self) -> str:
+    """'> 0', '>= 0', 'in [0, 1)' or '' (any finite number)."""
+    if math.isinf(self.hi):
+      return "" if math.isinf(self.lo) else f"{'>' if self.lo_open else '>='} {self.lo:g}"
+    return (f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+            f"{')' if self.hi_open else ']'}")
+
+  def describe(self) -> str:
+    what = "an integer" if self.integer else "a finite number"
+    return f"{what} {self.bounds()}".rstrip()
+
+  def expected(self, value: Any) -> Optional[str]:
+    return None if self.accepts(value) else f"expected {self.describe()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """One of `options` (strings or other scalars)."""
+  options: tuple[Any, ...]
+
+  def expected(self, value: Any) -> Optional[str]:
+    if value in self.options and type(value) in {type(o) for o in self.options}:
+      return None
+    return "accepted: " + ", ".join(repr(o) for o in self.options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+  """True or False."""
+
+  def expected(self, value: Any) -> Optional[str]:
+    return None if isinstance(value, bool) else "expected True or False"
+
+
+@dataclasses.dataclass(frozen=True)
+class Numbers:
+  """A list of numbers, each accepted by `each`, of min_len..max_len entries."""
+  each: Range
+  min_len: int = 1
+  max_len: Optional[int] = None
+
+  def expected(self, value: Any) -> Optional[str]:
+    ok = (isinstance(value, (list, tuple)) and len(value) >= self.min_len
+          and (self.max_len is None or len(value) <= self.max_len)
+          and all(self.each.accepts(v) for v in value))
+    if ok:
+      return None
+    size = (f"{self.min_len}" if self.max_len == self.min_len else
+            f"at least {self.min_len}" if self.max_len is None else
+            f"{self.min_len} to {self.max_len}")
+    each = f", each {self.each.bounds()}" if self.each.bounds() else ""
+    kind = "integers" if self.each.integer else "finite numbers"
+    return f"expected a list of {size} {kind}{each}, e.g. (1.0, 2.0)"
+
+
+Check = Union[Range, Choice, Flag, Numbers]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+  """One loss hyperparameter: `config.loss.<key>`.
+
+  imagenet: its value under the ImageNet protocol for every method (None: the default);
+  sweepable: a float a sweep may vary (it enters the step as a traced number);
+  exclusive: a method that does not declare it must leave it at its default (it turns on
+  behaviour of its own method, such as a term or a gradient transform).
+  """
+  key: str
+  default: Any
+  doc: str
+  accepts: Check
+  sweepable: bool = False
+  exclusive: bool = False
+  imagenet: Any = None
+
+  def __post_init__(self):
+    if self.accepts.expected(self.default) is not None:
+      raise ValueError(f"hyperparameter {self.key!r}: its default {self.default!r} is not "
+                       f"accepted by its own check ({self.accepts})")
+    if self.sweepable and not (isinstance(self.default, float) and
+                               isinstance(self.accepts, Range)):
+      raise ValueError(f"hyperparameter {self.key!r}: only a float with a Range can be swept")
+
+  def expected(self, value: Any) -> Optional[str]:
+    """None if `value` is accepted, else what is (for the one-line error)."""
+    return self.accepts.expected(value)
+
+
+# Keys every method reads (CE, the temperature of its distillation, LS, warm-up).
+COMMON_HYPERS: tuple[Hyper, ...] = (
+    Hyper("ce_weight", 0.1, "weight of the cross-entropy on the main head",
+          Range(0.0), sweepable=True),
+    Hyper("temperature", 4.0, "distillation temperature T", Range(0.0, lo_open=True),
+          sweepable=True, imagenet=1.0),
+    Hyper("standardize", False, "logit standardization (LS) of the logits before distillation "
+          "(methods with an LS recipe)", Flag()),
+    Hyper("warmup_epochs", 0, "distillation warm-up min(epoch / W, 1), 1-based; 0 = off",
+          Range(0.0), imagenet=0),
+    Hyper("label_smoothing", 0.0, "label smoothing of the cross-entropy",
+          Range(0.0, 1.0, hi_open=True), sweepable=True),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Views of an example.
+
+DEFAULT_VIEW = "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """A named view of each training example. augment: '' = the run's config.augment, else an
+  augmentation name (kd_jax.data.AUGMENTATIONS); with config.augment='none' every view is the
+  un-augmented image. The first view of a run is the one CE, top-1 and the teacher table use."""
+  name: str
+  augment: str = ""
 
 
 # ---------------------------------------------------------------------------------------
 # The static loss settings of a run and the inputs of a method's terms.
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-  """Static (hashable) loss settings of a run: the methods that run and `config.loss`.
+def _hashable(value: Any) -> Any:
+  if isinstance(value, (list, tuple)):
+    return tuple(_hashable(v) for v in value)
+  return value
 
-  Build it with `LossSpec.from_config(config)`: the hyperparameters have one source, the
-  `loss` block of `config.base_config()` as the run's config resolved it.
+
+@dataclasses.dataclass(frozen=True, init=False)
+class LossSpec:
+  """Static loss settings of a run: the methods that run and every declared `config.loss` key.
+
+  Build it with `LossSpec.from_config(config)`. A hyperparameter reads as an attribute
+  (`spec.temperature`); `dataclasses.replace(spec, temperature=2.0)` (or `spec.replace`) sets
+  some, which is how a sweep puts traced values there. Lists are held as tuples, so a spec of
+  Python values is hashable.
   """
   method: str                       # the base method whose terms run (never a plug-in)
   plugins: tuple[str, ...]          # plug-in methods adding their terms (('rkkd',) or ())
-  ce_weight: float
-  kd_weight: float
-  temperature: float
-  alpha: float
-  beta: float
-  alpha_temperature: float
-  standardize: bool
-  warmup_epochs: float
-  label_smoothing: float
-  bkln_weight: float
-  bkln_temperature: float
-  bkln_until_epoch: int
-  grad_align: bool
-  rank_weight: float
-  rank_steepness: float
-  rank_form: str
-  rank_top_k: int
+  hyper: tuple[tuple[str, Any], ...]   # (key, value) of every declared loss key, sorted
+
+  def __init__(self, method: str, plugins: Sequence[str] = (),
+               hyper: Union[Mapping[str, Any], Sequence[tuple[str, Any]]] = (), **changes: Any):
+    values = dict(hyper)
+    unknown = sorted(set(changes) - set(values))
+    if unknown:
+      raise TypeError(f"LossSpec has no hyperparameters {unknown}; declared: {sorted(values)}")
+    values.update(changes)
+    object.__setattr__(self, "method", method)
+    object.__setattr__(self, "plugins", tuple(plugins))
+    object.__setattr__(self, "hyper", tuple(sorted((k, _hashable(v)) for k, v in values.items())))
 
   @classmethod
   def from_config(cls, config) -> "LossSpec":
-    hyper = {f.name for f in dataclasses.fields(cls)} - {"method", "plugins"}
     base, plugins = methods_of(config)
-    return cls(method=base, plugins=plugins, **{k: config.loss[k] for k in hyper})
+    return cls(base, plugins, {h.key: config.loss[h.key] for h in hyperparameters()})
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith("__"):
+      raise AttributeError(name)
+    for key, value in object.__getattribute__(self, "hyper"):
+      if key == name:
+        return value
+    raise AttributeError(f"LossSpec has no hyperparameter {name!r}")
+
+  def replace(self, **changes: Any) -> "LossSpec":
+    return dataclasses.replace(self, **changes)
 
   @property
   def records(self) -> tuple["Method", ...]:
@@ -72,19 +236,57 @@ class LossSpec:
   def uses_aux_head(self) -> bool:
     return any(r.aux_head for r in self.records)
 
+  @property
+  def views(self) -> tuple[View, ...]:
+    return run_views(self.records)
+
+  @property
+  def term_names(self) -> tuple[str, ...]:
+    """The loss terms of the run (CE first), whose sum is the training loss."""
+    return ("ce",) + tuple(t for r in self.records for t in r.term_names)
+
+  @property
+  def metric_names(self) -> tuple[str, ...]:
+    """Every per-step metric: the terms and extra metrics (sorted), then 'loss' and 'top1'."""
+    extra = tuple(m for r in self.records for m in r.metric_names)
+    return tuple(sorted(self.term_names + extra)) + ("loss", "top1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewLogits:
+  """The logits of one view: student main head [B, C], teacher [B, C] or None, aux or None."""
+  student: jax.Array
+  teacher: Optional[jax.Array]
+  aux: Optional[jax.Array]
+
 
 @dataclasses.dataclass(frozen=True)
 class TermInputs:
-  """What a method's terms see in one step (teacher logits already under stop_gradient)."""
+  """What a method's terms see in one step (teacher logits already under stop_gradient).
+
+  logits/teacher/aux are the first view's; `views` holds every view's by name (the first
+  included); loss_params is this record's learnable loss parameters ({} without).
+  """
   logits: jax.Array                 # student main head [B, C]
   labels: jax.Array                 # [B] int
   teacher: Optional[jax.Array]      # [B, C] or None without a teacher
   aux: Optional[jax.Array]          # student auxiliary head [B, C] or None
   epoch: jax.Array                  # 1-based epoch, traced int scalar
   warmup: jax.Array                 # distillation warm-up factor w(epoch)
+  views: Mapping[str, ViewLogits] = dataclasses.field(default_factory=dict)
+  loss_params: PyTree = dataclasses.field(default_factory=dict)
 
 
 TermsFn = Callable[[LossSpec, TermInputs], dict[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GradTransform:
+  """A method's rule for the student's gradient: `groups(terms)` -> scalars whose gradients are
+  taken one by one, `combine(grads)` -> the gradient the optimizer gets (DHKD's alignment).
+  The learnable loss parameters get the plain gradient of the loss."""
+  groups: Callable[[Mapping[str, jax.Array]], tuple[jax.Array, ...]]
+  combine: Callable[..., PyTree]
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,11 +308,16 @@ class LSSetting:
 
 @dataclasses.dataclass(frozen=True)
 class LSRecipe:
-  """How a method takes logit standardization: default and per-pair settings, and how to apply."""
+  """How a method takes logit standardization: default and per-pair settings, and how to apply.
+
+  apply(loss, setting) -> overrides: `loss` reads the loss values beneath LS (a mapping
+  key -> value); the result is the LS layer's dotted overrides. It never reads LS's own output,
+  so applying LS twice gives what applying it once does.
+  """
   default: Optional[LSSetting]                        # CIFAR pairs without published settings
   cifar: Mapping[Pair, LSSetting]
   imagenet: Mapping[Pair, LSSetting]                  # pairs absent here are refused
-  apply: Callable[[Any, LSSetting], None]             # (config, setting) -> sets config.loss
+  apply: Callable[[Mapping[str, Any], LSSetting], Overrides]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +331,8 @@ class Method:
   imagenet: Overrides = dataclasses.field(default_factory=dict)   # over the ImageNet protocol
   cifar_pairs: Mapping[Pair, Overrides] = dataclasses.field(default_factory=dict)
   imagenet_pairs: Mapping[Pair, Overrides] = dataclasses.field(default_factory=dict)
+  term_names: tuple[str, ...] = ()  # the keys `terms` returns (logged as train/<name>)
+  hypers: tuple[Hyper, ...] = ()    # the loss keys it declares (beyond COMMON_HYPERS)
   aux_head: bool = False            # its terms act on the student's auxiliary head
   ls: Optional[LSRecipe] = None     # None: logit standardization is not defined for it
   # As the base of a plug-in: the loss key holding its distillation weight (None: weight 1).
@@ -133,17 +342,92 @@ class Method:
   # to the base's distillation weight unless the user overrides it.
   plugin: bool = False
   plugin_weight: Optional[str] = None
-  # Loss keys only this method uses: any other method must leave them falsy.
-  own_keys: tuple[str, ...] = ()
+  # Views of each example its terms read (the first is the run's main view).
+  views: tuple[View, ...] = (View(DEFAULT_VIEW),)
+  # Learnable loss parameters: spec -> initial pytree (trained with the student, same optimizer).
+  loss_params: Optional[Callable[[LossSpec], PyTree]] = None
+  # spec -> a GradTransform for the student's gradient, or None (the plain gradient).
+  grad_transform: Optional[Callable[[LossSpec], Optional[GradTransform]]] = None
+  # Logged per-step values that are not loss terms: (names, fn(spec, inputs) -> {name: scalar}).
+  metric_names: tuple[str, ...] = ()
+  metrics: Optional[TermsFn] = None
+  # Checks across keys (config -> None or ConfigError), beyond each key's own accepted values.
+  check: Optional[Callable[[Any], None]] = None
+
+  @property
+  def own_keys(self) -> tuple[str, ...]:
+    """Loss keys only this method uses: any other method must leave them at their default."""
+    return tuple(h.key for h in self.hypers if h.exclusive)
 
 
 _REGISTRY: dict[str, Method] = {}
+
+
+def hyperparameters() -> tuple[Hyper, ...]:
+  """Every declared loss hyperparameter: COMMON_HYPERS, then each record's, in order."""
+  out: dict[str, Hyper] = {h.key: h for h in COMMON_HYPERS}
+  for record in _REGISTRY.values():
+    for h in record.hypers:
+      out.setdefault(h.key, h)
+  return tuple(out.values())
+
+
+def hyper(key: str) -> Hyper:
+  """The declaration of loss key `key` (KeyError if none)."""
+  return {h.key: h for h in hyperparameters()}[key]
+
+
+def sweepable_keys() -> tuple[str, ...]:
+  """The dotted loss keys a sweep may vary: declared floats marked sweepable."""
+  return tuple(f"loss.{h.key}" for h in hyperparameters() if h.sweepable)
+
+
+def imagenet_protocol_values() -> dict[str, Any]:
+  """The loss values of the ImageNet protocol (every method): {'loss.temperature': 1.0, ...}."""
+  return {f"loss.{h.key}": h.imagenet for h in hyperparameters() if h.imagenet is not None}
+
+
+def run_views(records: Sequence[Method]) -> tuple[View, ...]:
+  """The views of a run: the base record's, then those a plug-in adds beyond the default."""
+  out = {v.name: v for v in records[0].views}
+  for record in records[1:]:
+    for view in record.views:
+      if view.name == DEFAULT_VIEW:
+        continue   # a plug-in's default view is the base's first view
+      if view.name in out and out[view.name] != view:
+        raise ConfigError(f"method {record.name!r} declares view {view.name!r} as {view}, "
+                          f"the base method as {out[view.name]}")
+      out.setdefault(view.name, view)
+  return tuple(out.values())
+
+
+def _check_record(method: Method) -> None:
+  """A record must declare the loss keys it sets, consistently with the other records."""
+  declared = {h.key: h for h in hyperparameters()}
+  for h in method.hypers:
+    if h.key in declared and declared[h.key] != h:
+      raise ValueError(f"method {method.name!r} declares loss.{h.key} differently from an "
+                       f"earlier declaration ({declared[h.key]})")
+  own = {**declared, **{h.key: h for h in method.hypers}}
+  tables = [method.cifar, method.imagenet, *method.cifar_pairs.values(),
+            *method.imagenet_pairs.values()]
+  for table in tables:
+    for key in table:
+      if key.startswith("loss.") and key[5:] not in own:
+        raise ValueError(f"method {method.name!r} sets {key}, which no record declares; "
+                         f"declare it in the record's hypers")
+  if not method.views or len({v.name for v in method.views}) != len(method.views):
+    raise ValueError(f"method {method.name!r}: views must be one or more distinct names")
+  if set(method.term_names) & ({"ce", "loss", "top1"} | set(method.metric_names)):
+    raise ValueError(f"method {method.name!r}: term names {method.term_names} may not be "
+                     f"'ce', 'loss', 'top1' or one of its metric names")
 
 
 def register(method: Method) -> Method:
   """Adds `method` to the registry (a name may be registered once)."""
   if method.name in _REGISTRY:
     raise ValueError(f"method {method.name!r} is already registered")
+  _check_record(method)
   _REGISTRY[method.name] = method
   return method
 
@@ -202,32 +486,65 @@ def warmup_factor(epoch: jax.Array, warmup_epochs: float,
   return jnp.minimum(epoch.astype(dtype) / warmup_epochs, 1.0)
 
 
+def init_loss_params(spec: LossSpec) -> dict[str, PyTree]:
+  """{method name: its initial learnable loss parameters} for the records that have them."""
+  return {r.name: r.loss_params(spec) for r in spec.records if r.loss_params is not None}
+
+
+def grad_transform(spec: LossSpec) -> Optional[GradTransform]:
+  """The run's gradient transform (at most one record may set one), or None."""
+  found = [(r.name, t) for r in spec.records if r.grad_transform is not None
+           for t in [r.grad_transform(spec)] if t is not None]
+  if len(found) > 1:
+    raise ConfigError(f"methods {[n for n, _ in found]} each transform the gradient; a run "
+                      f"takes one")
+  return found[0][1] if found else None
+
+
 def loss_terms(spec: LossSpec, logits: jax.Array, labels: jax.Array,
                teacher_logits: Optional[jax.Array], aux_logits: Optional[jax.Array],
-               epoch: jax.Array) -> dict[str, jax.Array]:
-  """Weighted batch-mean loss terms of one step; their sum is the training loss.
+               epoch: jax.Array, *, views: Optional[Mapping[str, ViewLogits]] = None,
+               loss_params: Optional[Mapping[str, PyTree]] = None
+               ) -> dict[str, jax.Array]:
+  """Weighted batch-mean loss terms of one step, plus the records' extra metrics.
 
-  logits/aux_logits: the student's main/auxiliary head [B, C]; teacher_logits [B, C] (taken
-  under stop_gradient here) or None; labels [B] int; epoch: 1-based epoch (traced scalar).
-  CE (ce_weight * mean CE, with label smoothing) acts on the main head for every method; each
-  record of the run then adds its own terms.
+  logits/aux_logits: the student's main/auxiliary head [B, C] on the first view;
+  teacher_logits [B, C] (taken under stop_gradient here) or None; labels [B] int; epoch: 1-based
+  epoch (traced scalar); views: every view's logits by name (default: the first view only);
+  loss_params: {method: its learnable loss parameters}. CE (ce_weight * mean CE, with label
+  smoothing) acts on the main head of the first view for every method; each record of the
+  run then adds its declared terms. The loss is the sum of `spec.term_names`' values.
   """
   terms = {"ce": spec.ce_weight * jnp.mean(losses.cross_entropy(
       logits, labels, label_smoothing=spec.label_smoothing))}
   if teacher_logits is not None:
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
-  inputs = TermInputs(logits=logits, labels=labels, teacher=teacher_logits, aux=aux_logits,
-                      epoch=epoch, warmup=warmup_factor(epoch, spec.warmup_epochs, logits.dtype))
+  if views is None:
+    views = {spec.views[0].name: ViewLogits(logits, teacher_logits, aux_logits)}
+  views = {k: dataclasses.replace(v, teacher=None if v.teacher is None else
+                                  jax.lax.stop_gradient(v.teacher)) for k, v in views.items()}
+  base = TermInputs(logits=logits, labels=labels, teacher=teacher_logits, aux=aux_logits,
+                    epoch=epoch, warmup=warmup_factor(epoch, spec.warmup_epochs, logits.dtype),
+                    views=views)
   for record in spec.records:
-    terms.update(record.terms(spec, inputs))
+    inputs = dataclasses.replace(base, loss_params=(loss_params or {}).get(record.name, {}))
+    out = record.terms(spec, inputs)
+    if set(out) != set(record.term_names):
+      raise ValueError(f"method {record.name!r}: its terms returned {sorted(out)}, its record "
+                       f"declares term_names {sorted(record.term_names)}")
+    terms.update(out)
+    if record.metrics is not None:
+      extra = record.metrics(spec, inputs)
+      if set(extra) != set(record.metric_names):
+        raise ValueError(f"method {record.name!r}: its metrics returned {sorted(extra)}, its "
+                         f"record declares metric_names {sorted(record.metric_names)}")
+      terms.update({k: jax.lax.stop_gradient(v) for k, v in extra.items()})
   return terms
 
 
-def split_for_grad_align(terms: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """DHKD gradient alignment groups: (task loss = CE, distillation loss = every other term)."""
-  task = terms["ce"]
-  distill = sum((v for k, v in terms.items() if k != "ce"), jnp.zeros((), jnp.float32))
-  return task, distill
+def total_loss(spec: LossSpec, terms: Mapping[str, jax.Array]) -> jax.Array:
+  """The training loss: the sum of the run's terms (its extra metrics left out)."""
+  return sum(terms[k] for k in spec.term_names)
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,32 +588,64 @@ def _dhkd_terms(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
       x.aux, x.teacher, temperature=spec.bkln_temperature))}
 
 
+def split_for_grad_align(terms: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """DHKD gradient alignment groups: (task loss = CE, distillation loss = every other term)."""
+  task = terms["ce"]
+  distill = sum((v for k, v in terms.items() if k != "ce"), jnp.zeros((), jnp.float32))
+  return task, distill
+
+
+def project_conflict(g_task: PyTree, g_distill: PyTree) -> PyTree:
+  """DHKD gradient alignment: if <g2, g1> < 0, g2 <- g2 - <g2,g1>/||g1||^2 g1; returns g1 + g2'.
+
+  One global dot product over all flattened student parameters (docs/methods.md §6).
+  """
+  v1, unravel = ravel_pytree(g_task)
+  v2, _ = ravel_pytree(g_distill)
+  dot = jnp.vdot(v2, v1)
+  norm = jnp.vdot(v1, v1)
+  coef = jnp.where(dot < 0, dot / jnp.where(norm > 0, norm, 1.0), 0.0)
+  return unravel(v1 + v2 - coef * v1)
+
+
+_GRAD_ALIGN = GradTransform(groups=split_for_grad_align, combine=project_conflict)
+
+
+def _dhkd_grad_transform(spec: LossSpec) -> Optional[GradTransform]:
+  return _GRAD_ALIGN if spec.grad_align else None
+
+
 def _rkkd_terms(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
   return {"rank": x.warmup * spec.rank_weight * jnp.mean(losses.rank_kendall(
       x.logits, x.teacher, steepness=spec.rank_steepness, form=spec.rank_form,
       top_k=spec.rank_top_k or None))}
 
 
-def _ls_on_kd(config, s: LSSetting) -> None:
+def _rkkd_check(config) -> None:
+  top_k = config.loss.rank_top_k
+  if top_k and top_k < 2:
+    raise ConfigError(f"config.loss.rank_top_k={top_k}: expected 0 (all classes) or at least 2")
+  if top_k > config.num_classes:
+    raise ConfigError(f"config.loss.rank_top_k={top_k} exceeds num_classes="
+                      f"{config.num_classes}")
+
+
+def _ls_on_kd(loss: Mapping[str, Any], s: LSSetting) -> Overrides:
   """KD+LS: T = base temperature, the KD weight = the LS weight (the KD term has weight 1)."""
-  loss = config.loss
-  loss.standardize = True
-  loss.temperature = s.temperature
-  loss.kd_weight = s.weight
+  out = {"loss.standardize": True, "loss.temperature": s.temperature, "loss.kd_weight": s.weight}
   if s.ce_weight is not None:
-    loss.ce_weight = s.ce_weight
+    out["loss.ce_weight"] = s.ce_weight
+  return out
 
 
-def _ls_on_decoupled(config, s: LSSetting) -> None:
+def _ls_on_decoupled(loss: Mapping[str, Any], s: LSSetting) -> Overrides:
   """DKD/RLD+LS: both temperatures = base temperature, alpha and beta times the LS weight."""
-  loss = config.loss
-  loss.standardize = True
-  loss.temperature = s.temperature
-  loss.alpha_temperature = s.temperature
-  loss.alpha = loss.alpha * s.weight
-  loss.beta = (loss.beta if s.beta is None else s.beta) * s.weight
+  out = {"loss.standardize": True, "loss.temperature": s.temperature,
+         "loss.alpha_temperature": s.temperature, "loss.alpha": loss["alpha"] * s.weight,
+         "loss.beta": (loss["beta"] if s.beta is None else s.beta) * s.weight}
   if s.ce_weight is not None:
-    loss.ce_weight = s.ce_weight
+    out["loss.ce_weight"] = s.ce_weight
+  return out
 
 
 # The LS code's command-line defaults (--base-temp 2, --kd-weight 9).
@@ -348,8 +697,11 @@ _KD_LS_IMAGENET: dict[Pair, LSSetting] = {
 }
 
 _DECOUPLED_CIFAR = {"loss.ce_weight": 1.0, "loss.alpha": 1.0, "loss.beta": 8.0,
-                    "loss.temperature": 4.0, "loss.warmup_epochs": 20,
-                    "loss.alpha_temperature": 0.0}   # RLD: tau_a = T
+                    "loss.temperature": 4.0, "loss.warmup_epochs": 20}
+
+# Keys DKD and RLD share.
+_ALPHA = Hyper("alpha", 1.0, "DKD/RLD: weight of TCKD/SCD", Range(0.0), sweepable=True)
+_BETA = Hyper("beta", 8.0, "DKD/RLD: weight of NCKD/MCD", Range(0.0), sweepable=True)
 
 register(Method(
     name="ce", summary="cross-entropy alone (the vanilla student)", terms=_no_terms,
@@ -359,7 +711,8 @@ register(Method(
     needs_teacher=False, cifar={"loss.ce_weight": 1.0, "teacher": ""}, can_be_base=False))
 register(Method(
     name="kd", summary="ce_weight*CE + kd_weight*T^2*KL(p_t^T || p_s^T)", terms=_kd_terms,
-    needs_teacher=True,
+    term_names=("kd",), needs_teacher=True,
+    hypers=(Hyper("kd_weight", 0.9, "KD: weight of T^2 KL", Range(0.0), sweepable=True),),
     cifar={"loss.ce_weight": 0.1, "loss.kd_weight": 0.9, "loss.temperature": 4.0,
            "loss.warmup_epochs": 0},
     imagenet={"loss.ce_weight": 0.5, "loss.kd_weight": 0.5},
@@ -367,21 +720,37 @@ register(Method(
     ls=LSRecipe(default=LS_DEFAULT, cifar=_KD_LS, imagenet=_KD_LS_IMAGENET, apply=_ls_on_kd)))
 register(Method(
     name="dkd", summary="CE + w(e)*(alpha*TCKD + beta*NCKD)", terms=_dkd_terms,
-    needs_teacher=True, cifar=_DECOUPLED_CIFAR, imagenet={"loss.warmup_epochs": 1},
+    term_names=("tckd", "nckd"), needs_teacher=True, hypers=(_ALPHA, _BETA),
+    cifar=_DECOUPLED_CIFAR, imagenet={"loss.warmup_epochs": 1},
     cifar_pairs={p: {"loss.beta": b} for p, b in _DKD_CIFAR_BETA.items()},
     imagenet_pairs={p: {"loss.beta": b} for p, b in _DECOUPLED_IMAGENET_BETA.items()},
     distill_weight="alpha",
     ls=LSRecipe(default=LS_DEFAULT, cifar=_DKD_LS, imagenet={}, apply=_ls_on_decoupled)))
 register(Method(
     name="rld", summary="CE + w(e)*(alpha*SCD + beta*MCD)", terms=_rld_terms,
-    needs_teacher=True, cifar=_DECOUPLED_CIFAR, imagenet={"loss.warmup_epochs": 1},
+    term_names=("scd", "mcd"), needs_teacher=True,
+    hypers=(_ALPHA, _BETA, Hyper("alpha_temperature", 0.0, "RLD: SCD temperature (0 = "
+                                 "loss.temperature)", Range(0.0), imagenet=1.0)),
+    cifar={**_DECOUPLED_CIFAR, "loss.alpha_temperature": 0.0},   # tau_a = T
+    imagenet={"loss.warmup_epochs": 1},
     imagenet_pairs={p: {"loss.beta": b} for p, b in _DECOUPLED_IMAGENET_BETA.items()},
     distill_weight="alpha",
     # No per-pair LS settings are published for RLD: always the LS defaults.
     ls=LSRecipe(default=LS_DEFAULT, cifar={}, imagenet={}, apply=_ls_on_decoupled)))
 register(Method(
     name="dhkd", summary="CE (main head) + alpha*BinaryKL-Norm (auxiliary head)",
-    terms=_dhkd_terms, needs_teacher=True, aux_head=True,
+    terms=_dhkd_terms, term_names=("bkln",), needs_teacher=True, aux_head=True,
+    hypers=(
+        Hyper("bkln_weight", 1.0, "DHKD: weight alpha of BinaryKL-Norm on the auxiliary head",
+              Range(0.0), sweepable=True),
+        Hyper("bkln_temperature", 2.0, "DHKD: BinaryKL-Norm temperature",
+              Range(0.0, lo_open=True), sweepable=True),
+        Hyper("bkln_until_epoch", 0, "DHKD: auxiliary loss off from this 1-based epoch "
+              "(0 = never)", Range(0, integer=True)),
+        Hyper("grad_align", False, "DHKD: gradient alignment of the distillation gradient",
+              Flag(), exclusive=True),
+    ),
+    grad_transform=_dhkd_grad_transform,
     cifar={"loss.ce_weight": 1.0, "loss.bkln_weight": 1.0, "loss.bkln_temperature": 2.0,
            "aux_head": "nonlinear", "loss.grad_align": True},
     # ImageNet: linear head, no alignment, weight 0.1, aux loss off from epoch 50, LR 0.1 at
@@ -389,8 +758,18 @@ register(Method(
     imagenet={"aux_head": "linear", "loss.grad_align": False, "loss.bkln_weight": 0.1,
               "loss.bkln_until_epoch": 50, "learning_rate": 0.1, "batch_size": 128,
               "crop_area": (0.1, 1.0), "crop_aspect": (0.8, 1.25)},
-    distill_weight="bkln_weight", own_keys=("grad_align",)))
+    distill_weight="bkln_weight"))
 register(Method(
     name="rkkd", summary="a base method + gamma*(1 - tau_k) (Kendall ranking term)",
-    terms=_rkkd_terms, needs_teacher=True, cifar={}, plugin=True,
-    plugin_weight="rank_weight", own_keys=("rank_weight",)))
+    terms=_rkkd_terms, term_names=("rank",), needs_teacher=True, cifar={}, plugin=True,
+    plugin_weight="rank_weight", check=_rkkd_check,
+    hypers=(
+        Hyper("rank_weight", 0.0, "RKKD: weight gamma of the ranking term 1 - tau_k",
+              Range(0.0), sweepable=True, exclusive=True),
+        Hyper("rank_steepness", 100.0, "RKKD: steepness k of the smooth sign",
+              Range(0.0, lo_open=True), sweepable=True),
+        Hyper("rank_form", "tanh", "RKKD: smooth sign: " + ", ".join(kendall.FORMS),
+              Choice(kendall.FORMS)),
+        Hyper("rank_top_k", 0, "RKKD: rank only the teacher's top k classes (0 = all)",
+              Range(0, integer=True)),
+    )))

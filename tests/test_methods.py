@@ -1,18 +1,27 @@
-"""Methods as loss composition: weights, warm-up, schedules and DHKD gradient alignment."""
+"""Methods as loss composition (weights, warm-up, schedules, DHKD gradient alignment) and a new
+method added as one record: its own keys, a learnable loss parameter and a second view."""
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from kd_jax import config as kdc
+from kd_jax import errors
 from kd_jax import losses
 from kd_jax import methods
 from kd_jax import models
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
+from kd_jax.train import sweep
 
 B, C = 4, 10
 S = jax.random.normal(jax.random.PRNGKey(0), (B, C)) * 2
@@ -90,16 +99,16 @@ def test_teacher_gets_no_gradient():
 def test_gradient_alignment_matches_hand_projection():
   g1 = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([[0.0]])}
   g2 = {"a": jnp.array([-1.0, 1.0]), "b": jnp.array([[2.0]])}
-  out = step_lib._project_conflict(g1, g2)  # pylint: disable=protected-access
+  out = methods.project_conflict(g1, g2)
   # <g2,g1> = -1 < 0, ||g1||^2 = 1: g2' = g2 + g1 = [0, 1, 2]; result g1 + g2' = [1, 1, 2].
   np.testing.assert_allclose(out["a"], [1.0, 1.0])
   np.testing.assert_allclose(out["b"], [[2.0]])
   # No conflict: plain sum.
-  out = step_lib._project_conflict(g1, {"a": jnp.array([1.0, 1.0]), "b": jnp.array([[0.0]])})
+  out = methods.project_conflict(g1, {"a": jnp.array([1.0, 1.0]), "b": jnp.array([[0.0]])})
   np.testing.assert_allclose(out["a"], [2.0, 1.0])
   # g1 = 0: no projection, no NaN.
   zero = jax.tree.map(jnp.zeros_like, g1)
-  out = step_lib._project_conflict(zero, g2)
+  out = methods.project_conflict(zero, g2)
   np.testing.assert_allclose(out["a"], g2["a"])
 
 
@@ -133,45 +142,201 @@ def test_sgd_matches_torch_semantics():
 
 
 @pytest.fixture
-def toy_method():
-  """A test-local method: CE + weight * mean squared logit difference, registered for one test."""
-  def terms(spec, x):
-    return {"mse": x.warmup * spec.kd_weight * jnp.mean((x.logits - x.teacher) ** 2)}
-  methods.register(methods.Method(
-      name="toy_mse", summary="CE + kd_weight * mean (z_s - z_t)^2", terms=terms,
-      needs_teacher=True, cifar={"loss.ce_weight": 0.5, "loss.kd_weight": 0.25},
-      distill_weight="kd_weight"))
-  yield "toy_mse"
-  methods.unregister("toy_mse")
+def toy():
+  """tests/toy_method.py's method (own keys, a learnable loss parameter, a second view),
+  registered for one test."""
+  import toy_method  # pylint: disable=import-outside-toplevel
+  toy_method.register()
+  yield toy_method
+  methods.unregister(toy_method.NAME)
 
 
-def test_a_new_method_is_one_record(toy_method, tmp_path):
-  """Registered without touching config.py: defaults, validation, plug-in, training all work."""
-  from kd_jax.train import loop  # pylint: disable=import-outside-toplevel
-  config = kdc.method_defaults(kdc.base_config(), toy_method)
-  assert (config.method, config.loss.ce_weight, config.loss.kd_weight) == (toy_method, 0.5, 0.25)
-  # The plug-in takes it as a base, with the ranking weight = its distillation weight.
-  rk = kdc.method_defaults(kdc.base_config(), "rkkd", base_method=toy_method)
-  assert (rk.base_method, rk.loss.rank_weight) == (toy_method, 0.25)
+def test_a_methods_hyperparameters_are_declared_once(toy):
+  """Schema, descriptions, LossSpec, sweepable set and validation all come from the record."""
+  config = toy.get_config()
+  assert (config.loss.toy_weight, tuple(config.loss.toy_temps), config.loss.toy_mode) == (
+      0.25, (1.0, 2.0), "mean")
+  base = kdc.base_config()
+  assert (base.loss.toy_weight, base.loss.toy_mode) == (0.5, "mean")
+  assert kdc.key_descriptions()["loss.toy_temps"] == "toy: the temperatures T_i"
+  assert "loss.toy_weight" in methods.sweepable_keys()
+  assert not {"loss.toy_temps", "loss.toy_mode"} & set(methods.sweepable_keys())
+  config.loss.toy_temps = [1.0, 3.0]   # a list: held as a tuple, so the spec is hashable
   spec = methods.LossSpec.from_config(config)
-  terms = methods.loss_terms(spec, S, Y, T, None, jnp.array(1))
-  np.testing.assert_allclose(terms["mse"], 0.25 * np.mean((np.asarray(S) - np.asarray(T)) ** 2),
-                             rtol=1e-6)
-  np.testing.assert_allclose(terms["ce"], 0.5 * np.mean(losses.cross_entropy(S, Y)), rtol=1e-6)
-  # End to end on synthetic data: the step logs the new term and the loss is their sum.
-  config.update(dict(dataset="synthetic", num_classes=100, train_examples=64, eval_examples=16,
-                     student="resnet8", teacher="resnet8", teacher_checkpoint="random:0",
-                     batch_size=16, eval_batch_size=16, num_train_steps=4, log_every_steps=2,
-                     checkpoint_every_steps=4, num_devices=1))
+  assert spec.toy_temps == (1.0, 3.0) and hash(spec) == hash(methods.LossSpec.from_config(config))
+  assert spec.metric_names == ("ce", "toy", "toy_tau", "loss", "top1")
+  assert [v.name for v in spec.views] == ["default", "strong"]
   kdc.validate(config, model_names=models.names(), num_devices=1)
-  result = loop.train_and_evaluate(config, str(tmp_path))
-  assert result.step == 4
-  with open(tmp_path / "metrics.jsonl") as f:
+  # Without the method, its keys are not config keys at all.
+  methods.unregister(toy.NAME)
+  assert "toy_weight" not in kdc.base_config().loss
+  toy.register()
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("toy_weight", -1.0, "config.loss.toy_weight=-1.0 is not accepted; expected a finite "
+     "number >= 0"),
+    ("toy_temps", (1.0, 0.0), "config.loss.toy_temps=(1.0, 0.0) is not accepted; expected a "
+     "list of at least 1 finite numbers, each > 0"),
+    ("toy_temps", (), "config.loss.toy_temps=() is not accepted"),
+    ("toy_mode", "median", "config.loss.toy_mode='median' is not accepted; accepted: 'mean', "
+     "'max'"),
+    ("label_smoothing", 1.0, "config.loss.label_smoothing=1.0 is not accepted; expected a finite "
+     "number in [0, 1)"),
+])
+def test_bad_values_of_declared_keys_are_one_line(toy, key, value, needle):
+  config = toy.get_config()
+  config.loss[key] = value
+  with pytest.raises(errors.ConfigError) as e:
+    kdc.validate(config, model_names=models.names(), num_devices=1)
+  assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_sweep_of_a_declared_float(toy):
+  config = toy.get_config()
+  config.sweep = "loss.toy_weight=0.1,0.3"
+  runs = sweep.expand(config)
+  assert [(n, c.loss.toy_weight) for n, c in runs] == [
+      ("loss.toy_weight=0.1", 0.1), ("loss.toy_weight=0.3", 0.3)]
+  spec = methods.LossSpec.from_config(runs[0][1])
+  assert dataclasses.replace(spec, toy_weight=jnp.float32(0.3)).toy_weight == 0.3
+  with pytest.raises(errors.ConfigError, match="'loss.toy_mode' cannot be swept"):
+    sweep.parse_sweep("loss.toy_mode=1,2")
+
+
+def test_gradient_reversal_by_hand():
+  x = jnp.array([1.0, -2.0, 3.0])
+  w = jnp.array([0.5, 2.0, -1.0])
+  f = lambda x, l: jnp.sum(w * losses.gradient_reversal(x, l) ** 2)
+  # Forward: the identity. Backward: d/dx sum w x^2 = 2 w x, reversed and scaled by l.
+  np.testing.assert_array_equal(losses.gradient_reversal(x, 0.3), x)
+  np.testing.assert_allclose(jax.grad(f)(x, 0.3), -0.3 * 2 * w * x, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.grad(f))(x, jnp.float32(2.0)), -2.0 * 2 * w * x,
+                             rtol=1e-6)
+  assert float(jax.grad(f, argnums=1)(x, jnp.float32(0.3))) == 0.0   # l gets no gradient
+  tree = {"a": x, "b": (x[:1],)}
+  g = jax.grad(lambda t: jnp.sum(losses.gradient_reversal(t, 1.0)["a"]) +
+               jnp.sum(losses.gradient_reversal(t, 1.0)["b"][0]))(tree)
+  np.testing.assert_array_equal(g["a"], -np.ones(3))
+  np.testing.assert_array_equal(g["b"][0], [-1.0])
+
+
+def test_terms_read_their_view_and_their_loss_parameter(toy):
+  """The toy term uses the `strong` view's logits; d loss / d tau = -d term / d tau (finite
+  differences of the term at tau +- h, with the reversal taken out)."""
+  config = toy.get_config()
+  spec = methods.LossSpec.from_config(config)
+  s2, t2 = S[::-1] * 0.7, T[::-1] + 0.3   # the strong view's logits
+  views = {"default": methods.ViewLogits(S, T, None), "strong": methods.ViewLogits(s2, t2, None)}
+
+  def loss(tau):
+    terms = methods.loss_terms(spec, S, Y, T, None, jnp.array(1), views=views,
+                               loss_params={toy.NAME: {"tau": tau}})
+    return methods.total_loss(spec, terms), terms
+
+  (_, terms), g = jax.value_and_grad(loss, has_aux=True)(jnp.float32(1.3))
+  by_hand = lambda tau: 0.25 * np.mean([np.mean(losses.kd(s2, t2, temperature=tau * t))
+                                        for t in (1.0, 2.0)])
+  np.testing.assert_allclose(terms["toy"], by_hand(1.3), rtol=1e-6)
+  assert float(terms["toy_tau"]) == pytest.approx(1.3)
+  assert set(terms) == {"ce", "toy", "toy_tau"}
+  h = 1e-2
+  fd = (by_hand(1.3 + h) - by_hand(1.3 - h)) / (2 * h)
+  np.testing.assert_allclose(float(g), -fd, rtol=1e-3)
+  assert abs(fd) > 1e-3
+
+
+def test_views_get_their_own_augmentation_and_none_means_none(toy):
+  config = toy.get_config()
+  spec = step_lib.StepSpec(
+      student=None, teacher=None, tx=None, schedule=None,
+      loss=methods.LossSpec.from_config(config), steps_per_epoch=4, batch_size=8, seed=0,
+      in_memory=True, mean=(0.5,) * 3, std=(0.25,) * 3, max_bad_steps=3,
+      mesh=jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)),
+      augment="pad_crop_flip")
+  rng = np.random.default_rng(0)
+  data = (jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), np.uint8)),
+          jnp.asarray(rng.integers(0, 100, (16,), np.int32)))
+  state = types.SimpleNamespace(step=jnp.int32(3), rng=jax.random.PRNGKey(0))
+  images, _, _ = step_lib._in_memory_batch(spec, state, *data)  # pylint: disable=protected-access
+  alone, _, _ = step_lib._in_memory_batch(  # pylint: disable=protected-access
+      dataclasses.replace(spec, loss=spec_for("kd")), state, *data)
+  assert set(images) == {"default", "strong"}
+  np.testing.assert_array_equal(images["default"], alone)   # the first view is today's batch
+  assert float(jnp.max(jnp.abs(images["strong"] - images["default"]))) > 0.1
+  none, _, _ = step_lib._in_memory_batch(  # pylint: disable=protected-access
+      dataclasses.replace(spec, augment="none"), state, *data)
+  np.testing.assert_array_equal(none["strong"], none["default"])
+
+
+def _restore(workdir, template):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  return {s: mngr.restore(s, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(template)))["state"] for s in mngr.all_steps()}
+
+
+def test_a_new_method_trains_checkpoints_and_resumes(toy, tmp_path):
+  """End to end: its term is logged and summed, its loss parameter is trained by the optimizer
+  (through the reversal: up the term) and checkpointed, and a resume from step 2 reaches the
+  same step-4 state bit for bit; config.json records each value's source."""
+  from kd_jax.train import loop  # pylint: disable=import-outside-toplevel
+  config = toy.get_config()
+  first, again = str(tmp_path / "a"), str(tmp_path / "b")
+  assert loop.train_and_evaluate(config, first).step == 4
+  with open(os.path.join(first, "metrics.jsonl")) as f:
     lines = [json.loads(l) for l in f]
-  logged = [l for l in lines if "train/mse" in l]
+  logged = [l for l in lines if "train/toy" in l]
   assert [l["step"] for l in logged] == [2, 4]
-  for l in logged:
-    assert l["train/loss"] == pytest.approx(l["train/ce"] + l["train/mse"], rel=1e-5)
+  for l in logged:   # the loss is CE + the term; the logged tau is no term
+    assert l["train/loss"] == pytest.approx(l["train/ce"] + l["train/toy"], rel=1e-5)
+  with open(os.path.join(first, "config.json")) as f:
+    recorded = json.load(f)
+  assert recorded["loss"]["toy_weight"] == 0.25 and recorded["sources"]["loss.toy_weight"] == (
+      "method record")
+  assert recorded["sources"]["dataset"] == "config file"
+  assert recorded["sources"]["loss.toy_mode"] == "schema default"
+  assert recorded["sources"]["image_size"] == "resolved from the data"
+
+  trainer = loop.build_trainer(config, loop.make_mesh(config), steps_per_epoch=4, total_steps=4,
+                               in_memory=True, mean=(0.5,) * 3, std=(0.25,) * 3)
+  template = jax.device_get(trainer.init_state())
+  assert float(template.loss_params[toy.NAME]["tau"]) == 1.0
+  states = _restore(first, template)
+  tau = {s: float(st.loss_params[toy.NAME]["tau"]) for s, st in states.items()}
+  assert tau[2] != 1.0 and tau[4] != tau[2]
+  # Through the reversal, tau moved like -lr * (-dterm/dtau): the term's slope's sign.
+  assert float(states[4].loss_opt_state[1].trace[toy.NAME]["tau"]) != 0.0
+
+  shutil.copytree(first, again)
+  shutil.rmtree(os.path.join(again, "checkpoints", "4"))
+  assert loop.train_and_evaluate(config, again).step == 4
+  resumed = _restore(again, template)[4]
+  jax.tree.map(np.testing.assert_array_equal,
+               (states[4].loss_params, states[4].loss_opt_state, states[4].params),
+               (resumed.loss_params, resumed.loss_opt_state, resumed.params))
+
+
+def test_print_config_shows_each_values_source(toy):
+  """--print_config of the toy's config file with list and string overrides."""
+  del toy
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.path.join(root, "tests"), JAX_PLATFORMS="cpu")
+  res = subprocess.run(
+      [sys.executable, "launch.py", "--config=tests/toy_method.py", "--print_config",
+       "--config.loss.toy_temps=(1.5,3.0)", "--config.loss.toy_mode=max"],
+      cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  lines = {line.split(" = ")[0]: line for line in res.stdout.splitlines()}
+  source = {k: line.split("  # ")[0].rstrip().rsplit("  ", 1)[-1].strip()
+            for k, line in lines.items()}
+  assert lines["loss.toy_temps"].startswith("loss.toy_temps = (1.5, 3.0)")
+  assert lines["loss.toy_mode"].startswith("loss.toy_mode = 'max'")
+  assert "# toy: the temperatures T_i" in lines["loss.toy_temps"]
+  assert (source["loss.toy_temps"], source["loss.toy_mode"]) == ("command line",) * 2
+  assert source["loss.toy_weight"] == "method record"
+  assert source["dataset"] == "config file"
+  assert source["loss.rank_weight"] == "schema default"
 
 
 def test_unknown_method_lists_the_registered_ones():

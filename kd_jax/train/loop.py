@@ -301,7 +301,7 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
     else:
       variables = given
     return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
-                                  rng, names)
+                                  rng, names, loss_params=methods.init_loss_params(loss_spec))
 
   init_jit = jax.jit(init_fn, out_shardings=repl)
 
@@ -459,10 +459,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   prog.start(f"loading data ({config.dataset})")
   data = _setup_data(config, mesh)
   prog.finish()
-  config = resolved_config(config, data)
+  resolved = resolved_config(config, data)
+  sources = config_lib.sources(config, resolved)
+  config = resolved
   # The resolved config is compared with the checkpoint's before config.json is rewritten.
   workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
-                                      process_index=jax.process_index())
+                                      process_index=jax.process_index(), sources=sources)
 
   spe = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0

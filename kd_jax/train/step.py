@@ -2,27 +2,29 @@
 
 `make_train_fn` returns a function of (state, teacher_vars, data) that runs `n` steps (one
 `lax.scan` on accelerators, `n` calls of the compiled step on CPU); the batch comes from
-device-resident data (CIFAR: gather + augmentation on device) or from host batches stacked on a
-leading axis (ImageNet). Non-finite steps are skipped. On CPU the steps compile with
-`compiler_options`.
+device-resident data (CIFAR: gather + augmentation on device, one augmented copy per view the
+run's methods declare) or from host batches stacked on a leading axis (ImageNet, one view).
+The step names no method: the records give the terms, views, learnable loss parameters and
+gradient transform (kd_jax/methods.py). Non-finite steps are skipped. On CPU the steps compile
+with `compiler_options`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import console
 from kd_jax import data as data_lib
 from kd_jax import losses
 from kd_jax import methods
+from kd_jax.errors import ConfigError
 from kd_jax.train import state as state_lib
 from kd_jax.train.state import TrainState
 
@@ -84,15 +86,9 @@ class StepSpec:
 
 
 def metric_names(loss: methods.LossSpec) -> tuple[str, ...]:
-  """Names of the per-step metrics summed in the state (loss terms, loss, top1)."""
-  dummy = jnp.zeros((2, 3), jnp.float32)
-  labels = jnp.zeros((2,), jnp.int32)
-  teacher = dummy if loss.needs_teacher else None
-  aux = dummy if loss.uses_aux_head else None
-  terms = jax.eval_shape(lambda: methods.loss_terms(
-      dataclasses.replace(loss, rank_top_k=0), dummy, labels, teacher, aux,
-      jnp.ones((), jnp.int32)))
-  return tuple(sorted(terms)) + ("loss", "top1")
+  """Names of the per-step metrics summed in the state: the terms and extra metrics the run's
+  records declare (sorted), then 'loss' and 'top1'."""
+  return loss.metric_names
 
 
 def _batch_sharding(mesh) -> NamedSharding:
@@ -105,67 +101,96 @@ def _tree_where(pred, new, old):
 
 def _all_finite(tree) -> jax.Array:
   leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.ones((), bool)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _project_conflict(g_task: PyTree, g_distill: PyTree) -> PyTree:
-  """DHKD gradient alignment: if <g2, g1> < 0, g2 <- g2 - <g2,g1>/||g1||^2 g1; returns g1 + g2'.
-
-  One global dot product over all flattened student parameters (docs/methods.md §6).
-  """
-  v1, unravel = ravel_pytree(g_task)
-  v2, _ = ravel_pytree(g_distill)
-  dot = jnp.vdot(v2, v1)
-  norm = jnp.vdot(v1, v1)
-  coef = jnp.where(dot < 0, dot / jnp.where(norm > 0, norm, 1.0), 0.0)
-  return unravel(v1 + v2 - coef * v1)
+def _as_views(spec: StepSpec, x: Any) -> dict[str, Any]:
+  """A per-view mapping of images or teacher logits (a bare array is the first view's)."""
+  if isinstance(x, Mapping):
+    return dict(x)
+  return {} if x is None else {spec.loss.views[0].name: x}
 
 
-def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: jax.Array,
-              labels: jax.Array, teacher_logits: Optional[jax.Array] = None) -> TrainState:
+def _gradients(spec: StepSpec, forward: Callable, state: TrainState):
+  """(terms, aux, student grads, loss-param grads) of forward(params, loss_params) -> (terms,
+  aux): the plain gradient of the loss, or the run's gradient transform (DHKD's alignment)."""
+  transform = methods.grad_transform(spec.loss)
+  if transform is None:
+    def total(params, loss_params):
+      terms, aux = forward(params, loss_params)
+      return methods.total_loss(spec.loss, terms), (terms, aux)
+    (_, (terms, aux)), (grads, loss_grads) = jax.value_and_grad(
+        total, argnums=(0, 1), has_aux=True)(state.params, state.loss_params)
+    return terms, aux, grads, loss_grads
+
+  def grouped(params, loss_params):
+    terms, aux = forward(params, loss_params)
+    return transform.groups({k: terms[k] for k in spec.loss.term_names}), (terms, aux)
+  groups, vjp_fn, (terms, aux) = jax.vjp(grouped, state.params, state.loss_params,
+                                         has_aux=True)
+  per_group = [vjp_fn(tuple(jnp.ones_like(g) if j == i else jnp.zeros_like(g)
+                            for j, g in enumerate(groups))) for i in range(len(groups))]
+  grads = transform.combine(*[g for g, _ in per_group])
+  loss_grads = jax.tree.map(lambda *g: sum(g), *[lg for _, lg in per_group])
+  return terms, aux, grads, loss_grads
+
+
+def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: Any,
+              labels: jax.Array, teacher_logits: Any = None) -> TrainState:
   """One training step on a global batch of normalized float images [B,H,W,3] and labels [B].
 
+  images: an array (the first view) or {view name: array} for every view of the run;
   teacher_logits: the teacher's float32 logits [B, C] of these images when known (a teacher
-  table), else the teacher runs here.
+  table; an array or {view: array}), else the teacher runs here on each view.
   """
+  views = [v.name for v in spec.loss.views]
+  images = _as_views(spec, images)
+  teacher_logits = _as_views(spec, teacher_logits)
   epoch = state.step // spec.steps_per_epoch + 1
   step_rng = jax.random.fold_in(state.rng, state.step)
-  if teacher_logits is None and spec.teacher is not None and not spec.teacher_table:
-    teacher_logits = jax.lax.stop_gradient(
-        spec.teacher.apply(teacher_vars, images, train=False))
-    teacher_logits = teacher_logits.astype(jnp.promote_types(teacher_logits.dtype, jnp.float32))
+  if spec.teacher is not None:
+    for name in views:
+      if teacher_logits.get(name) is None:
+        if spec.teacher_table:
+          raise ConfigError(f"the teacher table holds no logits for view {name!r}; set "
+                            f"config.teacher_cache=''")
+        t = jax.lax.stop_gradient(spec.teacher.apply(teacher_vars, images[name], train=False))
+        teacher_logits[name] = t.astype(jnp.promote_types(t.dtype, jnp.float32))
 
-  def forward(params):
-    out, new_vars = spec.student.apply(
-        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(step_rng, 1)})
-    logits, aux = out if isinstance(out, tuple) else (out, None)
-    terms = methods.loss_terms(spec.loss, logits, labels, teacher_logits, aux, epoch)
-    return terms, (new_vars["batch_stats"], logits)
+  def forward(params, loss_params):
+    # One student pass per view, in order: BatchNorm statistics move once per view.
+    stats, outs = state.batch_stats, {}
+    for i, name in enumerate(views):
+      rng = jax.random.fold_in(step_rng, 1)
+      out, new_vars = spec.student.apply(
+          {"params": params, "batch_stats": stats}, images[name], train=True,
+          mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(rng, i) if i else rng})
+      stats = new_vars["batch_stats"]
+      logits, aux = out if isinstance(out, tuple) else (out, None)
+      outs[name] = methods.ViewLogits(logits, teacher_logits.get(name), aux)
+    first = outs[views[0]]
+    terms = methods.loss_terms(spec.loss, first.student, labels, first.teacher, first.aux, epoch,
+                               views=outs, loss_params=loss_params)
+    return terms, (stats, first.student)
 
-  if spec.loss.grad_align:
-    def grouped(params):
-      terms, extra = forward(params)
-      return methods.split_for_grad_align(terms), (terms, extra)
-    (task, distill), vjp_fn, (terms, (new_stats, logits)) = jax.vjp(
-        grouped, state.params, has_aux=True)
-    (g_task,) = vjp_fn((jnp.ones_like(task), jnp.zeros_like(distill)))
-    (g_distill,) = vjp_fn((jnp.zeros_like(task), jnp.ones_like(distill)))
-    grads = _project_conflict(g_task, g_distill)
-  else:
-    def total(params):
-      terms, extra = forward(params)
-      return sum(terms.values()), (terms, extra)
-    (_, (terms, (new_stats, logits))), grads = jax.value_and_grad(total, has_aux=True)(
-        state.params)
-
-  loss = sum(terms.values())
+  terms, (new_stats, logits), grads, loss_grads = _gradients(spec, forward, state)
+  loss = methods.total_loss(spec.loss, terms)
+  lr = spec.schedule(state.step)
   updates, new_opt_state = spec.tx.update(grads, state.opt_state, state.params)
   # The LR is a function of the run's step (so of its epoch), not of optax's count, which a
   # skipped step would freeze.
-  updates = state_lib.apply_learning_rate(updates, spec.schedule(state.step))
+  updates = state_lib.apply_learning_rate(updates, lr)
   new_params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_stats)
+  new_loss_params, new_loss_opt_state = state.loss_params, state.loss_opt_state
+  if jax.tree.leaves(state.loss_params):   # the same optimizer, on the loss parameters
+    loss_updates, new_loss_opt_state = spec.tx.update(loss_grads, state.loss_opt_state,
+                                                      state.loss_params)
+    new_loss_params = optax.apply_updates(
+        state.loss_params, state_lib.apply_learning_rate(loss_updates, lr))
+  finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_stats)
+            & _all_finite(loss_grads))
   top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
   step_metrics = dict(terms, loss=loss, top1=top1)
   metric_sums = {k: v + jnp.where(finite, step_metrics[k].astype(jnp.float32), 0.0)
@@ -175,39 +200,56 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: j
       params=_tree_where(finite, new_params, state.params),
       batch_stats=_tree_where(finite, new_stats, state.batch_stats),
       opt_state=_tree_where(finite, new_opt_state, state.opt_state),
+      loss_params=_tree_where(finite, new_loss_params, state.loss_params),
+      loss_opt_state=_tree_where(finite, new_loss_opt_state, state.loss_opt_state),
       metric_sums=metric_sums,
       metric_count=state.metric_count + finite.astype(jnp.int32),
       bad_streak=jnp.where(finite, 0, state.bad_streak + 1),
       skipped=state.skipped + (~finite).astype(jnp.int32))
 
 
+def _augment_view(spec: StepSpec, rng: jax.Array, images_u8: jax.Array,
+                  augment: str) -> tuple[jax.Array, jax.Array]:
+  """(normalized augmented images, view index in the teacher table's view set)."""
+  if augment == "pad_crop_flip":
+    # = data_lib.augment_cifar(rng, images), with the draws kept for the table's view index.
+    offsets, flips = data_lib.cifar_augment_params(rng, images_u8.shape[0])
+    images = data_lib.normalize(data_lib.crop_and_flip(images_u8, offsets, flips), spec.mean,
+                                spec.std)
+    return images, data_lib.cifar_view_index(offsets, flips)
+  images = data_lib.augment_batch(rng, images_u8, augment=augment, mean=spec.mean,
+                                  std=spec.std, crop_area=spec.crop_area,
+                                  crop_aspect=spec.crop_aspect)
+  return images, jnp.zeros((images_u8.shape[0],), jnp.int32)   # 'none': one view per image
+
+
 def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all, table=None):
   """In memory: the step's batch from the device-resident split, augmented on device.
 
-  Returns (images, labels, teacher logits or None): with a teacher table [N, views, C] the
-  logits of each example's drawn view (the same crop offsets and flip as its image).
+  Returns (images, labels, teacher logits or None). With one view, images is an array; with
+  several, {view name: array}, each view augmented with its own augmentation and RNG stream
+  (every view un-augmented under augment='none'). With a teacher table [N, views, C], the
+  logits of each example's drawn view (the same crop offsets and flip as its image) for the
+  views of the run's own augmentation.
   """
   idx = data_lib.cifar_batch_indices(images_u8.shape[0], seed=spec.seed, step=state.step,
                                      batch_size=spec.batch_size)
-  images, labels = jnp.take(images_u8, idx, axis=0), jnp.take(labels_all, idx, axis=0)
+  raw, labels = jnp.take(images_u8, idx, axis=0), jnp.take(labels_all, idx, axis=0)
   aug_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
-  views = jnp.zeros_like(idx)   # 'none': one view per image
-  if spec.augment == "pad_crop_flip":
-    # = data_lib.augment_cifar(aug_rng, images), with the draws kept for the table's view index.
-    offsets, flips = data_lib.cifar_augment_params(aug_rng, spec.batch_size)
-    images = data_lib.normalize(data_lib.crop_and_flip(images, offsets, flips), spec.mean,
-                                spec.std)
-    views = data_lib.cifar_view_index(offsets, flips)
-  else:
-    images = data_lib.augment_batch(aug_rng, images, augment=spec.augment, mean=spec.mean,
-                                    std=spec.std, crop_area=spec.crop_area,
-                                    crop_aspect=spec.crop_aspect)
   sharding = _batch_sharding(spec.mesh)
-  teacher_logits = None
-  if table is not None:
-    teacher_logits = jax.lax.with_sharding_constraint(table[idx, views], sharding)
-  return (jax.lax.with_sharding_constraint(images, sharding),
-          jax.lax.with_sharding_constraint(labels, sharding), teacher_logits)
+  images, teacher_logits = {}, {}
+  for i, view in enumerate(spec.loss.views):
+    augment = "none" if spec.augment == "none" else (view.augment or spec.augment)
+    x, index = _augment_view(spec, jax.random.fold_in(aug_rng, i) if i else aug_rng, raw,
+                             augment)
+    images[view.name] = jax.lax.with_sharding_constraint(x, sharding)
+    if table is not None and augment == spec.augment:
+      teacher_logits[view.name] = jax.lax.with_sharding_constraint(table[idx, index], sharding)
+  labels = jax.lax.with_sharding_constraint(labels, sharding)
+  if len(images) == 1:
+    (name,) = images
+    return images[name], labels, teacher_logits.get(name)
+  return images, labels, teacher_logits or None
 
 
 def steps_as_calls(spec: StepSpec, num_steps: int, force_scan: bool = False) -> bool:
@@ -268,6 +310,11 @@ def make_train_fn(spec: StepSpec, num_steps: int, *, force_scan: bool = False,
   `one_step` is the one-step function to call there (shared, see TrainFns).
   With `spec.teacher_table`, teacher_vars is the teacher-logit table.
   """
+  views = spec.loss.views
+  if not spec.in_memory and len(views) > 1:
+    raise ConfigError(f"method {spec.loss.method!r} reads {len(views)} views of each example "
+                      f"({', '.join(v.name for v in views)}); streamed datasets give one view "
+                      f"for now: use a dataset held in memory (docs/data.md)")
   if steps_as_calls(spec, num_steps, force_scan):
     return repeat_calls(one_step or make_train_fn(spec, 1), num_steps,
                         slice_data=not spec.in_memory)

@@ -8,7 +8,7 @@ stream and data order (a swept `seed=s` run is the run launched alone with `--co
 and its own metrics in WORKDIR/runs/NAME/ (metrics.jsonl, config.json, TensorBoard events),
 NAME being its swept `key=value` pairs joined by commas. Checkpoints hold all runs' states.
 
-Sweepable: `seed` and the float hyperparameters in SWEEPABLE_FLOATS; keys that change shapes or
+Sweepable: `seed` and the float hyperparameters of `sweepable()`; keys that change shapes or
 code (models, method, batch size, dtypes, dataset, schedules' step counts) are refused.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import config as config_lib
 from kd_jax import console
+from kd_jax import methods
 from kd_jax import models
 from kd_jax.errors import ConfigError, TrainingError
 from kd_jax.train import checkpoint as ckpt_lib
@@ -42,16 +43,13 @@ from kd_jax.train import step as step_lib
 
 PyTree = Any
 
-# Float hyperparameters a sweep may vary: they enter the step as traced numbers, so N values
-# share one compiled program. (loss.warmup_epochs, loss.alpha_temperature and lr_decay select
-# code paths or are checked in Python, so they are not here.)
-SWEEPABLE_FLOATS = (
-    "learning_rate", "momentum", "weight_decay",
-    "loss.ce_weight", "loss.kd_weight", "loss.temperature", "loss.alpha", "loss.beta",
-    "loss.label_smoothing", "loss.bkln_weight", "loss.bkln_temperature", "loss.rank_weight",
-    "loss.rank_steepness")
-SWEEPABLE = ("seed",) + SWEEPABLE_FLOATS
 _OPTIMIZER_KEYS = ("learning_rate", "momentum", "weight_decay")
+
+
+def sweepable() -> tuple[str, ...]:
+  """Keys a sweep may vary: seed, the optimizer's floats and the loss floats the method records
+  declare sweepable (they enter the step as traced numbers, so N values share one program)."""
+  return ("seed",) + _OPTIMIZER_KEYS + methods.sweepable_keys()
 
 
 def parse_sweep(text: str) -> list[tuple[str, list[str]]]:
@@ -64,10 +62,10 @@ def parse_sweep(text: str) -> list[tuple[str, list[str]]]:
     if not eq or not vals:
       raise ConfigError(f"config.sweep={text!r}: {part!r} is not KEY=V1,V2,...; expected e.g. "
                         f"'seed=0,1;loss.beta=2,8'")
-    if key not in SWEEPABLE:
+    if key not in sweepable():
       raise ConfigError(f"config.sweep: {key!r} cannot be swept in one program (it changes "
                         f"shapes or code, or is not a float hyperparameter); sweepable: "
-                        f"{list(SWEEPABLE)}")
+                        f"{list(sweepable())}")
     if key in seen:
       raise ConfigError(f"config.sweep={text!r}: {key!r} is listed twice")
     seen.add(key)

@@ -248,12 +248,18 @@ def describe_os_error(e: BaseException) -> str:
 # --- Opening a run's workdir ---------------------------------------------------------------
 
 
-def write_config_json(workdir: str | os.PathLike, config: Any) -> None:
-  """WORKDIR/config.json, replaced atomically (write a temporary file, then rename)."""
+def write_config_json(workdir: str | os.PathLike, config: Any,
+                      sources: Optional[Mapping[str, str]] = None) -> None:
+  """WORKDIR/config.json, replaced atomically (write a temporary file, then rename).
+
+  sources: dotted key -> where its value came from (config.sources), stored as the top-level
+  field `sources` beside the config's keys."""
   path = epath.Path(workdir) / "config.json"
   tmp = epath.Path(workdir) / f".config.json.tmp{os.getpid()}"
   text = config.to_json_best_effort(indent=2, sort_keys=True) if hasattr(
       config, "to_json_best_effort") else json.dumps(config, indent=2, sort_keys=True)
+  if sources is not None:
+    text = json.dumps({**json.loads(text), "sources": dict(sources)}, indent=2, sort_keys=True)
   if not is_local(path):  # an object store replaces an object atomically
     path.write_text(text)
     return
@@ -288,7 +294,8 @@ def open_run(workdir: str | os.PathLike, keep_checkpoints: int, *, process_index
 
 
 def check_and_record_config(config: Any, workdir: str | os.PathLike, checkpointer, *,
-                            process_index: int = 0) -> None:
+                            process_index: int = 0,
+                            sources: Optional[Mapping[str, str]] = None) -> None:
   """Checks the (resolved) run identity against the newest checkpoint's config, and only then
   writes config.json (process 0). ConfigError names every changed identity key."""
   found = checkpointer.latest_meta()
@@ -297,4 +304,4 @@ def check_and_record_config(config: Any, workdir: str | os.PathLike, checkpointe
     old = meta.get("config") or _legacy_config(workdir)
     check_identity(old, config_dict(config), workdir=os.fspath(workdir), step=step)
   if process_index == 0:
-    write_config_json(workdir, config)
+    write_config_json(workdir, config, sources)
