@@ -129,3 +129,69 @@ def test_crop_range_on_cifar_is_refused():
     _validate(c)
   c.augment = "random_resized_crop"   # held in memory, cropped in JAX with these ranges
   _validate(c)
+
+
+def test_presets_are_layers_applying_ls_twice_is_applying_it_once():
+  once = dkd.get_config("vgg13,vgg8,ls")
+  twice = kdc.apply_pair(dkd.get_config("vgg13,vgg8,ls"), "vgg13", "vgg8", ls=True)
+  assert twice.to_json(sort_keys=True) == once.to_json(sort_keys=True)
+  assert (twice.loss.alpha, twice.loss.beta) == (15.0, 30.0)   # 1 * 15 and 2 * 15, not 225
+  rk = kdc.apply_pair(rkkd.get_config("vgg13,vgg8,dkd,ls"), "vgg13", "vgg8", ls=True)
+  assert (rk.loss.alpha, rk.loss.rank_weight) == (15.0, 15.0)
+  # Another pair replaces the pair layer, and LS is recomputed from the values beneath it.
+  other = kdc.apply_pair(dkd.get_config("vgg13,vgg8,ls"), "resnet56", "resnet20", ls=True)
+  assert other.to_json(sort_keys=True) == dkd.get_config("resnet56,resnet20,ls").to_json(
+      sort_keys=True)
+  assert [layer.source for layer in kdc.layers(twice)] == [
+      "method record", "pair preset", "LS recipe"]
+
+
+def test_sources_name_the_layer_each_value_comes_from():
+  c = rkkd.get_config("imagenet_resnet34,imagenet_resnet18,dkd")
+  c.seed = 3   # what a config file sets itself
+  c.loss.beta = 0.7
+  kdc.record_command_line(c.lock(), {})
+  c.unlock()
+  c.learning_rate = 0.3
+  kdc.record_command_line(c, {"learning_rate": 0.3})
+  where = kdc.sources(c)
+  assert set(where) == set(kdc.key_descriptions())
+  assert set(where.values()) <= set(kdc.SOURCES)
+  assert where["method"] == where["base_method"] == where["loss.ce_weight"] == "method record"
+  assert where["batch_size"] == where["loss.temperature"] == "protocol"   # the ImageNet protocol
+  assert where["loss.warmup_epochs"] == "protocol"          # DKD's ImageNet value, 1
+  assert where["teacher"] == "pair preset"
+  assert where["seed"] == where["loss.beta"] == "config file"   # the pair's 0.5, changed
+  assert where["learning_rate"] == "command line"
+  assert where["loss.rank_form"] == "schema default"
+  c2 = dkd.get_config("vgg13,vgg8,ls")
+  assert kdc.sources(c2)["loss.alpha"] == kdc.sources(c2)["loss.temperature"] == "LS recipe"
+  assert kdc.sources(c2)["loss.beta"] == "LS recipe" and c2.loss.beta == 30.0
+  resolved = c2.copy_and_resolve_references()
+  resolved.image_size = 32
+  assert kdc.sources(c2, resolved)["image_size"] == "resolved from the data"
+
+
+def test_print_config_lines_carry_value_source_and_description():
+  c = kd.get_config("vgg13,vgg8")
+  lines = {l.split(" = ")[0]: l for l in kdc.format_config(c, {"loss.temperature": 4.0}).split(
+      "\n")}
+  assert set(lines) == set(kdc.key_descriptions())
+  assert lines["loss.temperature"].startswith("loss.temperature = 4.0 ")
+  assert "  command line  " in lines["loss.temperature"]
+  assert lines["student"].split("  # ")[0].rstrip().endswith("pair preset")
+  assert lines["loss.kd_weight"].endswith("# KD: weight of T^2 KL")
+
+
+def test_no_list_of_loss_keys_outside_the_records():
+  """The schema's loss block, LossSpec and the sweepable keys are the records' declarations."""
+  from kd_jax import methods  # pylint: disable=import-outside-toplevel
+  from kd_jax.train import sweep  # pylint: disable=import-outside-toplevel
+  declared = [h.key for h in methods.hyperparameters()]
+  assert sorted(kdc.base_config().loss.keys()) == sorted(declared)
+  spec = methods.LossSpec.from_config(kd.get_config())
+  assert [k for k, _ in spec.hyper] == sorted(declared)
+  assert set(sweep.sweepable()) - {"seed", "learning_rate", "momentum", "weight_decay"} == {
+      f"loss.{h.key}" for h in methods.hyperparameters() if h.sweepable}
+  assert methods.get("dhkd").own_keys == ("grad_align",)
+  assert methods.get("rkkd").own_keys == ("rank_weight",)
