@@ -305,8 +305,9 @@ def test_a_new_method_trains_checkpoints_and_resumes(toy, tmp_path):
   states = _restore(first, template)
   tau = {s: float(st.loss_params[toy.NAME]["tau"]) for s, st in states.items()}
   assert tau[2] != 1.0 and tau[4] != tau[2]
-  # Through the reversal, tau moved like -lr * (-dterm/dtau): the term's slope's sign.
+  # The student's optimizer (SGD with momentum) moves tau: its momentum trace holds it.
   assert float(states[4].loss_opt_state[1].trace[toy.NAME]["tau"]) != 0.0
+  assert not jax.tree.leaves(states[4].opt_state[1].trace.get(toy.NAME, {}))
 
   shutil.copytree(first, again)
   shutil.rmtree(os.path.join(again, "checkpoints", "4"))

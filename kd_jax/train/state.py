@@ -42,13 +42,13 @@ _LOSS_FIELDS = ("loss_params", "loss_opt_state")
 
 
 def _flatten_with_keys(state: TrainState):
-  """Children by field name. Without learnable loss parameters (no leaves), the loss fields
-  are static (kept in the treedef), so such a state, and its checkpoints, have exactly the
-  layout of a state that has no loss fields at all."""
+  """Children by field name. Without learnable loss parameters (loss_params == {}), the loss
+  fields are static (kept in the treedef), so such a state, and its checkpoints, have exactly
+  the layout of a state that has no loss fields at all."""
   fields = _STUDENT_FIELDS
   loss = tuple(getattr(state, n) for n in _LOSS_FIELDS)
   aux = jax.tree.structure(loss)
-  if jax.tree.leaves(loss):
+  if state.loss_params:
     fields, aux = fields + _LOSS_FIELDS, None
   return [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in fields], aux
 
