@@ -529,8 +529,8 @@ def _loss_values(config) -> None:
 
 def _views(config) -> None:
   """The run's views: known augmentations; a teacher table serves the run's own augmentation."""
-  records = [methods.get(n) for n in (lambda b, p: (b,) + p)(*methods.methods_of(config))]
-  views = methods.run_views(records)
+  base, plugins = methods.methods_of(config)
+  views = methods.run_views([methods.get(n) for n in (base,) + plugins])
   for view in views:
     if view.augment and view.augment not in data_sources.AUGMENTATIONS:
       raise ConfigError(f"method {config.method!r}: view {view.name!r} has augmentation "
