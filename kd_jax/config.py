@@ -617,12 +617,17 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
     raise ConfigError(f"config.num_classes={config.num_classes!r} is not accepted; expected a "
                       f"positive integer")
   _augment_and_normalization(config)
-  if config.teacher_cache and (config.dataset not in IN_MEMORY_DATASETS or
-                              config.augment not in ("auto", "pad_crop_flip", "none")):
-    raise ConfigError(f"config.teacher_cache={config.teacher_cache!r} needs an in-memory "
-                      f"dataset {sorted(IN_MEMORY_DATASETS)} with augment 'pad_crop_flip' or "
-                      f"'none' (a finite set of views); got dataset {config.dataset!r}, augment "
-                      f"{config.augment!r} (set config.teacher_cache='')")
+  if config.teacher_cache:
+    try:   # the augmentation's number of distinct views, if finite (kd_jax/data)
+      cifar_data.cifar_num_views(data_sources.resolve_augment(config.augment, True))
+      finite = ""
+    except DataError as e:
+      finite = f"; {e}"
+    if config.dataset not in IN_MEMORY_DATASETS or finite:
+      raise ConfigError(f"config.teacher_cache={config.teacher_cache!r} needs an in-memory "
+                        f"dataset {sorted(IN_MEMORY_DATASETS)} and an augmentation with a "
+                        f"finite set of views; got dataset {config.dataset!r}, augment "
+                        f"{config.augment!r}{finite.rstrip('.')} (set config.teacher_cache='')")
   if config.wandb_project:
     import importlib.util  # pylint: disable=g-import-not-at-top
     if importlib.util.find_spec("wandb") is None:

@@ -416,6 +416,10 @@ def _check_record(method: Method) -> None:
       if key.startswith("loss.") and key[5:] not in own:
         raise ValueError(f"method {method.name!r} sets {key}, which no record declares; "
                          f"declare it in the record's hypers")
+  for key in (method.distill_weight, method.plugin_weight):
+    if key is not None and key not in own:
+      raise ValueError(f"method {method.name!r} names loss.{key} as a weight; no record "
+                       f"declares it")
   if not method.views or len({v.name for v in method.views}) != len(method.views):
     raise ValueError(f"method {method.name!r}: views must be one or more distinct names")
   if set(method.term_names) & ({"ce", "loss", "top1"} | set(method.metric_names)):
