@@ -25,6 +25,8 @@ SOURCES: dict[str, str] = {
     "R:ls": "sunshangquan/logit-standardization-KD README (LS paper tables)",
     "R:crd": "HobbitLong/RepDistiller README (CRD paper tables)",
     "R:td": "torchdistill ImageNet ResNet18 KD benchmark table",
+    "R:ctkd": "zhengli97/CTKD README (CTKD paper tables)",
+    "R:dist": "hunto/DIST_KD README (DIST paper tables; CIFAR values are means over runs)",
     "R:tv": "torchvision model documentation (IMAGENET1K_V1 weights)",
     "P": "read directly in the paper",
     "T": "third-party transcription (paper notes, DSKD README, issue reports)",
@@ -40,7 +42,7 @@ VANILLA = ("teacher", "ce")
 class Published:
   """One published top-1 (%) for (dataset, method, teacher, student)."""
   dataset: str
-  method: str      # 'teacher' | 'ce' | 'kd' | 'dkd' | 'rld' | 'kd+ls' | 'dkd+ls'
+  method: str      # 'teacher', 'ce', a method ('kd', 'ctkd', ...), its '+ls' or 'rkkd(...)' form
   teacher: str     # '' for 'teacher'/'ce'
   student: str     # the trained model
   top1: float
@@ -163,6 +165,46 @@ _LS = tuple(
     _c(method, t, s, top1, "R:ls", "best")
     for (t, s), pair in _LS_GRID.items() for method, top1 in zip(("kd+ls", "dkd+ls"), pair))
 
+# docs/results.md §4, the rest of the LS grid (all R:ls, best-epoch):
+# (CTKD, CTKD+LS, MLKD, MLKD+LS). The CTKD README lists six of the CTKD values too (R:ctkd).
+_LS_GRID_CTKD_MLKD: dict[tuple[str, str], tuple[float, float, float, float]] = {
+    ("resnet32x4", "resnet8x4"): (73.39, 76.67, 77.08, 78.28),
+    ("vgg13", "vgg8"): (73.52, 74.47, 75.18, 75.22),
+    ("wrn_40_2", "wrn_40_1"): (73.93, 74.58, 75.35, 75.56),
+    ("wrn_40_2", "wrn_16_2"): (75.45, 76.08, 76.63, 76.95),
+    ("resnet56", "resnet20"): (71.19, 71.34, 72.19, 72.33),
+    ("resnet110", "resnet32"): (73.52, 74.01, 74.11, 74.32),
+    ("resnet110", "resnet20"): (70.99, 71.39, 71.89, 72.27),
+    ("resnet32x4", "ShuffleV2"): (75.37, 76.18, 78.44, 78.76),
+    ("resnet32x4", "wrn_16_2"): (74.57, 75.16, 76.52, 77.53),
+    ("resnet32x4", "wrn_40_2"): (77.66, 77.99, 79.26, 79.66),
+    ("wrn_40_2", "resnet8x4"): (74.61, 77.03, 77.33, 77.68),
+    ("wrn_40_2", "MobileNetV2"): (68.34, 69.53, 70.78, 71.61),
+    ("vgg13", "MobileNetV2"): (68.50, 68.98, 70.57, 70.94),
+    ("ResNet50", "MobileNetV2"): (68.67, 69.36, 71.04, 71.19),
+}
+_IN_CTKD_README = {("vgg13", "vgg8"), ("wrn_40_2", "wrn_40_1"), ("wrn_40_2", "wrn_16_2"),
+                   ("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet110", "resnet20")}
+_CTKD_NOTE = "the CTKD paper's convention is not stated; its train script tracks best_acc"
+_LS_CTKD_MLKD = tuple(
+    _c(method, t, s, top1,
+       "R:ctkd,R:ls" if method == "ctkd" and (t, s) in _IN_CTKD_README else "R:ls", "best",
+       _CTKD_NOTE if method == "ctkd" else "")
+    for (t, s), row in _LS_GRID_CTKD_MLKD.items()
+    for method, top1 in zip(("ctkd", "ctkd+ls", "mlkd", "mlkd+ls"), row))
+
+# docs/results.md §8: DIST on CIFAR-100 (R:dist; means over runs, their std in the note).
+_DIST_NOTE = ("mean ± {} over runs (count not stated); convention assumed: the trainer keeps "
+              "the best checkpoints by top-1")
+_DIST_CIFAR = (
+    _c("dist", "wrn_40_2", "wrn_40_1", 74.43, "R:dist", "best", _DIST_NOTE.format(0.24)),
+    _c("dist", "resnet56", "resnet20", 71.75, "R:dist", "best", _DIST_NOTE.format(0.30)),
+    _c("dist", "resnet32x4", "resnet8x4", 76.31, "R:dist", "best", _DIST_NOTE.format(0.19)),
+    _c("dist", "ResNet50", "MobileNetV2", 68.66, "R:dist", "best", _DIST_NOTE.format(0.23)),
+    _c("dist", "resnet32x4", "ShuffleV1", 76.34, "R:dist", "best", _DIST_NOTE.format(0.18)),
+    _c("dist", "resnet32x4", "ShuffleV2", 77.35, "R:dist", "best", _DIST_NOTE.format(0.25)),
+)
+
 # docs/results.md §6: ImageNet top-1.
 _R34, _R18 = "imagenet_resnet34", "imagenet_resnet18"
 _R50, _MV1 = "imagenet_resnet50", "MobileNetV1"
@@ -185,13 +227,22 @@ _IMAGENET = (
     _i("dkd", _R50, _MV1, 72.05, "R:md", "best"),
     _i("rld", _R34, _R18, 71.91, "T", "best"),
     _i("rld", _R50, _MV1, 72.75, "T", "best"),
+    _i("ctkd", _R34, _R18, 71.32, "R:ctkd", "best",
+       "CTKD's own baselines: teacher 73.96, student 70.26, KD 70.83; convention assumed"),
+    _i("ctkd(dkd)", _R34, _R18, 71.51, "R:ctkd", "best",
+       "CTKD on the DKD base; CTKD's own DKD baseline 71.13; convention assumed"),
+    _i("dist", _R34, _R18, 72.07, "R:dist", "best", "convention assumed"),
+    _i("dist", _R50, _MV1, 73.24, "R:dist", "best",
+       "DIST's MobileNetV1 baseline is 70.13 (not the DKD paper's 68.87); convention assumed"),
 )
 
-# Not carried (no kd_jax method or not a training result): LA/RC/LR, CTKD, MLKD, DOT columns;
-# the RLD ablation; issue reports of downloaded checkpoints and reproductions; top-5 values;
-# DHKD and RKKD (docs/results.md §7: no verified tables).
+# Not carried (no kd_jax method or not a training result): LA/RC/LR and DOT columns; the KD
+# baselines the CTKD and DIST READMEs reprint; the RLD ablation; issue reports of downloaded
+# checkpoints and reproductions; top-5 values; DHKD and RKKD (docs/results.md §7: no verified
+# tables). The MLKD README publishes no numbers.
 ENTRIES: tuple[Published, ...] = (
-    _VANILLA_CIFAR + _SAME_FAMILY + _CROSS_FAMILY + _LS + _IMAGENET)
+    _VANILLA_CIFAR + _SAME_FAMILY + _CROSS_FAMILY + _LS + _LS_CTKD_MLKD + _DIST_CIFAR
+    + _IMAGENET)
 
 
 def method_key(method: str, base_method: str = "", standardize: bool = False) -> str:

@@ -2,8 +2,15 @@ r"""Commands that reproduce the papers' tables, one per cell and seed, with the 
 
   python scripts/reproduce.py --table cifar_same --seeds 0,1,2            # print the commands
   python scripts/reproduce.py --table cifar_same --seeds 0,1,2 --run      # run them one by one
-  python scripts/reproduce.py --markdown                                  # the README table
+  python scripts/reproduce.py --table cifar_same --run -- --config.num_epochs=1   # overrides
+  python scripts/reproduce.py --markdown                                  # docs/reproduce.md's table
 Then: python -m kd_jax.report workdirs/cifar_same/* --out reports/cifar_same
+
+--run uses this interpreter (sys.executable) and this repository's launch.py, from any working
+directory (--workroot and --teachers-dir are taken relative to the working directory). Arguments
+after `--` are added to every cell's command. A failing cell is one line (its command and its
+last error line) and the next cell starts, unless --stop-on-error; a summary line ends the run
+(done / failed / skipped) and the exit code is 1 when a cell failed.
 """
 from __future__ import annotations
 
@@ -13,7 +20,8 @@ import shlex
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from kd_jax import config as kdc  # pylint: disable=wrong-import-position
 from kd_jax import methods as methods_lib  # pylint: disable=wrong-import-position
@@ -47,7 +55,7 @@ TABLES: dict[str, dict] = {
         "methods": ["kd+ls"]},
 }
 
-# Where the public teachers are, once downloaded (README: "Teachers").
+# Where the public teachers are, once downloaded (docs/getting_started.md, step 2).
 CIFAR_TEACHER = "{dir}/{t}_vanilla/ckpt_epoch_240.pth"     # mdistiller cifar_teachers.tar
 # torchvision IMAGENET1K_V1 files, as mdistiller loads them.
 IMAGENET_TEACHER = {"imagenet_resnet34": "{dir}/imagenet/resnet34-333f7ec4.pth",
@@ -86,7 +94,7 @@ def expected(table: str, method: str, teacher: str, student: str) -> str:
 
 
 def markdown() -> str:
-  """The README table: one command per cell, with $T (teachers), $W (workdirs), $SEED."""
+  """The docs/reproduce.md table: one command per cell, with $T (teachers), $W (workdirs), $SEED."""
   lines = []
   for table in TABLES:
     lines += [f"\n**{table}**\n", "| method | teacher → student | published top-1 | command |",
@@ -97,6 +105,36 @@ def markdown() -> str:
       lines.append(f"| {method} | {teacher} → {student} | "
                    f"{expected(table, method, teacher, student)} | `{cmd}` |")
   return "\n".join(lines)
+
+
+def runnable(cmd: list[str], overrides: list[str]) -> list[str]:
+  """A cell's command as --run starts it: this interpreter, this repository's launch.py and
+  config files, absolute workdir and teacher paths, then `overrides`."""
+  out = [sys.executable, os.path.join(REPO, "launch.py")]
+  for a in cmd[2:]:
+    if a.startswith("--config=configs/"):
+      a = "--config=" + os.path.join(REPO, a[len("--config="):])
+    elif a.startswith(("--workdir=", "--config.teacher_checkpoint=")):
+      key, value = a.split("=", 1)
+      a = f"{key}={os.path.abspath(value)}"
+    out.append(a)
+  return out + list(overrides)
+
+
+def _last_error_line(stderr: str) -> str:
+  lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+  return lines[-1] if lines else "(no error output)"
+
+
+def run_cell(cmd: list[str]) -> tuple[int, str]:
+  """Runs one cell; (exit code, its last stderr line). Its stdout (progress) goes to the
+  terminal as it comes; of its stderr, kd_jax's `warning:` lines are passed on once it ends."""
+  proc = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True, check=False)
+  if proc.returncode == 0:
+    for line in (proc.stderr or "").splitlines():
+      if line.startswith("warning: "):
+        print(line, file=sys.stderr, flush=True)
+  return proc.returncode, _last_error_line(proc.stderr or "")
 
 
 def _usage_error(message: str) -> int:
@@ -113,8 +151,16 @@ def main(argv=None) -> int:
                  help="the untarred cifar_teachers; ImageNet files go in its imagenet/")
   p.add_argument("--workroot", default="workdirs")
   p.add_argument("--run", action="store_true", help="run the commands one after the other")
-  p.add_argument("--markdown", action="store_true", help="print the README table")
-  args = p.parse_args(argv)
+  p.add_argument("--stop-on-error", action="store_true",
+                 help="with --run: stop at the first failing cell (default: go on)")
+  p.add_argument("--markdown", action="store_true", help="print the docs' table")
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+  args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+  bad = [o for o in overrides if not o.startswith("--")]
+  if bad:
+    return _usage_error(f"override {bad[0]!r} after '--' is not a flag; expected e.g. "
+                        f"--config.num_epochs=1")
   if args.markdown:
     print(markdown())
     return 0
@@ -137,13 +183,29 @@ def main(argv=None) -> int:
     in_tables = sorted({m for t in tables for m in TABLES[t]["methods"]})
     return _usage_error(f"--table={args.table} --methods={args.methods} selects no cell; the "
                         f"methods of {args.table}: {', '.join(in_tables)}")
-  for table, (method, teacher, student) in selected:
-    for seed in seeds:
-      cmd = command(table, method, teacher, student, seed, args.teachers_dir, args.workroot)
-      print(f"# expected: {expected(table, method, teacher, student)}")
-      print(shlex.join(cmd), flush=True)
-      if args.run:
-        subprocess.run(cmd, check=True)
+  jobs = [(t, c, seed) for t, c in selected for seed in seeds]
+  done, failed = 0, []
+  for i, (table, (method, teacher, student), seed) in enumerate(jobs):
+    cmd = command(table, method, teacher, student, seed, args.teachers_dir, args.workroot)
+    print(f"# expected: {expected(table, method, teacher, student)}")
+    if not args.run:
+      print(shlex.join(cmd + overrides), flush=True)
+      continue
+    cmd = runnable(cmd, overrides)
+    print(f"[{i + 1}/{len(jobs)}] {shlex.join(cmd)}", flush=True)
+    rc, last = run_cell(cmd)
+    if rc == 0:
+      done += 1
+      continue
+    failed.append(cmd)
+    print(f"FAILED (exit {rc}): {shlex.join(cmd)} -- {last}", flush=True)
+    if args.stop_on_error:
+      break
+  if args.run:
+    skipped = len(jobs) - done - len(failed)
+    print(f"reproduce: {done} done, {len(failed)} failed, {skipped} skipped "
+          f"(of {len(jobs)} cell{'' if len(jobs) == 1 else 's'})", flush=True)
+    return 1 if failed else 0
   return 0
 
 

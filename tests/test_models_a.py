@@ -15,7 +15,7 @@ import pytest
 from kd_jax import models
 from kd_jax.models import imagenet_resnet, layers, resnet, resnetv2, wrn
 
-# The README zoo table: parameters at 100 classes (ImageNet models at 1000) and state_dict
+# The zoo table of docs/models.md: parameters at 100 classes (ImageNet models at 1000) and state_dict
 # entries (params + BN buffers + num_batches_tracked) where the table gives them.
 PARAM_COUNTS = {
     "resnet8": 83_892, "resnet14": 181_108, "resnet20": 278_324, "resnet32": 472_756,

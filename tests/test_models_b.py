@@ -1,6 +1,7 @@
 """Model zoo part B (VGG, MobileNets, ShuffleNets): shapes, parameter counts, training, bf16.
 
-Parity: random PyTorch twins (tests/torch_twins_b.py) imported through kd_jax.models.
+Parity: random PyTorch twins (kd_jax.torch_models, randomised in tests/torch_twins_b.py)
+imported through kd_jax.models.
 """
 from __future__ import annotations
 

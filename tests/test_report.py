@@ -316,7 +316,9 @@ def test_lookup_uses_registry_names():
   assert all(s in published.SOURCES for e in published.ENTRIES for s in e.source.split(","))
 
 
-_COLUMNS = {"KD": "kd", "DKD": "dkd", "RLD": "rld", "KD+LS": "kd+ls", "DKD+LS": "dkd+ls"}
+_COLUMNS = {"KD": "kd", "DKD": "dkd", "RLD": "rld", "KD+LS": "kd+ls", "DKD+LS": "dkd+ls",
+            "CTKD": "ctkd", "CTKD+LS": "ctkd+ls", "MLKD": "mlkd", "MLKD+LS": "mlkd+ls",
+            "DIST": "dist"}
 _TAGGED = re.compile(r"(\d+\.\d+)\s*`([^`]+)`")
 
 
@@ -354,7 +356,7 @@ def test_published_cifar_pairs_match_results_md():
       seen.add(match[0])
   cifar_pairs = [e for e in published.ENTRIES
                  if e.dataset == "cifar100" and e.method not in published.VANILLA]
-  assert len(seen) == 77  # 22 same-family, 27 cross-family, 28 LS entries
+  assert len(seen) == 139  # 22 same-family, 27 cross-family, 84 LS-grid, 6 DIST entries
   assert set(cifar_pairs) == seen
 
 

@@ -1,4 +1,5 @@
-"""Every paper-table cell of scripts/reproduce.py builds a valid config, and the README lists it."""
+"""Every paper-table cell of scripts/reproduce.py builds a valid config, docs/reproduce.md lists it,
+and --run runs the cells from any directory."""
 import json
 import os
 
@@ -37,10 +38,11 @@ def test_cell_config_is_valid(table, method, teacher, student):
   assert config.dataset == ("imagenet2012" if table.startswith("imagenet") else "cifar100")
 
 
-def test_readme_lists_one_command_per_cell():
-  readme = open(os.path.join(REPO, "README.md")).read()
+def test_docs_list_one_command_per_cell():
+  page = open(os.path.join(REPO, "docs", "reproduce.md")).read()
   table = reproduce.markdown()
-  assert table.strip() in readme, "README is out of date: python scripts/reproduce.py --markdown"
+  assert table.strip() in page, ("docs/reproduce.md is out of date: "
+                                 "python scripts/reproduce.py --markdown")
   assert table.count("python launch.py") == len(CELLS)
 
 
@@ -97,3 +99,52 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, needle, capsys):
   captured = capsys.readouterr()
   assert captured.out == ""
   assert captured.err.count("\n") == 1 and needle in captured.err
+
+
+def test_run_from_another_directory_reports_each_failing_cell_and_passes_overrides(tmp_path):
+  """--run without an activated venv and outside the repo: this interpreter and the repo's
+  launch.py; the override after `--` reaches the cell (which fails on it at validation): one
+  line naming the command and the error, then the summary."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JAX_PLATFORMS": "cpu",
+         "TF_CPP_MIN_LOG_LEVEL": "3"}
+  res = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "reproduce.py"),
+                        "--table", "imagenet_ls", "--seeds", "1", "--run", "--",
+                        "--config.batch_size=0"], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=300)
+  assert res.returncode == 1, res.stderr[-2000:]
+  assert "Traceback" not in res.stdout + res.stderr
+  failed = [l for l in res.stdout.splitlines() if l.startswith("FAILED")]
+  assert len(failed) == 1, res.stdout
+  for line in failed:
+    assert "--config.seed=1 --config.batch_size=0 -- " in line, line
+    assert line.split(" -- ")[-1].startswith("error: config.batch_size=0"), line
+    assert os.path.join(REPO, "launch.py") in line and line.split()[3] == sys.executable
+    assert f"--workdir={tmp_path}{os.sep}workdirs{os.sep}imagenet_ls{os.sep}" in line
+  assert res.stdout.strip().splitlines()[-1] == "reproduce: 0 done, 1 failed, 0 skipped (of 1 cell)"
+
+
+def test_run_stops_on_error_only_when_asked(monkeypatch, capsys):
+  calls = []
+
+  def fake(cmd):
+    calls.append(cmd)
+    return (0, "") if len(calls) == 1 else (2, "error: boom")
+
+  monkeypatch.setattr(reproduce, "run_cell", fake)
+  argv = ["--table", "cifar_ls", "--methods", "kd+ls", "--run"]
+  n = len([c for c in reproduce.cells("cifar_ls") if c[0] == "kd+ls"])
+  assert reproduce.main(argv + ["--stop-on-error", "--", "--config.num_epochs=1"]) == 1
+  out = capsys.readouterr().out
+  assert len(calls) == 2 and all(c[-1] == "--config.num_epochs=1" for c in calls)
+  assert out.count("FAILED (exit 2)") == 1 and "-- error: boom" in out
+  assert out.strip().splitlines()[-1] == (f"reproduce: 1 done, 1 failed, {n - 2} skipped "
+                                          f"(of {n} cells)")
+  calls.clear()
+  assert reproduce.main(argv) == 1           # without: every cell runs
+  assert len(calls) == n
+  assert capsys.readouterr().out.strip().splitlines()[-1] == (
+      f"reproduce: 1 done, {n - 1} failed, 0 skipped (of {n} cells)")
+  assert reproduce.main(argv + ["--", "oops"]) == 2   # an override that is not a flag
+  assert "override 'oops'" in capsys.readouterr().err

@@ -256,8 +256,9 @@ def restore_variables(directory: str, which: str = "auto") -> tuple[PyTree, str]
     kind = "variables" if directory.name == "best" else "state"
     candidates.append((directory, kind))
   for path, item in candidates:
-    mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False))
+    with console.without_log_records("directory is read only", "Options.read_only=True"):
+      mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+          read_only=True, create=False))
     step = mngr.latest_step()
     if step is None:
       continue

@@ -23,6 +23,7 @@ from etils import epath
 import jax
 
 from kd_jax import console
+from kd_jax.train import progress
 from kd_jax.errors import ConfigError
 from kd_jax.train.workdir import is_local
 
@@ -198,19 +199,9 @@ class MetricWriter:
                        if k != "step" and isinstance(v, (int, float))}, step=int(step))
 
   def print_progress(self, step: int, scalars: dict[str, Any], eta_s: Optional[float]) -> None:
-    if not self.enabled:
-      return
-    parts = [f"step {step}/{self.total_steps}"]
-    for key in ("epoch", "train/loss", "train/top1", "eval/top1", "eval/top5", "lr",
-                "images_per_sec"):
-      if key in scalars:
-        v = _jsonable(scalars[key])
-        parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
-    if scalars.get("skipped_steps"):
-      parts.append(f"skipped {int(scalars['skipped_steps'])} non-finite steps so far")
-    if eta_s is not None:
-      parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))}")
-    console.info(" | ".join(parts))
+    if self.enabled:  # accuracies in percent, ETA as M:SS (progress.step_line)
+      console.info(progress.step_line(step, self.total_steps,
+                                      {k: _jsonable(v) for k, v in scalars.items()}, eta_s))
 
   def close(self) -> None:
     if self._tb is not None:

@@ -6,7 +6,11 @@ a terminal (a log file, a notebook, CI) it prints a line when a phase starts, at
 `interval_s` seconds while it runs, and when it ends. Only process 0 writes.
 
 `run_summary(workdir)` is the human-readable end of a run, read back from the workdir's
-metrics.jsonl, so re-running a finished run prints exactly the same summary.
+metrics.jsonl (and config.json), so re-running a finished run prints exactly the same summary.
+
+Every human-readable line formats the same way: accuracies in percent (`format_percent`;
+metrics.jsonl keeps fractions), durations and ETAs as M:SS or H:MM:SS (`format_duration`), a
+log line's metrics through `format_metric` / `step_line`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import time
 from typing import Any, Callable, Optional, TextIO
 
 from etils import epath
+import numpy as np
 
 from kd_jax import console
 
@@ -30,6 +35,46 @@ def format_duration(seconds: Optional[float]) -> str:
   h, rest = divmod(seconds, 3600)
   m, s = divmod(rest, 60)
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# Metrics that are accuracies (fractions in metrics.jsonl, percent on the terminal).
+PERCENT_METRICS = ("train/top1", "train/top5", "eval/top1", "eval/top5", "teacher/top1",
+                   "teacher/top5")
+
+
+def format_percent(fraction: Any) -> str:
+  """0.015 -> '1.50%'."""
+  return f"{100.0 * float(fraction):.2f}%"
+
+
+def format_metric(key: str, value: Any) -> str:
+  """'eval/top1 1.50%' for an accuracy, 'train/loss 4.536' (4 significant digits) otherwise."""
+  if key in PERCENT_METRICS or key.endswith(("/top1", "/top5")):
+    return f"{key} {format_percent(value)}"
+  if isinstance(value, float):
+    return f"{key} {value:.4g}"
+  return f"{key} {value}"
+
+
+# The metrics of a training log line, in this order.
+STEP_LINE_METRICS = ("epoch", "train/loss", "train/top1", "eval/top1", "eval/top5", "lr",
+                     "images_per_sec")
+
+
+def step_line(step: int, total_steps: int, scalars: dict[str, Any],
+              eta_s: Optional[float]) -> str:
+  """'step 10/60 | epoch 0.1667 | train/loss 4.536 | train/top1 1.25% | ... | ETA 1:05'."""
+  parts = [f"step {step}/{total_steps}"]
+  for key in STEP_LINE_METRICS:
+    if key in scalars:
+      value = scalars[key]
+      value = float(value) if isinstance(value, (float, np.floating)) else value
+      parts.append(format_metric(key, value))
+  if scalars.get("skipped_steps"):
+    parts.append(f"skipped {int(scalars['skipped_steps'])} non-finite steps so far")
+  if eta_s is not None:
+    parts.append(f"ETA {format_duration(eta_s)}")
+  return " | ".join(parts)
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -187,8 +232,27 @@ def _read_metrics(path: epath.Path) -> list[dict[str, Any]]:
   return records
 
 
-def _pct(x: Any) -> str:
-  return f"{100.0 * float(x):.2f}%"
+_pct = format_percent
+
+
+def _run_line(workdir: str) -> Optional[str]:
+  """'  method rkkd: student resnet8, teacher resnet8 with RANDOM weights (...)' from config.json."""
+  path = epath.Path(workdir) / "config.json"
+  try:
+    config = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  if not isinstance(config, dict) or "method" not in config:
+    return None
+  line = f"  method {config['method']}: student {config.get('student')}"
+  teacher, source = config.get("teacher"), str(config.get("teacher_checkpoint") or "")
+  if teacher:
+    if source.startswith("random:"):
+      line += (f", teacher {teacher} with RANDOM weights (teacher_checkpoint={source!r}: a "
+               f"pipeline check, not a distillation result)")
+    elif source:
+      line += f", teacher {teacher} from {source}"
+  return line
 
 
 def run_summary(workdir: str) -> str:
@@ -198,6 +262,9 @@ def run_summary(workdir: str) -> str:
   a teacher), the wall time and where the best checkpoint and the metrics are.
   """
   path = epath.Path(workdir) / "metrics.jsonl"
+  runs_dir = epath.Path(workdir) / "runs"
+  if not path.exists() and runs_dir.is_dir():
+    return sweep_summary(workdir)
   records = _read_metrics(path)
   evals = [r for r in records if "eval/top1" in r]
   steps = max((int(r.get("step", 0)) for r in records), default=0)
@@ -205,6 +272,9 @@ def run_summary(workdir: str) -> str:
   epochs = max((float(r["epoch"]) for r in records if "epoch" in r), default=0.0)
   lines = [f"Done: {steps} steps ({epochs:.3g} epoch{'' if epochs == 1 else 's'}) in "
            f"{format_duration(elapsed)} wall time ({workdir})"]
+  run_line = _run_line(workdir)
+  if run_line:
+    lines.append(run_line)
   if evals:
     best = max(evals, key=lambda r: (r["eval/top1"], -r["step"]))
     last = evals[-1]
@@ -222,4 +292,33 @@ def run_summary(workdir: str) -> str:
   if teacher:
     lines.append(f"  teacher top-1    {_pct(teacher[-1]['teacher/top1'])}")
   lines.append(f"  metrics: {os.fspath(path)}")
+  return "\n".join(lines)
+
+
+def sweep_summary(workdir: str) -> str:
+  """Summary of a sweep workdir: one line per run (WORKDIR/runs/NAME/metrics.jsonl) with its
+  best and last eval top-1 in percent; the sweep keeps no best model per run."""
+  runs_dir = epath.Path(workdir) / "runs"
+  names = sorted(p.name for p in runs_dir.iterdir() if (p / "metrics.jsonl").exists())
+  per_run = {n: _read_metrics(runs_dir / n / "metrics.jsonl") for n in names}
+  records = [r for rs in per_run.values() for r in rs]
+  steps = max((int(r.get("step", 0)) for r in records), default=0)
+  elapsed = max((float(r["elapsed_s"]) for r in records if "elapsed_s" in r), default=None)
+  lines = [f"Done: a sweep of {len(names)} runs, {steps} steps each, in "
+           f"{format_duration(elapsed)} wall time ({workdir})"]
+  run_line = _run_line(workdir)
+  if run_line:
+    lines.append(run_line)
+  width = max((len(n) for n in names), default=0)
+  for name in names:
+    evals = [r for r in per_run[name] if "eval/top1" in r]
+    if not evals:
+      lines.append(f"  {name:<{width}}  no evaluation recorded yet")
+      continue
+    best = max(evals, key=lambda r: (r["eval/top1"], -r["step"]))
+    lines.append(f"  {name:<{width}}  best eval top-1 {_pct(best['eval/top1'])} (step "
+                 f"{best['step']}), last {_pct(evals[-1]['eval/top1'])} (step "
+                 f"{evals[-1]['step']})")
+  lines.append(f"  metrics: {os.fspath(runs_dir)}/NAME/metrics.jsonl; export a run with "
+               f"python -m kd_jax.export {workdir} --run NAME --out FILE")
   return "\n".join(lines)
