@@ -714,9 +714,9 @@ _KD_LS_IMAGENET: dict[Pair, LSSetting] = {
 _DECOUPLED_CIFAR = {"loss.ce_weight": 1.0, "loss.alpha": 1.0, "loss.beta": 8.0,
                     "loss.temperature": 4.0, "loss.warmup_epochs": 20}
 
-# The distillation weight of KD, CTKD, MLKD and DIST.
-_KD_WEIGHT = Hyper("kd_weight", 0.9, "CTKD, MLKD, DIST: weight of their distillation terms; "
-                   "KD: weight of T^2 KL", Range(0.0), sweepable=True)
+# The distillation weight of KD (and of CTKD's KD term, MLKD's and DIST's terms, which
+# declare the same key).
+_KD_WEIGHT = Hyper("kd_weight", 0.9, "KD: weight of T^2 KL", Range(0.0), sweepable=True)
 
 # Keys DKD and RLD share.
 _ALPHA = Hyper("alpha", 1.0, "DKD/RLD: weight of TCKD/SCD", Range(0.0), sweepable=True)
