@@ -343,3 +343,48 @@ def test_ctkd_temperature_trains_is_logged_and_resumes(tmp_path):
   jax.tree.map(np.testing.assert_array_equal,
                [states[4][k] for k in ("loss_params", "loss_opt_state")],
                [resumed[k] for k in ("loss_params", "loss_opt_state")])
+
+
+def test_mlkd_step_runs_the_student_once_per_view():
+  """One MLKD step on a tiny BatchNorm model: the running statistics are those of two train-mode
+  passes, weak then strong (momentum applied twice), and train top-1 is the weak view's."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from kd_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x.reshape(x.shape[0], -1))
+      return nn.Dense(10)(x)
+
+  model = Tiny()
+  rng = np.random.default_rng(1)
+  weak = jnp.asarray(rng.normal(size=(8, 2, 2, 3)), jnp.float32)
+  strong = jnp.asarray(rng.normal(size=(8, 2, 2, 3)) * 3 + 1, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+  variables = model.init(jax.random.PRNGKey(0), weak, train=False)
+  teacher_vars = model.init(jax.random.PRNGKey(1), weak, train=False)
+  config = config_file("mlkd")
+  loss = methods.LossSpec.from_config(config)
+  tx = state_lib.make_optimizer(config)
+  spec = step_lib.StepSpec(
+      student=model, teacher=model, tx=tx, schedule=lambda s: 0.0, loss=loss,
+      steps_per_epoch=10, batch_size=8, seed=0, in_memory=True, mean=(0.0,) * 3,
+      std=(1.0,) * 3, max_bad_steps=3,
+      mesh=jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)))
+  state = state_lib.create_state(variables["params"], variables["batch_stats"], tx,
+                                 jax.random.PRNGKey(0), loss.metric_names)
+  one_step = jax.jit(lambda *a: step_lib._one_step(spec, *a))  # pylint: disable=protected-access
+  new = one_step(state, teacher_vars, {"weak": weak, "strong": strong}, labels)
+  stats = variables["batch_stats"]
+  for x in (weak, strong):
+    _, upd = model.apply({"params": variables["params"], "batch_stats": stats}, x, train=True,
+                         mutable=["batch_stats"])
+    stats = upd["batch_stats"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new.batch_stats, stats)
+  once = model.apply(variables, weak, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+  assert not np.allclose(once["BatchNorm_0"]["mean"], stats["BatchNorm_0"]["mean"])
+  logits_weak = model.apply({"params": variables["params"], "batch_stats": variables[
+      "batch_stats"]}, weak, train=True, mutable=["batch_stats"])[0]
+  top1 = float(jnp.mean(jnp.argmax(logits_weak, -1) == labels))
+  assert float(new.metric_sums["top1"]) == pytest.approx(top1)
