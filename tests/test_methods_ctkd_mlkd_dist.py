@@ -388,3 +388,13 @@ def test_mlkd_step_runs_the_student_once_per_view():
       "batch_stats"]}, weak, train=True, mutable=["batch_stats"])[0]
   top1 = float(jnp.mean(jnp.argmax(logits_weak, -1) == labels))
   assert float(new.metric_sums["top1"]) == pytest.approx(top1)
+
+
+def test_published_key_of_ctkd_on_dkd():
+  """A CTKD run on the DKD base is shown beside CTKD(DKD)'s published number, not CTKD's."""
+  from kd_jax import published  # pylint: disable=import-outside-toplevel
+  config = json.loads(config_file("ctkd", "imagenet_resnet34,imagenet_resnet18,dkd").to_json())
+  (entry,) = published.lookup_config(config)
+  assert (entry.method, entry.top1) == ("ctkd(dkd)", 71.51)
+  config["loss"]["ctkd_base"] = "kd"
+  assert [e.top1 for e in published.lookup_config(config)] == [71.32]
