@@ -349,8 +349,9 @@ class Method:
   plugin_weight: Optional[str] = None
   # Views of each example its terms read (the first is the run's main view).
   views: tuple[View, ...] = (View(DEFAULT_VIEW),)
-  # Learnable loss parameters: spec -> initial pytree (trained with the student, same optimizer).
-  loss_params: Optional[Callable[[LossSpec], PyTree]] = None
+  # Learnable loss parameters: (spec, LossParamsInit) -> initial pytree, trained with the
+  # student by the same optimizer and checkpointed with the state.
+  loss_params: Optional[Callable[[LossSpec, "LossParamsInit"], PyTree]] = None
   # spec -> a GradTransform for the student's gradient, or None (the plain gradient).
   grad_transform: Optional[Callable[[LossSpec], Optional[GradTransform]]] = None
   # Logged per-step values that are not loss terms: (names, fn(spec, inputs) -> {name: scalar}).
@@ -501,9 +502,21 @@ def warmup_factor(epoch: jax.Array, warmup_epochs: float,
   return jnp.minimum(epoch.astype(dtype) / warmup_epochs, 1.0)
 
 
-def init_loss_params(spec: LossSpec) -> dict[str, PyTree]:
-  """{method name: its initial learnable loss parameters} for the records that have them."""
-  return {r.name: r.loss_params(spec) for r in spec.records if r.loss_params is not None}
+@dataclasses.dataclass(frozen=True)
+class LossParamsInit:
+  """What a record's `loss_params` may use to initialise: an RNG key of its own and the
+  number of classes (e.g. for an instance-wise temperature network)."""
+  rng: jax.Array
+  num_classes: int
+
+
+def init_loss_params(spec: LossSpec, rng: Optional[jax.Array] = None,
+                     num_classes: int = 0) -> dict[str, PyTree]:
+  """{method name: its initial learnable loss parameters} for the records that have them;
+  each record gets its own key folded from `rng` (its position in the run)."""
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  return {r.name: r.loss_params(spec, LossParamsInit(jax.random.fold_in(rng, i), num_classes))
+          for i, r in enumerate(spec.records) if r.loss_params is not None}
 
 
 def grad_transform(spec: LossSpec) -> Optional[GradTransform]:
@@ -829,10 +842,9 @@ def _ctkd_metrics(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
   return {"temperature": jnp.mean(_ctkd_temperature(spec, x))}
 
 
-def _ctkd_loss_params(spec: LossSpec) -> PyTree:
+def _ctkd_loss_params(spec: LossSpec, init: "LossParamsInit") -> PyTree:
   if spec.ctkd_module == "instance":
-    return losses.instance_temperature_init(jax.random.PRNGKey(spec.ctkd_init_seed),
-                                            spec.ctkd_num_classes)
+    return losses.instance_temperature_init(init.rng, init.num_classes)
   return losses.global_temperature_init(spec.ctkd_raw_init)
 
 
@@ -841,16 +853,9 @@ def _ctkd_check(config) -> None:
   if loss.ctkd_lambda_min > loss.ctkd_lambda_max:
     raise ConfigError(f"config.loss.ctkd_lambda_min={loss.ctkd_lambda_min} exceeds "
                       f"config.loss.ctkd_lambda_max={loss.ctkd_lambda_max}")
-  if methods_of(config)[0] != "ctkd" or loss.ctkd_module != "instance":
-    return
-  if loss.ctkd_base == "dkd":
+  if loss.ctkd_module == "instance" and loss.ctkd_base == "dkd":
     raise ConfigError("config.loss.ctkd_module='instance' takes the KD base only; with "
                       "config.loss.ctkd_base='dkd' use ctkd_module='global'")
-  if loss.ctkd_num_classes != config.num_classes:
-    raise ConfigError(f"config.loss.ctkd_num_classes={loss.ctkd_num_classes} must equal "
-                      f"config.num_classes={config.num_classes} (the instance module reads "
-                      f"both logit vectors); set --config.loss.ctkd_num_classes="
-                      f"{config.num_classes}")
 
 
 def _ls_on_ctkd(loss: Mapping[str, Any], s: LSSetting) -> Overrides:
@@ -892,10 +897,6 @@ register(Method(
               "ctkd_decay_epochs on", Range(0.0)),
         Hyper("ctkd_decay_epochs", 10, "CTKD: epochs of the cosine lambda curriculum",
               Range(1, integer=True)),
-        Hyper("ctkd_num_classes", 100, "CTKD instance module: classes of its input "
-              "(= num_classes)", Range(2, integer=True)),
-        Hyper("ctkd_init_seed", 0, "CTKD instance module: seed of its initialisation",
-              Range(0, integer=True)),
     ),
     loss_params=_ctkd_loss_params, metric_names=("temperature",), metrics=_ctkd_metrics,
     last_metrics=("temperature",), check=_ctkd_check,

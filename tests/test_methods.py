@@ -270,6 +270,39 @@ def test_views_get_their_own_augmentation_and_none_means_none(toy):
   np.testing.assert_array_equal(none["strong"], none["default"])
 
 
+def test_multi_view_limits_are_one_line_refusals(toy):
+  config = toy.get_config()
+  config.teacher_cache = "/tmp/unused_table"
+  with pytest.raises(errors.ConfigError, match=r"views \['strong'\] with their own "
+                     r"augmentation \(set config.teacher_cache=''\)"):
+    kdc.validate(config, model_names=models.names(), num_devices=1)
+  config.augment = "none"   # every view is then the un-augmented image: the table serves all
+  kdc.validate(config, model_names=models.names(), num_devices=1)
+  spec = step_lib.StepSpec(
+      student=None, teacher=None, tx=None, schedule=None,
+      loss=methods.LossSpec.from_config(config), steps_per_epoch=4, batch_size=8, seed=0,
+      in_memory=False, mean=(0.5,) * 3, std=(0.25,) * 3, max_bad_steps=3, mesh=None)
+  with pytest.raises(errors.ConfigError, match="reads 2 views of each example .*streamed "
+                     "datasets give one view"):
+    step_lib.make_train_fn(spec, 1)
+
+
+def test_a_state_without_loss_parameters_keeps_the_checkpoint_layout():
+  """Its top-level keys are the nine of a state with no loss fields (so older checkpoints
+  restore); with loss parameters, the two loss fields join them."""
+  tx = state_lib.make_optimizer(kdc.base_config())
+  plain = state_lib.create_state({"w": jnp.ones(2)}, {}, tx, jax.random.PRNGKey(0), ("ce",))
+  top = lambda s: [jax.tree_util.keystr(p[:1]) for p, _ in
+                   jax.tree_util.tree_flatten_with_path(s)[0]]
+  assert sorted(set(top(plain))) == sorted(
+      f".{n}" for n in ("step", "params", "opt_state", "rng", "metric_sums", "metric_count",
+                        "bad_streak", "skipped"))   # batch_stats {} has no leaves
+  assert jax.tree.map(lambda x: None, plain).loss_opt_state == plain.loss_opt_state
+  learned = state_lib.create_state({"w": jnp.ones(2)}, {}, tx, jax.random.PRNGKey(0), ("ce",),
+                                   loss_params={"toy": {"tau": jnp.ones(())}})
+  assert set(top(learned)) - set(top(plain)) == {".loss_params", ".loss_opt_state"}
+
+
 def _restore(workdir):
   """{step: the checkpointed state as nested dicts}, read without the training code."""
   mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),

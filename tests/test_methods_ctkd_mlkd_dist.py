@@ -138,22 +138,28 @@ def test_ctkd_curriculum_by_epoch_and_record_values():
 
 
 def test_ctkd_instance_module_and_its_checks():
+  """The instance module is sized by the run's classes; train/temperature is its batch mean;
+  it refuses the DKD base in one line."""
   config = config_file("ctkd")
   config.loss.ctkd_module = "instance"
-  config.loss.ctkd_num_classes = C
   config.dataset, config.num_classes = "cifar10", C
   config.teacher_checkpoint = "random:0"
   kdc.validate(config, model_names=models.names(), num_devices=1)
   spec = methods.LossSpec.from_config(config)
-  params = methods.init_loss_params(spec)["ctkd"]
+  params = methods.init_loss_params(spec, jax.random.PRNGKey(0), C)["ctkd"]
   assert params["w1"].shape == (2 * C, 128)
   terms = methods.loss_terms(spec, jnp.asarray(S), jnp.asarray(Y), jnp.asarray(T), None,
                              jnp.array(3), loss_params={"ctkd": params})
   tau = losses.instance_temperature(params, jnp.asarray(S), jnp.asarray(T), 0.0)
+  assert float(jnp.std(tau)) > 0   # one temperature per example
   assert float(terms["temperature"]) == pytest.approx(float(jnp.mean(tau)), rel=1e-6)
-  config.dataset, config.num_classes = "synthetic", 100
-  with pytest.raises(errors.ConfigError, match=r"ctkd_num_classes=10 must equal "
-                     r"config.num_classes=100") as e:
+  col = np.asarray(tau)[:, None]
+  kd = np.asarray(tau) ** 2 * np.sum((_softmax(T * 1.0 / col, 1.0) + 1e-7) * (
+      np.log(_softmax(T / col, 1.0) + 1e-7) - np.log(_softmax(S / col, 1.0))), -1)
+  np.testing.assert_allclose(terms["kd"], 0.9 * kd.mean(), rtol=1e-5)
+  config.loss.ctkd_base = "dkd"
+  with pytest.raises(errors.ConfigError, match=r"ctkd_module='instance' takes the KD base "
+                     r"only") as e:
     kdc.validate(config, model_names=models.names(), num_devices=1)
   assert "\n" not in str(e.value)
 

@@ -49,7 +49,7 @@ RECORD = methods.Method(
                       methods.Choice(("mean", "max"))),
     ),
     views=(methods.View("default"), methods.View("strong", "random_resized_crop")),
-    loss_params=lambda spec: {"tau": jnp.ones((), jnp.float32)},
+    loss_params=lambda spec, init: {"tau": jnp.ones((), jnp.float32)},
     metric_names=("toy_tau",), metrics=lambda spec, x: {"toy_tau": x.loss_params["tau"]},
     cifar={"loss.ce_weight": 0.5, "loss.toy_weight": 0.25, "loss.temperature": 4.0},
     distill_weight="toy_weight")

@@ -301,7 +301,8 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
     else:
       variables = given
     return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
-                                  rng, names, loss_params=methods.init_loss_params(loss_spec))
+                                  rng, names, loss_params=methods.init_loss_params(
+        loss_spec, jax.random.fold_in(rng, 10 ** 6 + 2), config.num_classes))
 
   init_jit = jax.jit(init_fn, out_shardings=repl)
 

@@ -244,7 +244,8 @@ def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all, t
   sharding = _batch_sharding(spec.mesh)
   images, teacher_logits = {}, {}
   for i, view in enumerate(spec.loss.views):
-    augment = "none" if spec.augment == "none" else (view.augment or spec.augment)
+    own = data_lib.resolve_augment(view.augment, True) if view.augment else spec.augment
+    augment = "none" if spec.augment == "none" else own
     x, index = _augment_view(spec, jax.random.fold_in(aug_rng, i) if i else aug_rng, raw,
                              augment)
     images[view.name] = jax.lax.with_sharding_constraint(x, sharding)
