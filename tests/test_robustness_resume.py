@@ -1,5 +1,6 @@
 """Resume always converges: kills between a best save and its checkpoint, before any
 checkpoint, during writes; metrics.jsonl and TensorBoard hold each step once."""
+import glob
 import json
 import os
 import queue
@@ -12,12 +13,14 @@ import threading
 import time
 
 import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import testenv  # pylint: disable=g-import-not-at-top
 
+from kd_jax import errors
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop
 
@@ -73,7 +76,11 @@ def config(**kw):
 
 
 @pytest.mark.slow
-def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_run(tmp_path):
+def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_run(tmp_path,
+                                                                                  capsys):
+  """Every case ends with the unbroken run's metrics: a kill between a best save and its
+  checkpoint, before any checkpoint, a flipped bit in the newest checkpoint, and a checkpoint
+  that passes its checksum but diverges at once after the restore (set aside once)."""
   unbroken = str(tmp_path / "unbroken")
   loop.train_and_evaluate(config(), unbroken)
   assert len(read_metrics(unbroken)) > 0
@@ -104,6 +111,46 @@ def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_r
   assert_same_run(unbroken, b)
   assert tensorboard_steps(b, "eval/top1") == steps_with(read_metrics(b), "eval/top1")
   assert tensorboard_steps(b, "teacher/top1") == [0]
+
+  # (c) One bit flipped in the newest checkpoint's largest array file: detected by its
+  # checksum, set aside, and the run resumes from the previous checkpoint.
+  capsys.readouterr()
+  flipped = str(tmp_path / "flipped")
+  shutil.copytree(unbroken, flipped)
+  flip_one_bit(_largest_file(os.path.join(flipped, "checkpoints", "16", "state")))
+  result = loop.train_and_evaluate(config(), flipped)
+  err = capsys.readouterr().err
+  assert result.step == 16 and not result.already_finished
+  damaged = [l for l in err.splitlines() if "is damaged" in l]
+  assert len(damaged) == 1 and "step 16" in damaged[0] and "checksum" in damaged[0]
+  assert_same_run(unbroken, flipped)
+
+  # (d) Killed before checkpoint 16; checkpoint 12 rewritten (valid checksums) with a classifier
+  # whose logits overflow: every step after the restore is non-finite.
+  diverging = str(tmp_path / "diverging")
+  shutil.copytree(unbroken, diverging)
+  shutil.rmtree(os.path.join(diverging, "checkpoints", "16"))
+  cfg = config()
+  trainer = loop.build_trainer(cfg, loop.make_mesh(cfg), steps_per_epoch=8, total_steps=16,
+                               in_memory=True, mean=(0.0,) * 3, std=(1.0,) * 3)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          trainer.init_state())
+  ck = ckpt_lib.Checkpointer(diverging, 10)
+  state, meta = ck.restore_latest(abstract)
+  assert meta["step"] == 12
+  params = dict(state.params)
+  params["head"] = {**params["head"], "kernel": jnp.full_like(params["head"]["kernel"], 3e38)}
+  ck.latest.delete(12)
+  ck.save(12, state.replace(params=params), {k: v for k, v in meta.items() if k != "checksums"})
+  ck.wait()
+  ck.close()
+  dead_lock(diverging)
+  result = loop.train_and_evaluate(config(max_bad_steps=2), diverging)
+  err = capsys.readouterr().err
+  assert result.step == 16
+  assert "right after resuming from checkpoint 12" in err and "step 8" in err
+  assert len(glob.glob(os.path.join(diverging, "unreadable_checkpoints", "12-diverged-*"))) == 1
+  assert_same_run(unbroken, diverging)
 
 
 @flax.struct.dataclass
@@ -302,3 +349,185 @@ def test_preemption_of_one_host_saves_the_same_step_on_every_host(tmp_path):
   assert saved_steps(workdir)[-1] == steps
   logged = [r["step"] for r in read_metrics(workdir) if "train/loss" in r]
   assert logged == list(range(2, steps + 1, 2))
+
+
+# --- Integrity and fit -------------------------------------------------------------------------
+
+
+_W = np.random.default_rng(0).standard_normal(4096).astype(np.float32)   # incompressible
+
+
+def _state(scale=1.0):
+  return _State(params={"w": scale * jnp.asarray(_W), "b": jnp.ones(3)},
+                batch_stats={"m": jnp.zeros(2)})
+
+
+def _largest_file(directory):
+  files = [os.path.join(r, n) for r, _, names in os.walk(directory) for n in names]
+  return max(files, key=os.path.getsize)
+
+
+def flip_one_bit(path, bit=4):
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    data[len(data) // 2] ^= 1 << bit
+    f.seek(0)
+    f.write(data)
+
+
+def test_a_flipped_bit_in_the_newest_checkpoint_is_damage_and_the_previous_one_resumes(
+    tmp_path, capsys):
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
+  ck.save(2, _state(1.0), {"step": 2, "best_step": -1})
+  ck.save(4, _state(2.0), {"step": 4, "best_step": -1})
+  ck.wait()
+  flip_one_bit(_largest_file(os.path.join(tmp_path, "checkpoints", "4", "state")))
+  state, meta = ck.restore_latest(_state(0.0))
+  err = capsys.readouterr().err
+  assert meta["step"] == 2 and ck.restored_step == 2
+  np.testing.assert_array_equal(state.params["w"], _W)
+  lines = [l for l in err.splitlines() if "step 4" in l]
+  assert len(lines) == 1 and "fail their checksum" in lines[0] and "params.w" in lines[0]
+  assert [n.split("-")[0] for n in os.listdir(tmp_path / "unreadable_checkpoints")] == ["4"]
+  assert ck.latest.all_steps() == [2]
+  ck.close()
+
+
+def test_checksums_name_every_leaf_and_change_with_one_bit():
+  tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [np.ones(2), np.int32(3)]}
+  sums = ckpt_lib.checksums(tree)
+  assert sorted(sums) == ["a", "b.0", "b.1"]
+  flipped = {"a": tree["a"].copy(), "b": tree["b"]}
+  flipped["a"].view(np.uint32)[1, 2] ^= 1
+  assert ckpt_lib.failed_checksums(flipped, sums) == ["a"]
+  # The same bytes under another shape or dtype are another array.
+  assert ckpt_lib.failed_checksums({**tree, "a": tree["a"].reshape(3, 2)}, sums) == ["a"]
+  assert ckpt_lib.failed_checksums({**tree, "a": tree["a"].view(np.int32)}, sums) == ["a"]
+  assert ckpt_lib.failed_checksums(tree, None) == []   # a checkpoint without checksums
+
+
+def test_a_checkpoint_of_another_model_is_refused_in_one_line_and_left_in_place(tmp_path):
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
+  ck.save(2, _state(), {"step": 2, "best_step": -1, "config": {"student": "resnet8"}})
+  ck.wait()
+  ck.run_config = {"student": "resnet14"}
+  wider = _State(params={"w": jnp.zeros(4096), "b": jnp.ones(5)}, batch_stats={"m": jnp.zeros(2)})
+  other = _State(params={"w": jnp.zeros(4096), "c": jnp.ones(3)}, batch_stats={"m": jnp.zeros(2)})
+  for abstract, detail in ((wider, "params.b: stored (3,), wanted (5,)"),
+                           (other, "absent (e.g. params.c)")):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+      ck.restore_latest(abstract)
+    msg = str(e.value)
+    assert "\n" not in msg and detail in msg, msg
+    assert "student='resnet8'" in msg and "student='resnet14'" in msg
+    assert isinstance(e.value, errors.ConfigError)       # a user error: exit code 2
+  assert ck.latest.all_steps() == [2] and not os.path.exists(tmp_path / "unreadable_checkpoints")
+  state, _ = ck.restore_latest(_state(0.0))              # the fitting config resumes it
+  np.testing.assert_array_equal(state.params["b"], np.ones(3))
+  ck.close()
+
+
+def test_divergence_right_after_a_restore_falls_back_once_then_blames_the_settings(tmp_path):
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep=5)
+  for s in (2, 4, 6):
+    ck.save(s, _state(s), {"step": s, "best_step": -1})
+  ck.wait()
+  # A streak that starts long after the restored step is the settings' fault.
+  ck.restored_step = 2
+  e = ck.divergence_error(bad=3, step=2 + ckpt_lib.FALLBACK_WINDOW_STEPS + 3, max_bad_steps=3)
+  assert type(e) is errors.TrainingError and ck.latest.all_steps() == [2, 4, 6]
+  # Right after restoring 6: 6 is set aside and the run goes once more from 4.
+  ck.restored_step = 6
+  e = ck.divergence_error(bad=3, step=9, max_bad_steps=3)
+  assert isinstance(e, ckpt_lib.DivergedAfterRestore)
+  assert "step 7" in str(e) and "checkpoint 6" in str(e) and "step 4" in str(e)
+  assert ck.latest.all_steps() == [2, 4]
+  assert [n.split("-")[:2] for n in os.listdir(tmp_path / "unreadable_checkpoints")] == [
+      ["6", "diverged"]]
+  # Only once: diverging again right after 4 names the settings and keeps 4.
+  ck.restored_step = 4
+  e = ck.divergence_error(bad=3, step=7, max_bad_steps=3)
+  assert type(e) is errors.TrainingError and "last good checkpoint is step 4" in str(e)
+  assert ck.latest.all_steps() == [2, 4]
+  calls = []
+
+  def run():
+    calls.append(1)
+    if len(calls) == 1:
+      raise ckpt_lib.DivergedAfterRestore("x")
+    return "done"
+
+  assert ckpt_lib.run_with_fallback(run) == "done" and len(calls) == 2
+  ck.close()
+
+
+# --- metrics.jsonl and TensorBoard: each rebuilt from the other ------------------------------
+
+
+def _log(workdir, steps):
+  from kd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  writer = metrics_lib.MetricWriter(workdir, total_steps=max(steps))
+  writer.start(0)
+  writer.write(0, {"teacher/top1": 0.25, "teacher/top5": 0.5})
+  for s in steps:
+    writer.write(s, {"train/loss": 1.0 / s, "epoch": s / 4, "skipped_steps": 0})
+    if s % 4 == 0:
+      writer.write(s, {"epoch": s / 4, "eval/top1": 0.1 * s / 3, "elapsed_s": 0.7 * s})
+  writer.close()
+
+
+def _restart(workdir, step):
+  from kd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  writer = metrics_lib.MetricWriter(workdir, total_steps=99)
+  writer.start(step)
+  writer.close()
+
+
+def _tb_steps(workdir, tag):
+  """The steps of `tag` in the event files, read without TensorFlow (tensorboard's protos)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  records = metrics_lib.read_tensorboard(epath.Path(workdir) / "tensorboard")
+  return [r["step"] for r in records if tag in r]
+
+
+def _as_float32(records):
+  return [{k: (v if k == "step" else float(np.float32(v))) for k, v in r.items()}
+          for r in records]
+
+
+def test_a_lost_metrics_file_is_rebuilt_from_tensorboard_and_back(tmp_path, capsys):
+  workdir = str(tmp_path)
+  _log(workdir, [2, 4, 6, 8, 10, 12])
+  full = read_metrics(workdir)
+  upto8 = [r for r in full if r["step"] <= 8]
+  # metrics.jsonl deleted: rebuilt from the events, line by line, at float32 precision.
+  os.remove(os.path.join(workdir, "metrics.jsonl"))
+  _restart(workdir, 8)
+  rebuilt = read_metrics(workdir)
+  assert rebuilt == _as_float32(upto8)
+  out = capsys.readouterr().err
+  assert "metrics.jsonl lacked 7 records of steps 0..8" in out and "TensorBoard" in out
+  assert _tb_steps(workdir, "eval/top1") == [4, 8]
+  # metrics.jsonl cut short (steps 0..4 left): only the lost steps come from the events.
+  _log(workdir, [2, 4, 6, 8, 10, 12])
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in full if r["step"] <= 4)
+  _restart(workdir, 8)
+  rebuilt = read_metrics(workdir)
+  assert rebuilt[:4] == [r for r in full if r["step"] <= 4]       # kept exactly
+  assert rebuilt[4:] == _as_float32([r for r in full if 4 < r["step"] <= 8])
+  assert "lacked 3 records of steps 6..8" in capsys.readouterr().err
+  # tensorboard/ deleted: rebuilt from metrics.jsonl, which stays as it was.
+  _log(workdir, [2, 4, 6, 8, 10, 12])
+  shutil.rmtree(os.path.join(workdir, "tensorboard"))
+  _restart(workdir, 8)
+  assert read_metrics(workdir) == upto8
+  assert _tb_steps(workdir, "train/loss") == [2, 4, 6, 8]
+  assert "TensorBoard events" in capsys.readouterr().err
+  # Both intact: cut back to the step in silence.
+  _restart(workdir, 4)
+  assert read_metrics(workdir) == [r for r in full if r["step"] <= 4]
+  assert _tb_steps(workdir, "train/loss") == [2, 4]
+  assert capsys.readouterr().err == ""
+  assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 1

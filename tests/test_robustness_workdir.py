@@ -1,10 +1,17 @@
-"""One workdir = one run: the lock, the run-identity check, write probes and failed saves."""
+"""One workdir = one run: the lock, the run-identity check, write probes, failed saves on real
+full/immutable filesystems, a removed best model and failed launches."""
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 
+import flax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import testenv  # pylint: disable=g-import-not-at-top
@@ -104,6 +111,13 @@ def test_resume_with_changed_batch_size_is_refused_and_files_untouched(tmp_path)
   after = {n: open(os.path.join(workdir, n)).read() for n in ("config.json", "metrics.jsonl")}
   assert before == after
   assert not os.path.exists(os.path.join(workdir, "lock"))  # released after the refusal
+  # Another student, allowed as a key, does not fit the checkpoint: refused, nothing moved.
+  before = _snapshot(workdir)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+    loop.train_and_evaluate(tiny("kd", steps=4, student="resnet14", allow_changed="student"),
+                            workdir)
+  assert "student='resnet8'" in str(e.value) and "student='resnet14'" in str(e.value)
+  assert _snapshot(workdir) == before            # checkpoints and config.json untouched
   # Cadence keys may change; extending the run needs the documented override.
   with pytest.raises(errors.ConfigError, match="num_train_steps 4 -> 6"):
     loop.train_and_evaluate(tiny("kd", steps=6), workdir)
@@ -327,3 +341,233 @@ def test_a_whole_run_on_a_gs_workdir(gcs, monkeypatch):
   assert again.already_finished and again.step == 4
   assert epath.Path("gs://bucket/run/metrics.jsonl").read_text() == (
       local / "metrics.jsonl").read_text()
+
+
+# --- Storage faults on real filesystems: one line naming path, errno and step ---------------
+
+@flax.struct.dataclass
+class _State:
+  params: dict
+  batch_stats: dict
+
+
+def _state(n=2 ** 16):   # 256 KiB of float32 parameters that do not compress
+  w = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+  return _State(params={"w": jnp.asarray(w)}, batch_stats={})
+
+
+@contextlib.contextmanager
+def small_filesystem(path, size):
+  """A tmpfs of `size` mounted at `path`; the test is skipped (with the reason) where this
+  machine refuses the mount."""
+  path.mkdir(parents=True, exist_ok=True)
+  res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+  if res.returncode != 0:
+    pytest.skip(f"mounting a tmpfs is not permitted here: {res.stderr.strip()[:200]}")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def immutable(path):
+  """`path` made immutable (chattr +i); skipped (with the reason) where chattr is refused."""
+  res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+  if res.returncode != 0:
+    pytest.skip(f"chattr +i is not permitted here: {res.stderr.strip()[:200]}")
+  try:
+    yield path
+  finally:
+    subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def test_a_full_disk_stops_checkpoint_and_best_saves_in_one_line(tmp_path, monkeypatch):
+  from kd_jax.train import storage  # pylint: disable=g-import-not-at-top
+  with small_filesystem(tmp_path / "disk", "400k") as disk:
+    ck = ckpt_lib.Checkpointer(str(disk / "run"), keep=3)
+    ck.save(2, _state(), {"step": 2, "best_step": -1})
+    ck.wait()
+    # The next one does not fit beside it: refused before Orbax starts writing.
+    t = time.time()
+    with pytest.raises(errors.CheckpointError) as e:
+      ck.save(4, _state(), {"step": 4, "best_step": -1})
+    msg = str(e.value)
+    assert time.time() - t < 10 and "\n" not in msg
+    assert f"checkpoint of step 4 to {disk / 'run' / 'checkpoints'}" in msg
+    assert "errno 28 ENOSPC" in msg and "MB free" in msg
+    with pytest.raises(errors.CheckpointError, match=r"best model of step 6 .*errno 28 ENOSPC"):
+      ck.save_best(6, {"params": {"w": jnp.ones(2 ** 16)}, "batch_stats": {}}, {"step": 6})
+    # A write that runs out of space in Orbax's background writer (the free-space check
+    # disabled): the same line at the next check, with the errno TensorStore reports.
+    monkeypatch.setattr(storage, "check_free_space", lambda *a: None)
+    ck.save(4, _state(), {"step": 4, "best_step": -1})
+    with pytest.raises(errors.CheckpointError) as e:
+      for _ in range(200):
+        ck.check()
+        time.sleep(0.05)
+    assert "checkpoint of step 4" in str(e.value) and "errno 28 ENOSPC" in str(e.value)
+    assert ck.latest.all_steps() == [2]   # the complete checkpoint is kept
+    ck.close()
+
+
+def test_metrics_and_tensorboard_on_a_full_disk_name_file_errno_and_step(tmp_path):
+  from kd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  with small_filesystem(tmp_path / "disk", "64k") as disk:
+    writer = metrics_lib.MetricWriter(str(disk), total_steps=10 ** 6)
+    writer.start(0)
+    with pytest.raises(errors.WorkdirError) as e:
+      for step in range(1, 10 ** 5):
+        writer.write(step, {"train/loss": 1.0, "note": "x" * 200})
+    msg = str(e.value)
+    assert "errno 28 ENOSPC" in msg and f"of step {step}" in msg and "\n" not in msg
+    assert str(disk / "metrics.jsonl") in msg or str(disk / "tensorboard") in msg
+
+
+def test_immutable_directories_stop_each_writer_in_one_line(tmp_path):
+  from kd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  ck = ckpt_lib.Checkpointer(str(run), keep=3)
+  ck.save(2, _state(), {"step": 2, "best_step": -1})
+  ck.save_best(2, {"params": {"w": jnp.ones(3)}, "batch_stats": {}}, {"step": 2})
+  ck.wait()
+  with immutable(run / "checkpoints"):
+    with pytest.raises(errors.CheckpointError) as e:
+      ck.save(4, _state(), {"step": 4, "best_step": 2})
+    assert f"checkpoint of step 4 to {run / 'checkpoints'}" in str(e.value)
+    assert "errno 1 EPERM" in str(e.value)
+  with immutable(run / "best"):
+    with pytest.raises(errors.CheckpointError, match=r"best model of step 6 .*errno 1 EPERM"):
+      ck.save_best(6, {"params": {"w": jnp.ones(3)}, "batch_stats": {}}, {"step": 6})
+  ck.close()
+  writer = metrics_lib.MetricWriter(str(run), total_steps=10)
+  writer.start(0)
+  writer.write(2, {"train/loss": 1.0})
+  with immutable(run / "metrics.jsonl"):
+    with pytest.raises(errors.WorkdirError, match=r"metrics of step 4 .*metrics.jsonl.*EPERM"):
+      writer.write(4, {"train/loss": 1.0})
+  events = [p for p in (run / "tensorboard").iterdir() if p.name.startswith("events.out")]
+  assert len(events) == 1
+  with immutable(events[0]):
+    with pytest.raises(errors.WorkdirError) as e:
+      writer.write(6, {"train/loss": 1.0})
+    assert f"TensorBoard events of step 6 to {run / 'tensorboard'}" in str(e.value)
+    assert "errno 1 EPERM" in str(e.value)
+  writer.close()   # nothing left to flush: no error at exit either
+  with immutable(run):
+    with pytest.raises(errors.WorkdirError, match=r"config .*config.json.*errno 1 EPERM"):
+      workdir_lib.write_config_json(run, {"seed": 1})
+
+
+def test_a_write_failing_in_orbax_background_threads_leaves_none_waiting(tmp_path, monkeypatch):
+  """The folder turns immutable after the probe (the probe disabled here): Orbax's writer fails
+  in its threads; the error is one line and no writer thread is left waiting for the failed
+  step's signals (they would hold the process for Orbax's 300 s barrier timeout at exit)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import storage  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  ck = ckpt_lib.Checkpointer(str(run), keep=3)
+  ck.save(2, _state(), {"step": 2, "best_step": -1})
+  ck.wait()
+  monkeypatch.setattr(storage, "probe_dir", lambda d: None)
+  with immutable(run / "checkpoints"):
+    with pytest.raises(errors.CheckpointError, match=r"checkpoint of step 4 .*errno 1 EPERM"):
+      ck.save(4, _state(), {"step": 4, "best_step": -1})
+      for _ in range(100):
+        ck.check()
+        time.sleep(0.05)
+    deadline = time.time() + 10
+    waiting = ["?"]
+    while waiting and time.time() < deadline:
+      waiting = [t.name for t in threading.enumerate()
+                 if type(t).__name__ == "_SignalingThread" and t.is_alive()]
+      time.sleep(0.05)
+    assert not waiting, waiting
+  assert ck.latest.all_steps() == [2]
+
+
+@pytest.mark.slow
+def test_an_immutable_checkpoint_dir_stops_the_launcher_within_seconds_in_one_line(tmp_path):
+  """The checkpoints/ folder made immutable while the run trains: the launcher exits 2 within
+  30 s of the next save, with one line naming the folder, the errno and the step."""
+  workdir = tmp_path / "run"
+  env = testenv.subprocess_env(1)
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "launch.py"),
+       "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}",
+       "--config.train_examples=128", "--config.eval_examples=32",
+       "--config.eval_batch_size=16", "--config.num_train_steps=40",
+       "--config.checkpoint_every_steps=10", "--config.log_every_steps=5",
+       "--config.num_devices=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=env)
+  deadline = time.time() + 600
+  while not (workdir / "checkpoints" / "10").is_dir():
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.05)
+  with immutable(workdir / "checkpoints"):
+    t = time.time()
+    out, err = proc.communicate(timeout=600)
+    took = time.time() - t
+    steps = [int(l.split()[1].split("/")[0]) for l in out.splitlines() if l.startswith("step ")]
+  assert proc.returncode == 2, err[-3000:]
+  assert err.strip().count("\n") == 0 and "Traceback" not in err, err[-3000:]
+  assert f"checkpoint of step 20 to {workdir / 'checkpoints'}" in err and "errno 1 EPERM" in err
+  assert max(steps) == 20
+  assert took < 30 + 10, took   # the save at step 20 is 10 steps (a few seconds) away
+
+
+# --- Missing best/ and failed launches -----------------------------------------------------
+
+
+def test_a_removed_best_model_is_one_line_when_asked_for(tmp_path):
+  from kd_jax.train import progress  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  ck = ckpt_lib.Checkpointer(str(run), keep=3)
+  best = {"params": {"w": jnp.full(3, 7.0)}, "batch_stats": {}}
+  ck.save_best(2, best, {"step": 2, "eval_top1": 0.5})
+  ck.save(4, _State(params={"w": jnp.ones(3)}, batch_stats={}), {"step": 4, "best_step": 2})
+  ck.wait()
+  ck.close()
+  (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "epoch": 1, "eval/top1": 0.5}) + "\n")
+  for which in ("auto", "best"):
+    variables, where = ckpt_lib.restore_variables(str(run), which)
+    np.testing.assert_array_equal(variables["params"]["w"], np.full(3, 7.0))
+    assert where == str(run / "best" / "2")
+  assert f"checkpoint: {run / 'best'}" in progress.run_summary(str(run))
+  # A best model carries its own checksums: one flipped bit is one line, not other weights.
+  damaged = tmp_path / "damaged"
+  shutil.copytree(run, damaged)
+  ck = ckpt_lib.Checkpointer(str(damaged), keep=3)
+  ck.best.delete(2)
+  ck.save_best(2, {"params": {"w": _state().params["w"]}, "batch_stats": {}},
+               {"step": 2, "eval_top1": 0.5})
+  ck.wait()
+  ck.close()
+  files = [os.path.join(r, n) for r, _, ns in os.walk(damaged / "best" / "2" / "variables")
+           for n in ns]
+  biggest = max(files, key=os.path.getsize)
+  data = bytearray(open(biggest, "rb").read())
+  data[len(data) // 2] ^= 1
+  open(biggest, "wb").write(data)
+  with pytest.raises(errors.CheckpointError, match=r"is damaged: 1 arrays fail their checksum"):
+    ckpt_lib.restore_variables(str(damaged), "best")
+  shutil.rmtree(run / "best")
+  for which in ("auto", "best"):
+    with pytest.raises(errors.CheckpointError) as e:
+      ckpt_lib.restore_variables(str(run), which)
+    msg = str(e.value)
+    assert "\n" not in msg and "holds no best model" in msg and f"{run}:latest" in msg
+    assert "records one at step 2" in msg
+  variables, where = ckpt_lib.restore_variables(str(run), "latest")
+  np.testing.assert_array_equal(variables["params"]["w"], np.ones(3))
+  summary = progress.run_summary(str(run))
+  assert f"checkpoint: missing ({run / 'best'} holds no best model" in summary
+
+
+def test_a_failed_launch_leaves_no_empty_output_folders(tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(errors.TeacherError):
+    loop.train_and_evaluate(tiny("kd", teacher_checkpoint=str(tmp_path / "none.pth")),
+                            str(workdir))
+  assert sorted(os.listdir(workdir)) == ["config.json"]

@@ -434,6 +434,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   The workdir is locked for the run (workdir.py); a resume with changed identity keys is refused
   before anything is written.
   """
+  return ckpt_lib.run_with_fallback(lambda: _run_once(config, workdir))
+
+
+def _run_once(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   files = _RunFiles()
   ok = False
   try:
@@ -596,8 +600,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         checkpointer.check()
         if int(bad) >= config.max_bad_steps:
           checkpointer.wait()
-          raise TrainingError(ckpt_lib.divergence_message(
-              checkpointer, bad=int(bad), step=step, max_bad_steps=config.max_bad_steps))
+          raise checkpointer.divergence_error(bad=int(bad), step=step,
+                                              max_bad_steps=config.max_bad_steps)
 
       if step % eval_every == 0 or step == total_steps:
         variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -1,13 +1,16 @@
 """Run outputs: WORKDIR/metrics.jsonl (one JSON object per line), TensorBoard events, terminal lines.
 
-Only process 0 writes. Every start (`start(step)`) cuts metrics.jsonl back to the restored step
-(to nothing when no checkpoint was restored: step-0 lines are written again), so a resumed run's
-file reads exactly like an unbroken one and holds each step once. TensorBoard events are then
-rebuilt from that file: the old event files are deleted and the kept lines replayed into a fresh
-one, so TensorBoard never shows a step twice (metrics.jsonl is the one source of truth).
+Only process 0 writes. metrics.jsonl and the TensorBoard events are two copies of the same
+records. Every start (`start(step)`) cuts both back to the restored step (to nothing when no
+checkpoint was restored: step-0 lines are written again), so a resumed run's outputs read exactly
+like an unbroken one and hold each step once. A copy that lacks steps the other holds up to that
+step (a deleted or truncated metrics.jsonl, deleted event files) is rebuilt from the other, saying
+so in one line; the surviving copy is never deleted. Lines rebuilt from events carry TensorBoard's
+float32 values. The events are rewritten as one new file before the old files are removed.
 
 Paths go through `etils.epath`. On a local disk each line is appended; on an object store
-(`gs://...`, no append) the writer keeps the file's lines and rewrites it whole at each write.
+(`gs://...`, no append) the writer keeps the file's lines and rewrites it whole at each write. A
+failed write raises WorkdirError naming the file, the errno and the step (storage.py).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import json
 import math
 import os
 import socket
+import struct
 import time
 import uuid
 from typing import Any, Optional
@@ -25,7 +29,8 @@ import jax
 from kd_jax import console
 from kd_jax.train import progress
 from kd_jax.errors import ConfigError
-from kd_jax.train.workdir import is_local
+from kd_jax.train import storage
+from kd_jax.train.storage import is_local
 
 
 def _jsonable(value: Any) -> Any:
@@ -61,6 +66,63 @@ def _start_wandb(workdir: str, project: str, run_config: Any):
                     dir=workdir if is_local(workdir) else None, name=name, config=config)
 
 
+def _tfrecords(data: bytes):
+  """The payloads of a TFRecord file's records (a record cut by a kill ends the file)."""
+  pos = 0
+  while pos + 12 <= len(data):
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    pos += 12                      # length, its masked CRC
+    if pos + n + 4 > len(data):
+      return
+    yield data[pos:pos + n]
+    pos += n + 4                   # payload, its masked CRC
+
+
+def _event_files(tb_dir: epath.Path) -> list[epath.Path]:
+  if not tb_dir.is_dir():
+    return []
+  return sorted((p for p in tb_dir.iterdir() if p.name.startswith("events.out.tfevents")),
+                key=lambda p: p.name)
+
+
+def read_tensorboard(tb_dir: epath.Path) -> list[dict]:
+  """The scalar records of the event files in `tb_dir`, as metrics.jsonl lines: in file order,
+  a record per line written (a new one at each new step, or when a tag repeats at one step)."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.compat.proto import event_pb2
+  from tensorboard.util import tensor_util
+  # pylint: enable=g-import-not-at-top
+  records: list[dict] = []
+  for path in _event_files(tb_dir):
+    current: Optional[dict] = None
+    for raw in _tfrecords(path.read_bytes()):
+      try:
+        event = event_pb2.Event.FromString(raw)
+      except Exception:  # pylint: disable=broad-except  # a damaged record ends the file
+        break
+      if not event.HasField("summary"):
+        continue
+      for v in event.summary.value:
+        value = (float(tensor_util.make_ndarray(v.tensor)) if v.HasField("tensor")
+                 else float(v.simple_value))
+        if current is None or current["step"] != event.step or v.tag in current:
+          current = {"step": int(event.step)}
+          records.append(current)
+        current[v.tag] = value
+  return records
+
+
+def _numeric(record: dict) -> dict:
+  return {k: v for k, v in record.items()
+          if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _span(records: list[dict]) -> str:
+  steps = sorted({r["step"] for r in records})
+  return f"{len(records)} records of step{'s' if len(steps) > 1 else ''} " + (
+      f"{steps[0]}..{steps[-1]}" if len(steps) > 1 else f"{steps[0]}")
+
+
 class _ScalarEventWriter:
   """TensorBoard scalar events written with the tensorboard package alone (no TensorFlow).
 
@@ -78,9 +140,9 @@ class _ScalarEventWriter:
     # pylint: enable=g-import-not-at-top
     log_dir.mkdir(parents=True, exist_ok=True)
     self._event_pb2, self._summary_pb2, self._tensor_util = event_pb2, summary_pb2, tensor_util
-    name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.kd_jax")
-    self._writer = record_writer.RecordWriter((log_dir / name).open("wb"))
+    self.name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                 f"{os.getpid()}.kd_jax")
+    self._writer = record_writer.RecordWriter((log_dir / self.name).open("wb"))
     self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
     self.flush()
 
@@ -119,7 +181,16 @@ class MetricWriter:
     if self.enabled and wandb_project:
       self._wandb = _start_wandb(workdir, wandb_project, run_config)
 
-  def _open_tensorboard(self) -> None:
+  def _tb_failure(self, e: OSError, step: Optional[int]) -> Exception:
+    tb, self._tb = self._tb, None
+    if tb is not None:
+      try:
+        tb.close()   # drops what could not be written, so nothing is retried at exit
+      except Exception:  # pylint: disable=broad-except
+        pass
+    return storage.write_failure("TensorBoard events", self.tb_dir, e, step=step)
+
+  def _open_tensorboard(self, step: Optional[int] = None) -> None:
     if not self._want_tb or self._tb is not None:
       return
     self._want_tb = False
@@ -128,28 +199,66 @@ class MetricWriter:
     except ImportError as e:
       console.warn(f"no TensorBoard events ({e}); metrics.jsonl is written as usual. "
                    f"pip install tensorboard for them.")
+    except OSError as e:
+      raise self._tb_failure(e, step) from None
+
+  def _tensorboard_records(self) -> Optional[list[dict]]:
+    """The records of the existing event files; None without the tensorboard package."""
+    try:
+      return read_tensorboard(self.tb_dir)
+    except ImportError:
+      return None
 
   def start(self, step: int) -> None:
-    """Cuts metrics.jsonl back to `step` (the restored checkpoint; 0 = none) and rebuilds the
-    TensorBoard events from it. Call once per start, before writing."""
-    kept = self.truncate_after(step)
+    """Cuts metrics.jsonl and the TensorBoard events back to `step` (the restored checkpoint;
+    0 = none), each completed from the other where it lacks steps up to `step`. Call once per
+    start, before writing."""
+    self._lines = None if self._local else []
     if not self.enabled:
       return
-    if self.tb_dir.is_dir():
-      for path in self.tb_dir.iterdir():
-        if path.name.startswith("events.out.tfevents"):
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)   # the workdir
+    except OSError as e:
+      raise storage.write_failure("metrics", self.path, e, step=step) from None
+    kept = [r for r in self._read_file() if step > 0 and r.get("step", 0) <= step]
+    events = self._tensorboard_records() if self._want_tb else None
+    if events is not None:
+      events = [r for r in events if step > 0 and r["step"] <= step]
+      have = {r["step"] for r in kept}
+      lost = [r for r in events if r["step"] not in have]
+      if lost:
+        kept = sorted(kept + lost, key=lambda r: r["step"])
+        console.warn(f"{self.path} lacked {_span(lost)} (up to the restored step {step}); "
+                     f"rebuilt them from the TensorBoard events in {self.tb_dir} (float32 "
+                     f"values)")
+      have = {r["step"] for r in events}
+      missing = [r for r in kept if r["step"] not in have and _numeric(r)]
+      if missing:
+        console.warn(f"the TensorBoard events in {self.tb_dir} lacked {_span(missing)}; "
+                     f"rebuilt them from {self.path}")
+    if kept or self.path.exists():
+      self._rewrite_file(kept, step)
+    old = _event_files(self.tb_dir)
+    if not kept and not old:
+      return  # nothing to replay or cut back: the events start with the first write
+    self._open_tensorboard(step)
+    if self._tb is None:
+      return
+    try:
+      for record in kept:
+        self._write_tb(record)
+      self._tb.flush()
+      for path in old:   # the new file is complete: the old ones go
+        if path.name != self._tb.name:
           path.unlink()
-    self._open_tensorboard()
-    for record in kept:
-      self._write_tb(record)
+    except OSError as e:
+      raise self._tb_failure(e, step) from None
 
-  def truncate_after(self, step: int) -> list[dict]:
-    """Drops lines logged after `step` (they belong to work lost by an interruption), and all
-    lines when `step` is 0 (a start from scratch logs step 0 again). Returns the kept records."""
-    self._lines = None if self._local else []
-    if not self.enabled or not self.path.exists():
+  def _read_file(self) -> list[dict]:
+    """The complete JSON lines of metrics.jsonl (a line cut by a kill is dropped)."""
+    if not self.path.exists():
       return []
-    kept = []
+    records = []
     for line in self.path.read_text().splitlines(keepends=True):
       if not line.endswith("\n"):
         continue  # a line cut by a kill mid-write
@@ -157,24 +266,33 @@ class MetricWriter:
         record = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if step > 0 and isinstance(record, dict) and record.get("step", 0) <= step:
-        kept.append(record)
-    text = "".join(json.dumps(k) + "\n" for k in kept)
-    if self._local:  # a temporary file and an atomic rename
-      tmp = self.path.with_name(self.path.name + ".tmp")
-      tmp.write_text(text)
-      os.replace(tmp, self.path)
-    else:  # object stores replace an object atomically
-      self._lines = text.splitlines(keepends=True)
-      self.path.write_text(text)
-    return kept
+      if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+        records.append(record)
+    return records
+
+  def _rewrite_file(self, records: list[dict], step: int) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    try:
+      if self._local:  # a temporary file and an atomic rename
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+          tmp.write_text(text)
+          os.replace(tmp, self.path)
+        except OSError:
+          if tmp.exists():
+            tmp.unlink()
+          raise
+      else:  # object stores replace an object atomically
+        self._lines = text.splitlines(keepends=True)
+        self.path.write_text(text)
+    except OSError as e:
+      raise storage.write_failure("metrics", self.path, e, step=step) from None
 
   def _write_tb(self, record: dict) -> None:
     if self._tb is None:
       return
-    for k, v in record.items():
-      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-        self._tb.scalar(k, v, record["step"])
+    for k, v in _numeric(record).items():
+      self._tb.scalar(k, v, record["step"])
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.enabled:
@@ -182,18 +300,25 @@ class MetricWriter:
     record = {"step": int(step)}
     record.update({k: _jsonable(v) for k, v in scalars.items()})
     line = json.dumps(record) + "\n"
-    if self._local:
-      with self.path.open("a") as f:
-        f.write(line)
-    else:
-      if self._lines is None:
-        self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
-      self._lines.append(line)
-      self.path.write_text("".join(self._lines))
-    self._open_tensorboard()
+    try:
+      if self._local:
+        with self.path.open("a") as f:
+          f.write(line)
+      else:
+        if self._lines is None:
+          self._lines = (self.path.read_text().splitlines(keepends=True) if self.path.exists()
+                         else [])
+        self._lines.append(line)
+        self.path.write_text("".join(self._lines))
+    except OSError as e:
+      raise storage.write_failure("metrics", self.path, e, step=step) from None
+    self._open_tensorboard(step)
     if self._tb is not None:
-      self._write_tb(record)
-      self._tb.flush()
+      try:
+        self._write_tb(record)
+        self._tb.flush()
+      except OSError as e:
+        raise self._tb_failure(e, step) from None
     if self._wandb is not None:
       self._wandb.log({k: v for k, v in record.items()
                        if k != "step" and isinstance(v, (int, float))}, step=int(step))

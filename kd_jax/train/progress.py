@@ -261,6 +261,7 @@ def run_summary(workdir: str) -> str:
   Best and last eval top-1 in percent with their epochs, the teacher's top-1 (when there is
   a teacher), the wall time and where the best checkpoint and the metrics are.
   """
+  from kd_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / "metrics.jsonl"
   runs_dir = epath.Path(workdir) / "runs"
   if not path.exists() and runs_dir.is_dir():
@@ -280,7 +281,7 @@ def run_summary(workdir: str) -> str:
     last = evals[-1]
     lines.append(f"  best eval top-1  {_pct(best['eval/top1'])} at epoch "
                  f"{math.ceil(best.get('epoch', 0) - 1e-9)} (step {best['step']}); "
-                 f"checkpoint: {os.fspath(epath.Path(workdir) / 'best')}")
+                 f"checkpoint: {ckpt_lib.best_model_note(workdir)}")
     last_line = (f"  last eval top-1  {_pct(last['eval/top1'])} at epoch "
                  f"{math.ceil(last.get('epoch', 0) - 1e-9)} (step {last['step']})")
     if "eval/top5" in last:

@@ -9,7 +9,11 @@
   (logging, checkpoint cadence, eval batch size, device count, ...) may change freely. Every other
   key, including keys this module does not know, counts as identity.
 * `probe_writable` writes and removes a small file in each output directory at start, so an
-  unwritable directory fails in seconds instead of at the first save.
+  unwritable directory fails in seconds instead of at the first save. `open_run` probes the
+  workdir and those of its output directories that exist (the others are created by their
+  first write), so a launch that fails leaves no empty folders behind.
+* `check_and_record_config` writes config.json for a new run at once; for a resume, only once
+  the checkpoint to resume is found to fit the configured model (Checkpointer.after_restore).
 
 Paths go through `etils.epath`, so a `gs://` workdir works wherever Orbax supports it; the lock
 is an atomic O_EXCL create on local disks and a best-effort create elsewhere.
@@ -25,6 +29,8 @@ from typing import Any, Iterable, Mapping, Optional
 from etils import epath
 
 from kd_jax.errors import ConfigError, WorkdirError
+from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax.train.storage import describe_os_error, is_local, write_failure
 
 LOCK_NAME = "lock"
 
@@ -43,11 +49,6 @@ NON_IDENTITY_KEYS = frozenset({
     "data_dir",                 # where the same data lives
     "wandb_project",            # where the same scalars are also sent
 })
-
-
-def is_local(path: str | os.PathLike) -> bool:
-  """False for object-store paths (gs://, s3://, ...): no O_EXCL create, append or rename."""
-  return "://" not in os.fspath(path)
 
 
 # --- The lock ----------------------------------------------------------------------------
@@ -219,30 +220,19 @@ def check_identity(old: Optional[Mapping[str, Any]], new: Mapping[str, Any], *, 
 
 
 def probe_writable(directories: Iterable[str | os.PathLike]) -> None:
-  """Creates each directory and writes/removes a file in it; WorkdirError names the failure."""
+  """Creates each directory and writes/removes a file in it; WorkdirError names the failure
+  (path and errno)."""
   pid = os.getpid()
   for directory in directories:
     path = epath.Path(directory)
     try:
       path.mkdir(parents=True, exist_ok=True)
-      probe = path / f".write_probe_{pid}"
+      probe = path / f".write_probe_{socket.gethostname()}_{pid}"
       probe.write_text("ok")
       probe.unlink()
     except OSError as e:
       raise WorkdirError(f"{os.fspath(path)} cannot be written ({describe_os_error(e)}); choose a "
                          f"writable --workdir or free the disk") from None
-
-
-def describe_os_error(e: BaseException) -> str:
-  """'errno 13 EACCES: Permission denied' for an OSError, else the exception's text."""
-  import errno as errno_lib  # pylint: disable=g-import-not-at-top
-  cause: Optional[BaseException] = e
-  while cause is not None:
-    if isinstance(cause, OSError) and cause.errno:
-      name = errno_lib.errorcode.get(cause.errno, "")
-      return f"errno {cause.errno} {name}: {cause.strerror}"
-    cause = cause.__cause__ or cause.__context__
-  return f"{e!r:.200}"
 
 
 # --- Opening a run's workdir ---------------------------------------------------------------
@@ -260,25 +250,22 @@ def write_config_json(workdir: str | os.PathLike, config: Any,
       config, "to_json_best_effort") else json.dumps(config, indent=2, sort_keys=True)
   if sources is not None:
     text = json.dumps({**json.loads(text), "sources": dict(sources)}, indent=2, sort_keys=True)
-  if not is_local(path):  # an object store replaces an object atomically
-    path.write_text(text)
-    return
-  tmp.write_text(text)
-  os.replace(os.fspath(tmp), os.fspath(path))
-
-
-def _legacy_config(workdir: str | os.PathLike) -> Optional[dict]:
-  """config.json of a run whose checkpoints predate the config in their meta."""
   try:
-    return json.loads((epath.Path(workdir) / "config.json").read_text())
-  except (OSError, ValueError):
-    return None
+    if not is_local(path):  # an object store replaces an object atomically
+      path.write_text(text)
+      return
+    tmp.write_text(text)
+    os.replace(os.fspath(tmp), os.fspath(path))
+  except OSError as e:
+    if is_local(tmp) and os.path.exists(tmp):
+      os.unlink(tmp)
+    raise write_failure("config", path, e) from None
 
 
 def open_run(workdir: str | os.PathLike, keep_checkpoints: int, *, process_index: int = 0):
-  """Locks WORKDIR (process 0) and probes its output directories. Returns (lock, checkpointer);
-  the caller releases the lock (also on errors) and closes the checkpointer."""
-  from kd_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  """Locks WORKDIR (process 0) and probes it and those of its output directories that exist
+  (the others are made by their first write). Returns (lock, checkpointer); the caller releases
+  the lock (also on errors) and closes the checkpointer."""
   probe_writable([workdir])  # the lock file goes there
   lock = WorkdirLock(workdir, enabled=process_index == 0).acquire()
   try:
@@ -286,7 +273,7 @@ def open_run(workdir: str | os.PathLike, keep_checkpoints: int, *, process_index
     dirs = [root / "checkpoints"]
     if process_index == 0:
       dirs += [root / "best", root / "tensorboard"]
-    probe_writable(dirs)
+    probe_writable([d for d in dirs if d.exists()])
     return lock, ckpt_lib.Checkpointer(workdir, keep_checkpoints)
   except BaseException:
     lock.release()
@@ -297,11 +284,17 @@ def check_and_record_config(config: Any, workdir: str | os.PathLike, checkpointe
                             process_index: int = 0,
                             sources: Optional[Mapping[str, str]] = None) -> None:
   """Checks the (resolved) run identity against the newest checkpoint's config, and only then
-  writes config.json (process 0). ConfigError names every changed identity key."""
+  writes config.json (process 0): at once for a new run, for a resume once the checkpoint is
+  found to fit (checkpointer.restore_latest). ConfigError names every changed identity key."""
+  new = config_dict(config)
+  checkpointer.run_config = new
   found = checkpointer.latest_meta()
   if found is not None:
     step, meta = found
-    old = meta.get("config") or _legacy_config(workdir)
-    check_identity(old, config_dict(config), workdir=os.fspath(workdir), step=step)
-  if process_index == 0:
+    check_identity(meta.get("config"), new, workdir=os.fspath(workdir), step=step)
+  if process_index != 0:
+    return
+  if found is None:
     write_config_json(workdir, config, sources)
+  else:
+    checkpointer.after_restore = lambda: write_config_json(workdir, config, sources)
