@@ -5,6 +5,7 @@ imported through kd_jax.models.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Optional
 
@@ -15,6 +16,7 @@ import pytest
 
 from kd_jax import models
 from kd_jax.models import mobilenet, shufflenet, vgg
+import yardstick  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 # docs/models.md parameter counts (100 classes; MobileNetV1 at its 1000 ImageNet classes).
 PARAM_COUNTS = {
@@ -209,6 +211,7 @@ def test_imported_torch_weights_give_torch_logits(twins, tmp_path, name, aux, na
   x = torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(0))
   with torch.no_grad():
     want = tmodel(x)
+    want64 = copy.deepcopy(tmodel).double()(x.double())
   state = tmodel.state_dict()
   if naming == "dhkd" and name in _DHKD_HEAD_KEYS:
     old, new = _DHKD_HEAD_KEYS[name]
@@ -220,11 +223,29 @@ def test_imported_torch_weights_give_torch_logits(twins, tmp_path, name, aux, na
   variables = models.import_torch_checkpoint(str(path), name, c, aux_head=aux)
   assert set(variables) == {"params", "batch_stats"}
   model = models.create(name, c, aux_head=aux)
-  got = jax.jit(model.apply)(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+  apply = jax.jit(model.apply)
+  nhwc = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+  got = apply(variables, nhwc)
 
-  want = want if isinstance(want, tuple) else (want,)
-  got = got if isinstance(got, tuple) else (got,)
+  want, want64, got = (v if isinstance(v, tuple) else (v,) for v in (want, want64, got))
   assert len(got) == len(want)
-  for g, w in zip(got, want):
-    assert g.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(g), w.numpy(), rtol=1e-4, atol=1e-5)
+  # Yardstick: PyTorch's own float32 error against its float64 run of the same weights;
+  # kd_jax's logits stay within yardstick.FACTOR of it (float32 convolutions in another order).
+  bounds = []
+  for g, w, w64 in zip(got, want, want64):
+    assert g.dtype == jnp.float32 and g.shape == w.shape
+    err, bound = yardstick.near_reference(g, w.numpy(), w64.numpy())
+    assert err <= bound, (err, bound)
+    bounds.append(bound)
+  # A defect is far outside it: the stem's kernel imported with its colour channels reversed
+  # (BGR for RGB).
+  conv = next(p for p, v in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+              if v.ndim == 4 and v.shape[2] == 3)
+  flipped = dict(variables, params=jax.tree_util.tree_map_with_path(
+      lambda p, v: v[:, :, ::-1] if p == conv else v, variables["params"]))
+  bad = apply(flipped, nhwc)
+  bad = bad if isinstance(bad, tuple) else (bad,)
+  moved = float(np.max(np.abs(np.asarray(bad[0], np.float64) - want64[0].numpy())))
+  # MobileNetV1's random twin barely reads its one input image (reversing the stem's channels
+  # moved its logits by 2.2e-5, 2.4 x the bound; 2026-12-04): there the check is weaker.
+  assert moved > (2 if name == "MobileNetV1" else 100) * bounds[0], (moved, bounds[0])

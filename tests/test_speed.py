@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import testenv  # pylint: disable=g-import-not-at-top
+import yardstick  # pylint: disable=g-import-not-at-top
 
 from kd_jax.train import loop
 from kd_jax.train import step as step_lib
@@ -52,19 +53,51 @@ def test_forced_scan_equals_per_step_calls(method):
   """The multi-step lax.scan (the GPU/TPU path) on CPU gives the per-step path's state."""
   config = tiny_config(method)
   mesh, data, trainer = _setup(config)
-  per_step = step_lib.make_train_fn(trainer.spec, 4)
+  one_step = step_lib.make_train_fn(trainer.spec, 1)
+  per_step = step_lib.make_train_fn(trainer.spec, 4, one_step=one_step)
   scanned = step_lib.make_train_fn(trainer.spec, 4, force_scan=True)
   s1 = per_step(trainer.init_state(), trainer.teacher_vars, data.train)
   s2 = testenv.run_optimized(scanned, mesh, trainer.init_state(), trainer.teacher_vars,
                              data.train)
   assert int(jax.device_get(s1.metric_count)) == 4
-  # The first step alone changes the parameters: the comparison is not between two no-ops.
-  s0 = step_lib.make_train_fn(trainer.spec, 1)(trainer.init_state(), trainer.teacher_vars,
-                                               data.train)
-  first = jax.tree.leaves(jax.device_get(s0.params))[0]
-  init = jax.tree.leaves(jax.device_get(trainer.init_state().params))[0]
-  assert np.abs(first - init).max() > 1e-6
-  _assert_states_close(s1, s2)
+  np.testing.assert_array_equal(jax.device_get(s1.step), jax.device_get(s2.step))
+  # The two are compiled at different XLA optimization levels (the suite's 0 for the calls,
+  # the default for the scan), and the scan is one loop: they round differently. Bound: the
+  # yardstick (the per-step path once more from parameters 4 ulps away) x yardstick.FACTOR.
+  # Measured: scan vs calls <= 2.2 yardsticks (on the summed KD term), 0.07 of the bound.
+  bounds = _state_bounds(s1, per_step(_wobbled(trainer.init_state()), trainer.teacher_vars,
+                                      data.train), config.batch_size)
+  yardstick.assert_within(_compared(s1), _compared(s2), bounds, "scan vs per-step calls")
+  # Defects land far outside the bound (measured: > 1000 x): the 4 steps on another random
+  # stream (other crops and flips), and one step fewer.
+  other = trainer.init_state()
+  other = other.replace(rng=jax.random.fold_in(other.rng, 1))
+  yardstick.assert_beyond(_compared(s1), _compared(per_step(other, trainer.teacher_vars,
+                                                            data.train)),
+                          bounds, what="another random stream")
+  three = step_lib.make_train_fn(trainer.spec, 3, one_step=one_step)(
+      trainer.init_state(), trainer.teacher_vars, data.train)
+  yardstick.assert_beyond(_compared(s1)[:2], _compared(three)[:2], bounds, what="a step skipped")
+
+
+def _wobbled(state):
+  """`state` with its parameters a few float32 ulps away (yardstick.perturb)."""
+  return state.replace(params=yardstick.perturb(state.params))
+
+
+def _state_bounds(reference, wobbled_run, batch_size: int,
+                  factor: float = yardstick.FACTOR) -> dict:
+  """Per-leaf bounds of _compared(state) from a yardstick run. top1 counts argmax hits, and
+  round-off may flip the argmax of a near-tie: one flip (1 / batch_size) is allowed."""
+  bounds = yardstick.leaf_bounds(_compared(reference), _compared(wobbled_run), factor)
+  key = "[2]['top1']"
+  bounds[key] = max(bounds[key], 1.0 / batch_size)
+  return bounds
+
+
+def _compared(state):
+  """The parts of a train state two paths must agree on."""
+  return (state.params, state.batch_stats, state.metric_sums)
 
 
 def test_cpu_step_counts_share_one_compiled_step():
@@ -145,7 +178,16 @@ def test_table_rows_are_the_teacher_on_each_augmented_view():
       crop = crop[:, :, ::-1]
     x = (crop / 255.0 - np.array(data_lib.CIFAR_MEAN)) / np.array(data_lib.CIFAR_STD)
     want = np.asarray(teacher.apply(tvars, x.astype(np.float32), train=False))
-    np.testing.assert_allclose(table[:, view], want, rtol=1e-4, atol=1e-4)
+    # Two programs (the table's batched jit, this eager apply) round differently. Yardstick:
+    # the teacher on the same images 4 ulps away; the table may be yardstick.FACTOR of it off.
+    moved = np.asarray(teacher.apply(tvars, yardstick.perturb(x.astype(np.float32)),
+                                     train=False))
+    bound = max(yardstick.FACTOR * float(np.max(np.abs(moved - want))),
+                16 * yardstick.EPS32 * float(np.max(np.abs(want))))
+    assert float(np.max(np.abs(table[:, view] - want))) <= bound, view
+    # A defect is far outside it: the row of another view (here: flipped or not).
+    other = table[:, view ^ 1]
+    assert float(np.max(np.abs(other - want))) > 100 * bound, view
 
 
 @pytest.mark.slow
@@ -169,11 +211,18 @@ def test_teacher_cache_run_equals_online_run_and_is_reused(tmp_path, monkeypatch
   assert os.stat(os.path.join(cache, tables[0], "logits.npy")).st_mtime_ns == stamp
   want = _train_and_eval_values(_metrics(online))
   assert any(k[1] == "train/nckd" for k in want) and any(k[1] == "eval/top1" for k in want)
+  # The table's logits come from another program than the online teacher's (other batches,
+  # other fusion), so the runs agree to float32 round-off as 8 steps amplify it. Yardstick:
+  # the online run once more from parameters 4 ulps away (yardstick.logged_bounds).
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(loop, "build_trainer", yardstick.perturbed_init(loop.build_trainer))
+    loop.train_and_evaluate(tiny_config("dkd"), str(tmp_path / "yardstick"))
+  bounds = yardstick.logged_bounds(want, _train_and_eval_values(_metrics(str(tmp_path /
+                                                                             "yardstick"))),
+                                   flip=1 / 16)
   for run in ("cached1", "cached2"):
     got = _train_and_eval_values(_metrics(str(tmp_path / run)))
-    assert sorted(got) == sorted(want)
-    for k in want:
-      np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{run} {k}")
+    yardstick.assert_logged_within(want, got, bounds, run)
 
 
 @pytest.mark.slow
@@ -206,13 +255,22 @@ def test_teacher_cache_sharded_resume_and_forced_scan(tmp_path):
       num_classes=100, mesh=mesh)
   assert not info["built"]
   spec = trainer.spec.__class__(**{**trainer.spec.__dict__, "teacher_table": True})
-  online = step_lib.make_train_fn(trainer.spec, 4)(trainer.init_state(), trainer.teacher_vars,
-                                                   data.train)
+  online_fn = step_lib.make_train_fn(trainer.spec, 4)
+  online = online_fn(trainer.init_state(), trainer.teacher_vars, data.train)
   scanned = testenv.run_optimized(step_lib.make_train_fn(spec, 4, force_scan=True), mesh,
                                   trainer.init_state(), table, data.train)
   # The two are compiled at different XLA optimization levels (the suite's 0 for the calls,
-  # the default for the scan), which round differently: up to 2.7e-6 apart after 4 steps.
-  _assert_states_close(online, scanned, atol=1e-5)
+  # the default for the scan), which round differently. Bound: the yardstick (the per-step
+  # path once more from parameters 4 ulps away) x yardstick.FACTOR.
+  bounds = _state_bounds(online, online_fn(_wobbled(trainer.init_state()), trainer.teacher_vars,
+                                           data.train), config.batch_size)
+  yardstick.assert_within(_compared(online), _compared(scanned), bounds, "table scan vs calls")
+  # A defect is far outside it: the scan reading each example's logits of another view (the
+  # teacher's logits of two crops of one image are close: measured 50 x the bound).
+  wrong_view = testenv.run_optimized(step_lib.make_train_fn(spec, 4, force_scan=True), mesh,
+                                     trainer.init_state(), table[:, ::-1], data.train)
+  yardstick.assert_beyond(_compared(online), _compared(wrong_view), bounds, margin=10,
+                          what="another view")
 
 
 def test_stale_or_damaged_table_is_rebuilt(tmp_path, capsys):
@@ -285,17 +343,26 @@ def test_sweep_step_forced_scan_equals_per_step_and_lone_runs():
   trainers = [trainer0, _setup(runs[1])[2]]
   stacked = lambda: jax.tree.map(lambda *x: np.stack(x), *[t.init_state() for t in trainers])
   hp = sweep.hyperparameters(runs, keys)
-  calls = sweep.make_sweep_train_fn(trainer0.spec, config, 8, 4)(
-      stacked(), hp, trainer0.teacher_vars, data.train)
+  calls_fn = sweep.make_sweep_train_fn(trainer0.spec, config, 8, 4)
+  calls = calls_fn(stacked(), hp, trainer0.teacher_vars, data.train)
   scanned = testenv.run_optimized(
       sweep.make_sweep_train_fn(trainer0.spec, config, 8, 4, force_scan=True), mesh,
       stacked(), hp, trainer0.teacher_vars, data.train)
-  # The summed losses of the 4 steps agree to float rounding. The parameters agree to about 1%
-  # of their 4-step change (atol 5e-4 against changes of 2e-3..2e-2, measured up to 1.4e-4):
-  # XLA:CPU rounds the vmapped and looped convolutions differently, and the BatchNorm gradients
-  # of this 16-example batch cancel to small sums that magnify it.
-  _assert_states_close(calls, scanned, rtol=1e-3, atol=5e-4)
-  np.testing.assert_allclose(calls.metric_sums["loss"], scanned.metric_sums["loss"], rtol=1e-5)
+  # XLA:CPU rounds the vmapped and looped convolutions differently at every step, and the
+  # BatchNorm gradients of this 16-example batch cancel to small sums that magnify it. Bound:
+  # the yardstick (the calls once more from parameters 4 ulps away) x 4 yardstick.FACTOR: a start
+  # 4 ulps away moves less than round-off in every convolution of every step (measured: scan vs
+  # calls up to 37 yardsticks, on BatchNorm variances, 2026-12-04).
+  bounds = _state_bounds(calls, calls_fn(_wobbled(stacked()), hp, trainer0.teacher_vars,
+                                         data.train), config.batch_size,
+                         factor=4 * yardstick.FACTOR)
+  np.testing.assert_array_equal(jax.device_get(calls.step), jax.device_get(scanned.step))
+  yardstick.assert_within(_compared(calls), _compared(scanned), bounds, "sweep scan vs calls")
+  # A defect is far outside it: the learning rates of the two runs swapped.
+  swapped = dict(hp, learning_rate=hp["learning_rate"][::-1].copy())
+  yardstick.assert_beyond(_compared(calls), _compared(calls_fn(stacked(), swapped,
+                                                               trainer0.teacher_vars, data.train)),
+                          bounds, what="learning rates swapped")
   # Each vmapped run against the same run alone: test_sweep_equals_the_runs_launched_alone.
 
 
@@ -305,18 +372,32 @@ def test_sweep_equals_the_runs_launched_alone(tmp_path):
   config = tiny_config("dkd")
   config.sweep = "seed=0,1;loss.beta=2,8"
   sweep.train_sweep(config, str(tmp_path / "sweep"))
+  first, runs = None, {}
   for name, run in sweep.expand(config):
     alone = str(tmp_path / name)
     loop.train_and_evaluate(run, alone)
     want = _train_and_eval_values(_metrics(alone))
     got = _train_and_eval_values(_metrics(str(tmp_path / "sweep" / "runs" / name)))
     assert sorted(got) == sorted(want) and len(want) > 4, name
-    for k in want:
-      # vmapped convolutions sum in another order: after 8 steps float32 round-off reaches
-      # ~1e-4 relative (1.2e-4 measured on eval/loss, 2026-12-02).
-      np.testing.assert_allclose(got[k], want[k], rtol=3e-4, atol=1e-5, err_msg=f"{name} {k}")
+    if first is None:
+      # vmapped convolutions sum in another order, and 8 steps amplify the round-off. Yardstick:
+      # the first lone run once more from parameters 4 ulps away (yardstick.logged_bounds).
+      with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "build_trainer", yardstick.perturbed_init(loop.build_trainer))
+        loop.train_and_evaluate(run, str(tmp_path / "yardstick"))
+      first = (want, _train_and_eval_values(_metrics(str(tmp_path / "yardstick"))))
+    bounds = yardstick.logged_bounds(*first, flip=1 / 16, values=want)
+    yardstick.assert_logged_within(want, got, bounds, name)
     cfg = json.load(open(str(tmp_path / "sweep" / "runs" / name / "config.json")))
     assert (cfg["seed"], cfg["loss"]["beta"]) == (run.seed, run.loss.beta)
+    runs[name] = (want, got, bounds)
+  # A defect is far outside the bounds: each vmapped run against the lone run of its neighbour
+  # (another seed or beta: a wrong run index).
+  names = list(runs)
+  for name, neighbour in zip(names, names[1:] + names[:1]):
+    want, _, bounds = runs[name]
+    ratio = max(abs(want[k] - runs[neighbour][1][k]) / bounds[k] for k in want if bounds[k])
+    assert ratio > 100, (name, neighbour, ratio)
 
 
 @pytest.mark.slow

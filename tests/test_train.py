@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import testenv  # pylint: disable=g-import-not-at-top
+import yardstick  # pylint: disable=g-import-not-at-top
 
 from kd_jax import errors
 from kd_jax import config as kdc
@@ -76,16 +77,21 @@ def test_every_method_trains_on_1_and_8_devices_identically(method, tmp_path):
                     "dkd": {"ce", "tckd", "nckd"}, "rld": {"ce", "scd", "mcd"},
                     "dhkd": {"ce", "bkln"}, "rkkd": {"ce", "tckd", "nckd", "rank"}}[method]
   assert {t.split("/", 1)[1] for t in terms1} == expected_terms
-  # Sharded over 8 devices: same losses and same model (eval) as one device. DHKD's nonlinear
-  # head normalises 200 features over the 16-example batch (BatchNorm1d), which amplifies the
-  # reduction-order rounding of the sharded sums: measured 7e-5 relative on BKLN after 4 steps
-  # and 5e-4 after 8 (1e-6 and 2e-4 with the linear head), so its bound is wider.
-  rtol = 1e-3 if method == "dhkd" else 2e-4
-  for a, b in zip([r for r in rec1 if "train/loss" in r], [r for r in rec8 if "train/loss" in r]):
-    for k in terms1 + ["train/loss"]:
-      np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-5)
-  np.testing.assert_allclose(last_with(rec1, "eval/loss")["eval/loss"],
-                             last_with(rec8, "eval/loss")["eval/loss"], rtol=2e-4)
+  # Sharded over 8 devices: the same losses and the same model (eval) as on one device, to
+  # float32 round-off as 8 steps amplify it (BatchNorm over 16 examples most). Yardstick: the
+  # 1-device run once more from parameters and BatchNorm statistics 4 ulps away (the same
+  # programs, compiled already); 8 devices may differ by yardstick.FACTOR of its distance.
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(loop, "build_trainer", yardstick.perturbed_init(loop.build_trainer))
+    loop.train_and_evaluate(tiny_config(method, 1), str(tmp_path / "yardstick"))
+  one, eight = yardstick.logged(rec1), yardstick.logged(rec8)
+  yard = yardstick.logged(read_metrics(str(tmp_path / "yardstick")))
+  bounds = yardstick.logged_bounds(one, yard, flip=1 / 16)
+  yardstick.assert_logged_within(one, eight, bounds, "8 devices vs 1")
+  # Measured (2-core CPU, 2026-12-04): 8 devices within 0.09 of the bound (ce; the others
+  # within 0.03); a wrong random stream (the 1-device run with its key folded once more: other
+  # crops, flips and dropout) lands 107-674 x beyond it, DHKD's only 5 x: its nonlinear head's
+  # BatchNorm1d over 16 examples makes its yardstick tens of times the others'.
 
 
 @pytest.mark.slow
