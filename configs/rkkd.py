@@ -5,7 +5,8 @@ Default: KD base, 0.1*CE + 0.9*KD(T=4) + 0.9*(1 - tau_k), k = 100.
     --config.teacher_checkpoint=teachers/resnet32x4.pth
 Another pair: `configs/rkkd.py:TEACHER,STUDENT`. Another base (its own defaults, the ranking
 weight = its distillation weight): `configs/rkkd.py:dkd` or `configs/rkkd.py:TEACHER,STUDENT,dkd`
-with a base in ce, kd, dkd, rld, dhkd; `--config.loss.rank_weight=` overrides the weight.
+with a base in ce, kd, dkd, rld, dhkd, ctkd, mlkd, dist; `--config.loss.rank_weight=` overrides
+the weight.
 """
 from kd_jax import config as kdc
 

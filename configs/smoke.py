@@ -7,8 +7,8 @@ ranking term), student resnet8 (no auxiliary head) distilled from a randomly ini
 resnet8 teacher ('random:0'), 60 steps of batch 16 on 960 synthetic CIFAR-shaped images of
 100 classes (each class a colour, plus noise), evaluation on 200 held-out images at the end,
 checkpoints every 10 steps. The student ends well above chance (about 9% top-1 against 1%).
-`configs/smoke.py:METHOD` smokes one method instead (ce, teacher, kd, dkd, rld, dhkd, rkkd;
-dhkd adds the auxiliary head).
+`configs/smoke.py:METHOD` smokes one method instead (ce, teacher, kd, dkd, rld, dhkd, rkkd,
+ctkd, mlkd, dist; dhkd adds the auxiliary head).
 """
 from kd_jax import config as kdc
 

@@ -251,6 +251,11 @@ class LossSpec:
     extra = tuple(m for r in self.records for m in r.metric_names)
     return tuple(sorted(self.term_names + extra)) + ("loss", "top1")
 
+  @property
+  def last_metric_names(self) -> tuple[str, ...]:
+    """The metrics logged as the last step's value of a log window (the others: its mean)."""
+    return tuple(m for r in self.records for m in r.last_metrics)
+
 
 @dataclasses.dataclass(frozen=True)
 class ViewLogits:
@@ -352,6 +357,9 @@ class Method:
   # Logged per-step values that are not loss terms: (names, fn(spec, inputs) -> {name: scalar}).
   metric_names: tuple[str, ...] = ()
   metrics: Optional[TermsFn] = None
+  # Metrics logged as the last (finite) step's value of each log window, not the window mean
+  # (e.g. a learned temperature: the value that step's loss used).
+  last_metrics: tuple[str, ...] = ()
   # Checks across keys (config -> None or ConfigError), beyond each key's own accepted values.
   check: Optional[Callable[[Any], None]] = None
 
@@ -423,6 +431,9 @@ def _check_record(method: Method) -> None:
                        f"declares it")
   if not method.views or len({v.name for v in method.views}) != len(method.views):
     raise ValueError(f"method {method.name!r}: views must be one or more distinct names")
+  if not set(method.last_metrics) <= set(method.metric_names):
+    raise ValueError(f"method {method.name!r}: last_metrics {method.last_metrics} must be "
+                     f"among its metric_names {method.metric_names}")
   if set(method.term_names) & ({"ce", "loss", "top1"} | set(method.metric_names)):
     raise ValueError(f"method {method.name!r}: term names {method.term_names} may not be "
                      f"'ce', 'loss', 'top1' or one of its metric names")
@@ -716,6 +727,10 @@ _KD_LS_IMAGENET: dict[Pair, LSSetting] = {
 _DECOUPLED_CIFAR = {"loss.ce_weight": 1.0, "loss.alpha": 1.0, "loss.beta": 8.0,
                     "loss.temperature": 4.0, "loss.warmup_epochs": 20}
 
+# The distillation weight of KD (and of CTKD's KD term, MLKD's and DIST's terms, which
+# declare the same key).
+_KD_WEIGHT = Hyper("kd_weight", 0.9, "KD: weight of T^2 KL", Range(0.0), sweepable=True)
+
 # Keys DKD and RLD share.
 _ALPHA = Hyper("alpha", 1.0, "DKD/RLD: weight of TCKD/SCD", Range(0.0), sweepable=True)
 _BETA = Hyper("beta", 8.0, "DKD/RLD: weight of NCKD/MCD", Range(0.0), sweepable=True)
@@ -729,7 +744,7 @@ register(Method(
 register(Method(
     name="kd", summary="ce_weight*CE + kd_weight*T^2*KL(p_t^T || p_s^T)", terms=_kd_terms,
     term_names=("kd",), needs_teacher=True,
-    hypers=(Hyper("kd_weight", 0.9, "KD: weight of T^2 KL", Range(0.0), sweepable=True),),
+    hypers=(_KD_WEIGHT,),
     cifar={"loss.ce_weight": 0.1, "loss.kd_weight": 0.9, "loss.temperature": 4.0,
            "loss.warmup_epochs": 0},
     imagenet={"loss.ce_weight": 0.5, "loss.kd_weight": 0.5},
@@ -790,3 +805,206 @@ register(Method(
         Hyper("rank_top_k", 0, "RKKD: rank only the teacher's top k classes (0 = all)",
               Range(0, integer=True)),
     )))
+
+
+# --- CTKD (docs/methods.md §9, docs/recipes.md §3.7) -----------------------------------
+
+
+def _ctkd_temperature(spec: LossSpec, x: TermInputs) -> jax.Array:
+  """The temperature of this step's loss: scalar (global module) or [B] (instance module),
+  read through the gradient-reversal layer at the curriculum's lambda(epoch)."""
+  lam = losses.ctkd_lambda(x.epoch, lambda_min=spec.ctkd_lambda_min,
+                           lambda_max=spec.ctkd_lambda_max, num_loops=spec.ctkd_decay_epochs)
+  kw = dict(t_start=spec.ctkd_t_start, t_end=spec.ctkd_t_end)
+  if spec.ctkd_module == "instance":
+    return losses.instance_temperature(x.loss_params, x.logits, x.teacher, lam, **kw)
+  return losses.global_temperature(x.loss_params, lam, **kw)
+
+
+def _ctkd_terms(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
+  """kd_weight * KD(tau) and, on the DKD base, alpha * TCKD(tau) + beta * NCKD(tau); tau is
+  learned (train/tckd and train/nckd are 0 on the KD base)."""
+  tau = _ctkd_temperature(spec, x)
+  eps = losses.ctkd.INSTANCE_TEACHER_EPS if spec.ctkd_module == "instance" else 0.0
+  kd = x.warmup * spec.kd_weight * jnp.mean(losses.ctkd_kd(
+      x.logits, x.teacher, tau, teacher_eps=eps, standardize=spec.standardize))
+  tckd = nckd = jnp.zeros((), kd.dtype)
+  if spec.ctkd_base == "dkd":
+    kw = dict(temperature=tau, standardize=spec.standardize)
+    tckd = x.warmup * spec.alpha * jnp.mean(losses.tckd(x.logits, x.teacher, x.labels, **kw))
+    nckd = x.warmup * spec.beta * jnp.mean(losses.nckd(x.logits, x.teacher, x.labels, **kw))
+  return {"kd": kd, "tckd": tckd, "nckd": nckd}
+
+
+def _ctkd_metrics(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
+  """train/temperature: the temperature this step's loss used (the batch mean for the
+  instance module), from the loss parameters before this step's update."""
+  return {"temperature": jnp.mean(_ctkd_temperature(spec, x))}
+
+
+def _ctkd_loss_params(spec: LossSpec, init: "LossParamsInit") -> PyTree:
+  if spec.ctkd_module == "instance":
+    return losses.instance_temperature_init(init.rng, init.num_classes)
+  return losses.global_temperature_init(spec.ctkd_raw_init)
+
+
+def _ctkd_check(config) -> None:
+  loss = config.loss
+  if loss.ctkd_lambda_min > loss.ctkd_lambda_max:
+    raise ConfigError(f"config.loss.ctkd_lambda_min={loss.ctkd_lambda_min} exceeds "
+                      f"config.loss.ctkd_lambda_max={loss.ctkd_lambda_max}")
+  if loss.ctkd_module == "instance" and loss.ctkd_base == "dkd":
+    raise ConfigError("config.loss.ctkd_module='instance' takes the KD base only; with "
+                      "config.loss.ctkd_base='dkd' use ctkd_module='global'")
+
+
+def _ls_on_ctkd(loss: Mapping[str, Any], s: LSSetting) -> Overrides:
+  """CTKD+LS: the KD (or DKD) term on standardized logits, its weight(s) times the LS weight;
+  the temperature stays learned (the LS code's --kd_T is unused)."""
+  if loss["ctkd_base"] == "dkd":
+    return {"loss.standardize": True, "loss.alpha": loss["alpha"] * s.weight,
+            "loss.beta": loss["beta"] * s.weight}
+  return {"loss.standardize": True, "loss.kd_weight": s.weight}
+
+
+# The KD base of the CIFAR run script; `ctkd_dkd_values()` switches to its DKD line.
+_CTKD_CIFAR = {"loss.ce_weight": 0.1, "loss.kd_weight": 0.9, "loss.warmup_epochs": 0,
+               "loss.ctkd_base": "kd"}
+# The script's DKD line with the CTKD flags: -r 1 -a 0 -b 1 --dkd_alpha 1 --dkd_beta 2.
+CTKD_DKD_VALUES = {"loss.ctkd_base": "dkd", "loss.ce_weight": 1.0, "loss.kd_weight": 0.0,
+                   "loss.alpha": 1.0, "loss.beta": 2.0, "loss.warmup_epochs": 0}
+
+register(Method(
+    name="ctkd", summary="CE + kd_weight*KD(tau) [+ alpha*TCKD(tau) + beta*NCKD(tau)], "
+    "tau learned through gradient reversal on a cosine curriculum",
+    terms=_ctkd_terms, term_names=("kd", "tckd", "nckd"), needs_teacher=True,
+    hypers=(
+        _KD_WEIGHT, _ALPHA, _BETA,
+        Hyper("ctkd_base", "kd", "CTKD: the loss the learned temperature enters: 'kd' or "
+              "'dkd' (alpha*TCKD + beta*NCKD beside kd_weight*KD)", Choice(("kd", "dkd")),
+              exclusive=True),
+        Hyper("ctkd_module", "global", "CTKD: temperature module: 'global' (one learned "
+              "scalar) or 'instance' (an MLP on each example's logits)",
+              Choice(("global", "instance")), exclusive=True),
+        Hyper("ctkd_t_start", 1.0, "CTKD: tau = t_start + t_end * sigmoid(raw)", Range(0.0)),
+        Hyper("ctkd_t_end", 20.0, "CTKD: tau = t_start + t_end * sigmoid(raw)",
+              Range(0.0, lo_open=True)),
+        Hyper("ctkd_raw_init", 1.0, "CTKD: initial raw value of the global module "
+              "(1: tau0 = 15.6212)", Range()),
+        Hyper("ctkd_lambda_min", 0.0, "CTKD: reversal strength lambda at the curriculum's "
+              "start", Range(0.0)),
+        Hyper("ctkd_lambda_max", 1.0, "CTKD: reversal strength lambda from epoch "
+              "ctkd_decay_epochs on", Range(0.0)),
+        Hyper("ctkd_decay_epochs", 10, "CTKD: epochs of the cosine lambda curriculum",
+              Range(1, integer=True)),
+    ),
+    loss_params=_ctkd_loss_params, metric_names=("temperature",), metrics=_ctkd_metrics,
+    last_metrics=("temperature",), check=_ctkd_check,
+    cifar=_CTKD_CIFAR, distill_weight="kd_weight",
+    ls=LSRecipe(default=LS_DEFAULT, cifar={}, imagenet={}, apply=_ls_on_ctkd)))
+
+
+# --- MLKD (docs/methods.md §10, docs/recipes.md §3.8) -----------------------------------
+
+
+def _mlkd_terms(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
+  """losses.mlkd over the weak and strong views: CE of the strong view (the common CE is the
+  weak view's), and the instance (kd), class (cc) and batch (bc) terms times kd_weight."""
+  weak, strong = x.views["weak"], x.views["strong"]
+  out = losses.mlkd(weak.student, strong.student, weak.teacher, strong.teacher, x.labels,
+                    temperature=spec.temperature, ce_weight=1.0, kd_weight=1.0,
+                    standardize=spec.standardize, extra_temperatures=spec.mlkd_temperatures)
+  w = x.warmup * spec.kd_weight
+  return {"ce_strong": spec.ce_weight * jnp.mean(losses.cross_entropy(
+              strong.student, x.labels, label_smoothing=spec.label_smoothing)),
+          "kd": w * jnp.mean(out["kd"]), "cc": w * out["cc"], "bc": w * out["bc"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class MLKDLSSetting(LSSetting):
+  """An MLKD+LS setting: the LS repository's yaml also sets the epochs and the LR."""
+  num_epochs: Optional[int] = None
+  learning_rate: Optional[float] = None
+
+
+def _ls_on_mlkd(loss: Mapping[str, Any], s: LSSetting) -> Overrides:
+  """MLKD+LS: T0 = base temperature, kd_weight = the LS weight, the instance terms
+  standardized; the pair's yaml epochs and LR."""
+  out: dict[str, Any] = {"loss.standardize": True, "loss.temperature": s.temperature,
+                         "loss.kd_weight": s.weight}
+  if getattr(s, "num_epochs", None) is not None:
+    out["num_epochs"] = s.num_epochs
+  if getattr(s, "learning_rate", None) is not None:
+    out["learning_rate"] = s.learning_rate
+  return out
+
+
+# The MLKD repository's configs/cifar100/ours/*.yaml: (epochs, LR) per pair.
+_MLKD_CIFAR_PAIRS: dict[Pair, tuple[int, float]] = {
+    ("resnet32x4", "resnet8x4"): (240, 0.025), ("vgg13", "vgg8"): (240, 0.025),
+    ("wrn_40_2", "wrn_40_1"): (240, 0.025), ("wrn_40_2", "wrn_16_2"): (240, 0.025),
+    ("resnet56", "resnet20"): (240, 0.025), ("resnet110", "resnet32"): (240, 0.025),
+    ("ResNet50", "MobileNetV2"): (480, 0.01), ("vgg13", "MobileNetV2"): (480, 0.01),
+    ("wrn_40_2", "ShuffleV1"): (480, 0.01), ("resnet32x4", "ShuffleV1"): (960, 0.01),
+    ("resnet32x4", "ShuffleV2"): (960, 0.01),
+}
+# The LS repository's configs/cifar100/mlkd/*.yaml and log names: (epochs, LR, KD weight).
+_MLKD_LS: dict[Pair, MLKDLSSetting] = {
+    pair: MLKDLSSetting(temperature=2.0, weight=w, num_epochs=e, learning_rate=lr)
+    for pair, (e, lr, w) in {
+        ("resnet32x4", "resnet8x4"): (480, 0.025, 9.0), ("resnet56", "resnet20"): (480, 0.025, 9.0),
+        ("resnet110", "resnet32"): (480, 0.025, 9.0), ("resnet110", "resnet20"): (480, 0.025, 9.0),
+        ("wrn_40_2", "wrn_40_1"): (480, 0.025, 9.0), ("wrn_40_2", "wrn_16_2"): (480, 0.025, 9.0),
+        ("resnet32x4", "wrn_16_2"): (480, 0.025, 9.0),
+        ("resnet32x4", "wrn_40_2"): (480, 0.025, 9.0),
+        ("wrn_40_2", "resnet8x4"): (480, 0.025, 9.0), ("vgg13", "vgg8"): (480, 0.01, 6.0),
+        ("vgg13", "MobileNetV2"): (480, 0.01, 6.0), ("ResNet50", "MobileNetV2"): (480, 0.01, 9.0),
+        ("wrn_40_2", "ShuffleV1"): (480, 0.01, 9.0), ("wrn_40_2", "MobileNetV2"): (480, 0.005, 9.0),
+        ("resnet32x4", "ShuffleV1"): (960, 0.01, 9.0), ("resnet32x4", "ShuffleV2"): (960, 0.01, 6.0),
+    }.items()}
+
+register(Method(
+    name="mlkd", summary="CE(weak) + CE(strong) + kd_weight*(instance KD at 5 temperatures + "
+    "batch- and class-level terms), weak and strong views",
+    terms=_mlkd_terms, term_names=("ce_strong", "kd", "cc", "bc"), needs_teacher=True,
+    hypers=(
+        _KD_WEIGHT,
+        Hyper("mlkd_temperatures", (3.0, 5.0, 2.0, 6.0), "MLKD: the temperatures after "
+              "loss.temperature (the strong view's instance term takes the first two, the "
+              "weak view's the last two)", Numbers(Range(0.0, lo_open=True), 4, 4)),
+    ),
+    views=(View("weak"), View("strong", "randaugment")),
+    cifar={"loss.ce_weight": 0.1, "loss.kd_weight": 0.9, "loss.temperature": 4.0,
+           "loss.warmup_epochs": 0, "learning_rate": 0.025},
+    cifar_pairs={p: {"num_epochs": e, "learning_rate": lr}
+                 for p, (e, lr) in _MLKD_CIFAR_PAIRS.items()},
+    distill_weight="kd_weight",
+    ls=LSRecipe(default=LS_DEFAULT, cifar=_MLKD_LS, imagenet={}, apply=_ls_on_mlkd)))
+
+
+# --- DIST (docs/methods.md §11, docs/recipes.md §3.9) -----------------------------------
+
+
+def _dist_terms(spec: LossSpec, x: TermInputs) -> dict[str, jax.Array]:
+  """kd_weight * (beta * mean inter + gamma * intra) at tau = loss.temperature."""
+  w = x.warmup * spec.kd_weight
+  return {"dist_inter": w * spec.dist_beta * jnp.mean(losses.dist_inter(
+              x.logits, x.teacher, tau=spec.temperature)),
+          "dist_intra": w * spec.dist_gamma * losses.dist_intra(
+              x.logits, x.teacher, tau=spec.temperature)}
+
+
+register(Method(
+    name="dist", summary="CE + kd_weight*(beta*inter + gamma*intra), Pearson relations of the "
+    "softmax at T", terms=_dist_terms, term_names=("dist_inter", "dist_intra"),
+    needs_teacher=True,
+    hypers=(
+        _KD_WEIGHT,
+        Hyper("dist_beta", 1.0, "DIST: weight beta of the inter-class relation", Range(0.0),
+              sweepable=True),
+        Hyper("dist_gamma", 1.0, "DIST: weight gamma of the intra-class relation", Range(0.0),
+              sweepable=True),
+    ),
+    cifar={"loss.ce_weight": 1.0, "loss.kd_weight": 2.0, "loss.temperature": 4.0,
+           "loss.warmup_epochs": 0},
+    distill_weight="kd_weight"))

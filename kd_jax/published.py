@@ -245,10 +245,14 @@ ENTRIES: tuple[Published, ...] = (
     + _IMAGENET)
 
 
-def method_key(method: str, base_method: str = "", standardize: bool = False) -> str:
-  """The published-table method name of a run: 'kd', 'dkd+ls', 'rkkd(kd)', 'teacher', ..."""
+def method_key(method: str, base_method: str = "", standardize: bool = False,
+               ctkd_base: str = "") -> str:
+  """The published-table method name of a run: 'kd', 'dkd+ls', 'rkkd(kd)', 'ctkd(dkd)',
+  'teacher', ... (ctkd_base: a CTKD run's config.loss.ctkd_base)."""
   name = method
-  if method == "rkkd":
+  if method == "ctkd" and ctkd_base == "dkd":
+    name = f"ctkd(dkd){'+ls' if standardize else ''}"
+  elif method == "rkkd":
     name = f"rkkd({base_method or 'kd'}{'+ls' if standardize else ''})"
   elif standardize:
     name = f"{method}+ls"
@@ -271,6 +275,6 @@ def lookup_config(config: Mapping) -> tuple[Published, ...]:
   """Entries matching a run's config.json (method, loss.standardize, teacher, student)."""
   loss = config.get("loss") or {}
   key = method_key(config.get("method", ""), config.get("base_method", ""),
-                   bool(loss.get("standardize", False)))
+                   bool(loss.get("standardize", False)), loss.get("ctkd_base", ""))
   teacher: Optional[str] = config.get("teacher") or ""
   return lookup(config.get("dataset", ""), key, teacher, config.get("student", ""))

@@ -53,7 +53,8 @@ class Run:
     c = self.config
     base = c.get("base_method") or c.get("method", "")
     return published_lib.method_key(c.get("method", ""), base,
-                                    bool(self.loss.get("standardize", False)))
+                                    bool(self.loss.get("standardize", False)),
+                                    self.loss.get("ctkd_base", ""))
 
   @property
   def setting(self) -> tuple:

@@ -27,6 +27,9 @@ from kd_jax import config as kdc  # pylint: disable=wrong-import-position
 from kd_jax import methods as methods_lib  # pylint: disable=wrong-import-position
 from kd_jax import published  # pylint: disable=wrong-import-position
 
+# The bases of the RKKD table, each run alone and with the ranking term.
+_RKKD_BASES = ("kd", "dkd", "rld", "dhkd", "ctkd", "mlkd", "dist")
+
 # The papers' tables (docs/results.md): pairs and the methods of each table.
 TABLES: dict[str, dict] = {
     "cifar_same": {
@@ -47,6 +50,20 @@ TABLES: dict[str, dict] = {
     "cifar_ls": {
         "pairs": list(methods_lib.get("kd").ls.cifar),
         "methods": ["kd+ls", "dkd+ls"]},
+    # docs/results.md §4: the LS README's grid, KD, CTKD, DKD and MLKD each with and without LS.
+    "cifar_ls_grid": {
+        "pairs": list(methods_lib.get("kd").ls.cifar),
+        "methods": ["kd", "kd+ls", "ctkd", "ctkd+ls", "dkd", "dkd+ls", "mlkd", "mlkd+ls"]},
+    # Each base with and without the RKKD term ('rkkd(BASE)': configs/rkkd.py:TEACHER,STUDENT,
+    # BASE; 'rkkd' on KD as in the tables above), on the CIFAR pairs of the tables above.
+    "rkkd": {
+        "pairs": list(kdc.CIFAR_PAIRS),
+        "methods": [m for base in _RKKD_BASES
+                    for m in (base, "rkkd" if base == "kd" else f"rkkd({base})")],
+        "skip": {(m, "ResNet50", "vgg8") for base in ("dkd", "rld")
+                 for m in (base, f"rkkd({base})")}
+                | {(m, t, "ShuffleV1") for m in ("rld", "rkkd(rld)")
+                   for t in ("resnet32x4", "wrn_40_2")}},
     "imagenet": {
         "pairs": list(kdc.IMAGENET_PAIRS),
         "methods": ["kd", "dkd", "rld", "rkkd", "dhkd"]},
@@ -75,11 +92,14 @@ def command(table: str, method: str, teacher: str, student: str, seed: int,
             teachers_dir: str, workroot: str) -> list[str]:
   base, ls = method.split("+")[0], method.endswith("+ls")
   arg = f"{teacher},{student}" + (",ls" if ls else "")
+  if base.startswith("rkkd("):   # 'rkkd(BASE)': the ranking term on BASE
+    base, arg = "rkkd", f"{teacher},{student},{base[len('rkkd('):-1]}" + (",ls" if ls else "")
   if table.startswith("imagenet"):
     ckpt = IMAGENET_TEACHER[teacher].format(dir=teachers_dir)
   else:
     ckpt = CIFAR_TEACHER.format(dir=teachers_dir, t=teacher)
-  name = f"{method.replace('+', '_')}_{teacher}_{student}_s{seed}"
+  tag = method.replace("+", "_").replace("(", "_").replace(")", "")
+  name = f"{tag}_{teacher}_{student}_s{seed}"
   return ["python", "launch.py", f"--config=configs/{base}.py:{arg}",
           f"--workdir={workroot}/{table}/{name}", f"--config.teacher_checkpoint={ckpt}",
           f"--config.seed={seed}"]

@@ -32,8 +32,10 @@ def test_cell_config_is_valid(table, method, teacher, student):
   config = _config_from_command(cmd)
   kdc.validate(config, model_names=models.names(), num_devices=1)
   assert (config.teacher, config.student, config.seed) == (teacher, student, 3)
-  base = method.split("+")[0]
+  base = method.split("+")[0].split("(")[0]   # 'rkkd(dkd)': method rkkd on base dkd
   assert config.method == base
+  if "(" in method:
+    assert config.base_method == method.split("(")[1].split(")")[0].split("+")[0]
   assert config.loss.standardize == method.endswith("+ls")
   assert config.dataset == ("imagenet2012" if table.startswith("imagenet") else "cifar100")
 
@@ -46,8 +48,14 @@ def test_docs_list_one_command_per_cell():
   assert table.count("python launch.py") == len(CELLS)
 
 
-# Cells added after the snapshot was taken (they have no "before").
-NEW_CELLS = {"configs/kd.py:imagenet_resnet34,imagenet_resnet18,ls"}
+# Cells added after the snapshot was taken (they have no "before"): one ImageNet cell and the
+# cells of the tables added since (the LS grid, RKKD on every base) that no older table has.
+_NEW_TABLES = ("cifar_ls_grid", "rkkd")
+NEW_CELLS = {"configs/kd.py:imagenet_resnet34,imagenet_resnet18,ls"} | {
+    next(a for a in reproduce.command(t, *c, 0, "T", "W") if a.startswith("--config="))[9:]
+    for t in _NEW_TABLES for c in reproduce.cells(t)} - {
+    next(a for a in reproduce.command(t, *c, 0, "T", "W") if a.startswith("--config="))[9:]
+    for t in reproduce.TABLES if t not in _NEW_TABLES for c in reproduce.cells(t)}
 
 
 def _cell_configs():
@@ -62,8 +70,14 @@ def _cell_configs():
 
 def _assert_resolves_as(config, want, flag):
   """Every snapshot key has its old value; keys added since then hold their schema default."""
-  got = json.loads(config.to_json(sort_keys=True))
-  default = json.loads(kdc.base_config().to_json(sort_keys=True))
+  def flat(tree, prefix=""):   # the loss block key by key: new loss keys are new keys
+    out = {}
+    for k, v in tree.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+  got = flat(json.loads(config.to_json(sort_keys=True)))
+  default = flat(json.loads(kdc.base_config().to_json(sort_keys=True)))
+  want = flat(want)
   for key, value in want.items():
     assert got[key] == value, (flag, key)
   for key in set(got) - set(want):
@@ -75,7 +89,7 @@ def test_every_cell_resolves_as_before_the_method_registry():
   with open(os.path.join(REPO, "tests", "data", "config_snapshot.json")) as f:
     snapshot = json.load(f)
   cells = _cell_configs()
-  assert set(cells) - set(snapshot) == NEW_CELLS
+  assert set(cells) - set(snapshot) == NEW_CELLS - set(snapshot)
   for flag, config in cells.items():
     if flag not in NEW_CELLS:
       _assert_resolves_as(config, snapshot[flag], flag)
@@ -88,7 +102,8 @@ def test_every_cell_resolves_as_before_the_method_registry():
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--methods", "rkd"], "--methods: rkd is not a method of the tables; accepted: dhkd, dkd"),
+    (["--methods", "rkd"], "--methods: rkd is not a method of the tables; accepted: ctkd, "
+                           "ctkd+ls, dhkd, dist, dkd"),
     (["--table", "cifar_ls", "--methods", "kd"], "selects no cell; the methods of cifar_ls: "
                                                  "dkd+ls, kd+ls"),
     (["--table", "cifar"], "--table='cifar' is not a table; accepted: all, cifar_same"),

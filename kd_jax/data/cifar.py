@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.data import common
+from kd_jax.data import randaugment
 from kd_jax.data import sources
 from kd_jax.data.common import DataError, InMemoryData
 
@@ -330,12 +331,19 @@ def augment_batch(rng: Any, images_uint8: Any, *, augment: str,
   """The in-memory training transform, then (x / 255 - mean) / std; float32 [B,H,W,3].
 
   'pad_crop_flip': augment_cifar. 'random_resized_crop': RandomResizedCrop(crop_area,
-  crop_aspect) back to the image size + flip p=0.5. 'none': normalisation only (rng unused).
+  crop_aspect) back to the image size + flip p=0.5. 'randaugment': pad-crop-flip, then
+  RandAugment(2, 10) and Cutout on the uint8 pixels (kd_jax.data.randaugment, MLKD's strong
+  view). 'none': normalisation only (rng unused).
   """
   if augment == "none":
     return common.normalize(images_uint8, mean, std)
   if augment == "pad_crop_flip":
     return augment_cifar(rng, images_uint8, mean=mean, std=std)
+  if augment == "randaugment":
+    k_crop, k_policy = jax.random.split(rng)
+    offsets, flips = cifar_augment_params(k_crop, images_uint8.shape[0])
+    cropped = crop_and_flip(images_uint8, offsets, flips)
+    return common.normalize(randaugment.rand_augment_batch(k_policy, cropped), mean, std)
   if augment == "random_resized_crop":
     images = jnp.asarray(images_uint8)
     b, h, w, _ = images.shape
@@ -346,5 +354,5 @@ def augment_batch(rng: Any, images_uint8: Any, *, augment: str,
     flips = jax.random.bernoulli(k_flip, 0.5, (b,))
     out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
     return common.normalize(out, mean, std)
-  raise DataError(f"augment={augment!r} for data held in memory; accepted: pad_crop_flip, "
-                  "random_resized_crop, none.")
+  raise DataError(f"augment={augment!r} for data held in memory; accepted: "
+                  f"{', '.join(a for a in sources.AUGMENTATIONS if a != 'auto')}.")

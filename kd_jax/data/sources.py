@@ -24,7 +24,8 @@ from kd_jax.data.common import DataError, InMemoryData
 
 # Augmentations of the training images. 'auto': pad_crop_flip for data held in memory,
 # random_resized_crop for streamed data. 'none': no crop and no flip, only normalisation.
-AUGMENTATIONS = ("auto", "pad_crop_flip", "random_resized_crop", "none")
+# 'randaugment': pad_crop_flip, then MLKD's RandAugment(2, 10) and Cutout (data held in memory).
+AUGMENTATIONS = ("auto", "pad_crop_flip", "random_resized_crop", "none", "randaugment")
 IMAGEFOLDER_PREFIX = "imagefolder:"
 # Names with presets: (in memory, default image size, number of classes).
 KNOWN_DATASETS = {"cifar100": (True, 32, 100), "cifar10": (True, 32, 10),

@@ -195,3 +195,27 @@ def kl_log_space(log_p: Array, log_q: Array) -> Array:
   Entries with p_c = 0 (masked at NEG_MASK) contribute exactly 0 because every log here is finite.
   """
   return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+@jax.custom_vjp
+def gradient_reversal(x: Any, scale: Any = 1.0) -> Any:
+  """The gradient-reversal layer: R_l(x) = x forward, dR_l/dx = -l * I backward.
+
+  x: any pytree of arrays; scale l: a scalar (a traced value such as a curriculum's is fine),
+  itself given no gradient. A loss parameter theta read through R_l is moved by gradient
+  descent *up* the loss, l times as fast (CTKD's adversarial temperature).
+  """
+  del scale
+  return x
+
+
+def _gradient_reversal_fwd(x: Any, scale: Any) -> tuple[Any, Any]:
+  return x, scale
+
+
+def _gradient_reversal_bwd(scale: Any, g: Any) -> tuple[Any, Any]:
+  flipped = jax.tree.map(lambda t: (-scale * t).astype(t.dtype), g)
+  return flipped, jnp.zeros_like(scale)
+
+
+gradient_reversal.defvjp(_gradient_reversal_fwd, _gradient_reversal_bwd)

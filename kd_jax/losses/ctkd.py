@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.losses import common
+from kd_jax.losses.common import gradient_reversal
 
 Array = jax.Array
 
@@ -27,31 +28,6 @@ LAMBDA_MAX = 1.0
 DECAY_LOOPS = 10
 # README formula of the instance-wise variant: the teacher's probabilities get +1e-7.
 INSTANCE_TEACHER_EPS = 1e-7
-
-
-@jax.custom_vjp
-def gradient_reversal(x: Any, lambda_: Any) -> Any:
-  """Gradient-reversal layer (Ganin & Lempitsky 2015): forward identity, backward -lambda * g.
-
-  y = x;  dL/dx = -lambda * dL/dy.  `x` may be any pytree; `lambda_` is a scalar (may be traced)
-  and receives no gradient. With lambda >= 0 the parameters before the layer ascend the loss
-  that the parameters after it descend (docs/methods.md §9; the authors write the same layer as
-  "multiply by lambda" and pass a negative lambda, see ctkd_lambda).
-  """
-  del lambda_
-  return x
-
-
-def _grl_fwd(x: Any, lambda_: Any) -> tuple[Any, Any]:
-  return x, lambda_
-
-
-def _grl_bwd(lambda_: Any, g: Any) -> tuple[Any, Any]:
-  scale = -jnp.asarray(lambda_)
-  return jax.tree.map(lambda v: (scale * v).astype(v.dtype), g), jnp.zeros_like(lambda_)
-
-
-gradient_reversal.defvjp(_grl_fwd, _grl_bwd)
 
 
 def ctkd_lambda(epoch: Any, *, lambda_min: float = LAMBDA_MIN, lambda_max: float = LAMBDA_MAX,

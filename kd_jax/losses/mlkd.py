@@ -120,10 +120,11 @@ def mlkd_class_level(student_logits: Array, teacher_logits: Array, *,
 def mlkd(student_weak: Array, student_strong: Array, teacher_weak: Array,
          teacher_strong: Array, labels: Array, *, temperature: float = 4.0,
          ce_weight: float = 0.1, kd_weight: float = 0.9,
-         standardize: bool = False) -> dict[str, Array]:
+         standardize: bool = False,
+         extra_temperatures: Sequence[float] = FIXED_TEMPERATURES) -> dict[str, Array]:
   """MLKD's four loss terms as the authors' `KD_ours.forward_train` sums them.
 
-  With T = (temperature, 3, 5, 2, 6), m_s / m_c the sample / class masks of
+  With T = (temperature, *extra_temperatures) = (temperature, 3, 5, 2, 6), m_s / m_c the sample / class masks of
   `mlkd_confidence_masks(teacher_weak)` and f_s = mean(m_s), f_c = mean(m_c):
 
     ce_i = ce_weight * (CE(s_weak_i, y_i) + CE(s_strong_i, y_i))
@@ -145,6 +146,9 @@ def mlkd(student_weak: Array, student_strong: Array, teacher_weak: Array,
     temperature: the configurable first temperature (4; LS uses 2).
     ce_weight, kd_weight: the reference's CE_WEIGHT and KD_WEIGHT (0.1 and 0.9; LS: 9 or 6).
     standardize: LS on the instance-level terms.
+    extra_temperatures: the temperatures after the first ((3, 5, 2, 6) in the reference); the
+      strong-view instance term takes T[:3], the weak-view one T[3:]. `temperature` may be
+      traced (a sweep); these are Python numbers.
 
   Returns:
     {"ce": [B], "kd": [B], "cc": scalar, "bc": scalar}; teachers get no gradient.
@@ -156,7 +160,8 @@ def mlkd(student_weak: Array, student_strong: Array, teacher_weak: Array,
                      f"{tuple(sw.shape)} and {tuple(ss.shape)}")
   common.check_scalar(ce_weight, "ce_weight")
   common.check_scalar(kd_weight, "kd_weight")
-  temps = mlkd_temperatures(temperature)
+  common.check_positive(temperature, "temperature")
+  temps = (temperature,) + _check_temperatures(extra_temperatures)
   sample_mask, class_mask = mlkd_confidence_masks(tw)
   dtype = common.compute_dtype(sw, tw, ss, ts)
   f_s = jnp.mean(sample_mask.astype(dtype))

@@ -193,7 +193,12 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: A
             & _all_finite(loss_grads))
   top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
   step_metrics = dict(terms, loss=loss, top1=top1)
-  metric_sums = {k: v + jnp.where(finite, step_metrics[k].astype(jnp.float32), 0.0)
+  count = state.metric_count + finite.astype(jnp.int32)
+  # The loop logs sum / count over a log window; a last-value metric is held as value * count,
+  # so it reads as the last finite step's value (within one float32 rounding).
+  last = set(spec.loss.last_metric_names)
+  metric_sums = {k: jnp.where(finite, step_metrics[k].astype(jnp.float32) * count, v)
+                 if k in last else v + jnp.where(finite, step_metrics[k].astype(jnp.float32), 0.0)
                  for k, v in state.metric_sums.items()}
   return state.replace(
       step=state.step + 1,
@@ -203,7 +208,7 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: A
       loss_params=_tree_where(finite, new_loss_params, state.loss_params),
       loss_opt_state=_tree_where(finite, new_loss_opt_state, state.loss_opt_state),
       metric_sums=metric_sums,
-      metric_count=state.metric_count + finite.astype(jnp.int32),
+      metric_count=count,
       bad_streak=jnp.where(finite, 0, state.bad_streak + 1),
       skipped=state.skipped + (~finite).astype(jnp.int32))
 
