@@ -330,6 +330,7 @@ def test_in_memory_random_resized_crop_values():
 
 def test_training_batch_with_augment_none_is_the_whole_split_normalised():
   """The trainer's in-memory batch: batch = split, augment none -> the split, permuted only."""
+  from kd_jax import methods  # pylint: disable=g-import-not-at-top
   from kd_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
@@ -337,7 +338,8 @@ def test_training_batch_with_augment_none_is_the_whole_split_normalised():
   mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
   spec = types.SimpleNamespace(seed=0, batch_size=16, augment="none", mean=mean, std=std,
                                crop_area=data.RRC_AREA, crop_aspect=data.RRC_ASPECT,
-                               mesh=_mesh())
+                               mesh=_mesh(), loss=types.SimpleNamespace(
+                                   views=(methods.View(methods.DEFAULT_VIEW),)))
   expected = (images / 255.0 - np.array(mean)) / np.array(std)
   outs = []
   for step, key in ((0, 0), (1, 5)):
