@@ -13,10 +13,7 @@ import numpy as np
 
 from kd_jax.data import common
 from kd_jax.data import sources
-from kd_jax.data.common import DataError, InMemoryData
-
-CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
-CIFAR_STD = (0.2675, 0.2565, 0.2761)
+from kd_jax.data.common import CIFAR_MEAN, CIFAR_STD, DataError, InMemoryData  # pylint: disable=unused-import
 
 # The in-memory presets; load_in_memory also reads image folders and other TFDS datasets.
 ACCEPTED_NAMES = ("cifar100", "cifar10", "synthetic")
@@ -32,7 +29,7 @@ _PERMUTATION_STREAM = 0x0DA7A
 
 def load_in_memory(name: str, split: str, *, data_dir: str | None = None,
                    num_examples: int | None = None, download: bool = True,
-                   image_size: int = 0) -> InMemoryData:
+                   image_size: int = 0, skip_unreadable: bool = False) -> InMemoryData:
   """Loads a whole split as uint8 images [N,H,W,3] and int32 labels [N].
 
   name: 'synthetic' (offline, deterministic per split), 'imagefolder:PATH' (see
@@ -49,7 +46,7 @@ def load_in_memory(name: str, split: str, *, data_dir: str | None = None,
   root = sources.imagefolder_root(name)
   if root is not None:
     return sources.load_imagefolder(root, split, image_size=int(image_size),
-                                    num_examples=num_examples)
+                                    num_examples=num_examples, skip_unreadable=skip_unreadable)
   if name == "synthetic":
     images, labels, num_classes = _synthetic(split, num_examples)
     if image_size and images.shape[1:3] != (image_size, image_size):

@@ -117,6 +117,25 @@ class _Data:
   image_size: int = 32             # the models' input height = width
   augment: str = "pad_crop_flip"   # resolved: pad_crop_flip | random_resized_crop | none
   eval_batches: Any = None         # batches per evaluation, if known (progress display)
+  num_classes: int = 0             # the dataset's (config.num_classes follows it, _num_classes)
+  fingerprint: str = ""            # what identifies the data (sources.dataset_fingerprint)
+
+
+def _num_classes(config, found: int, where: str) -> int:
+  """The run's class count: config.num_classes, or the dataset's `found` when num_classes is
+  the schema's default (not chosen for this data); a chosen value that differs is refused."""
+  if found < 2:
+    raise ConfigError(f"dataset {config.dataset!r} has {found} class ({where}); accepted: at "
+                      f"least 2 classes to train a classifier (one sub-folder per class)")
+  if found == config.num_classes:
+    return found
+  if config.num_classes == config_lib.base_config().num_classes:
+    console.info(f"num_classes={found}: the number of classes of dataset {config.dataset!r} "
+                 f"({where})")
+    return found
+  raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
+                    f"{config.dataset!r}, which has {found} classes ({where}); set "
+                    f"--config.num_classes={found}")
 
 
 def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
@@ -128,10 +147,7 @@ def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
   if data_lib.imagefolder_root(name) is not None:
     return True, config.image_size
   layout = data_lib.tfds_layout(config.tfds_name or name, data_dir)
-  if layout.num_classes != config.num_classes:
-    raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
-                      f"{name!r}, which has {layout.num_classes} classes (TFDS metadata); set "
-                      f"--config.num_classes={layout.num_classes}")
+  _num_classes(config, layout.num_classes, "TFDS metadata")
   if layout.image_shape is None:
     return False, config.image_size or data_lib.STREAMED_IMAGE_SIZE
   if layout.train_examples is None:  # not prepared yet: download it (if possible) to know N
@@ -149,10 +165,6 @@ def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
 def _check_in_memory_split(config, train, test) -> int:
   """The common square image size of the loaded splits, or a ConfigError asking to set it."""
   name = config.dataset
-  if train.num_classes != config.num_classes:
-    raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
-                      f"{name!r}, which has {train.num_classes} classes; set "
-                      f"--config.num_classes={train.num_classes}")
   shapes = {"train": train.images.shape[1:3], config.eval_split: test.images.shape[1:3]}
   if len(set(shapes.values())) > 1 or shapes["train"][0] != shapes["train"][1]:
     sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in shapes.items())
@@ -178,12 +190,16 @@ def _setup_data(config, mesh) -> _Data:
     source = config.dataset
     if source not in data_lib.KNOWN_DATASETS and data_lib.imagefolder_root(source) is None:
       source = config.tfds_name or source
+    skip = bool(config.get("skip_unreadable_images", False))
     train = data_lib.load_in_memory(source, "train", data_dir=data_dir,
                                     num_examples=config.train_examples or None,
-                                    image_size=size)
+                                    image_size=size, skip_unreadable=skip)
+    num_classes = _num_classes(config, train.num_classes, "its class folders" if
+                               data_lib.imagefolder_root(source) is not None else "its labels")
     test = data_lib.load_in_memory(source, config.eval_split, data_dir=data_dir,
                                    num_examples=config.eval_examples or None,
-                                   image_size=size)
+                                   image_size=size or int(train.images.shape[1]),
+                                   skip_unreadable=skip)
     size = _check_in_memory_split(config, train, test)
     n = len(train.labels)
     if n < config.batch_size:
@@ -196,7 +212,9 @@ def _setup_data(config, mesh) -> _Data:
     return _Data(True, n // config.batch_size, arrays,
                  lambda: data_lib.eval_batches(test, config.eval_batch_size),
                  mean, std, size, augment,
-                 eval_batches=-(-len(test.labels) // config.eval_batch_size))
+                 eval_batches=-(-len(test.labels) // config.eval_batch_size),
+                 num_classes=num_classes, fingerprint=data_lib.dataset_fingerprint(
+                     source, ("train", config.eval_split), data_dir))
   # Streaming (ImageNet and large TFDS datasets): each process reads its own shard.
   pc, pi = jax.process_count(), jax.process_index()
   name = config.tfds_name or config.dataset
@@ -217,11 +235,16 @@ def _setup_data(config, mesh) -> _Data:
         data_dir, batch_size=config.eval_batch_size // pc, image_size=size, process_index=pi,
         process_count=pc, name=name, split=config.eval_split, mean=mean, std=std)
 
-  return _Data(False, spe, train_iter, eval_iter, mean, std, size, augment)
+  num_classes = _num_classes(config, data_lib.tfds_layout(name, data_dir).num_classes,
+                             "TFDS metadata")
+  return _Data(False, spe, train_iter, eval_iter, mean, std, size, augment,
+               num_classes=num_classes, fingerprint=data_lib.dataset_fingerprint(
+                   name, ("train", config.eval_split), data_dir))
 
 
 def resolved_config(config, data: _Data) -> ml_collections.ConfigDict:
-  """A copy of config with the data-dependent defaults filled in: image_size, augment, mean, std.
+  """A copy of config with the data-dependent defaults filled in: image_size, augment, mean, std,
+  num_classes, the logging cadence of a short run, and the data's fingerprint.
 
   This is what config.json records, so a run can be repeated exactly from it.
   """
@@ -230,6 +253,16 @@ def resolved_config(config, data: _Data) -> ml_collections.ConfigDict:
   out.augment = data.augment
   out.mean = tuple(float(v) for v in data.mean)
   out.std = tuple(float(v) for v in data.std)
+  out.num_classes = int(data.num_classes or config.num_classes)
+  total = (config.num_train_steps if config.num_train_steps > 0
+           else config.num_epochs * data.steps_per_epoch)
+  out.log_every_steps = config_lib.short_run_log_every(config, total)
+  eval_every = config_lib.short_run_eval_every(config, total, data.steps_per_epoch)
+  with out.unlocked():
+    if eval_every != config.eval_every_epochs:  # a fraction: the field's type changes
+      del out["eval_every_epochs"]
+      out.eval_every_epochs = eval_every
+    out.data_fingerprint = data.fingerprint
   return out
 
 
@@ -543,7 +576,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def boundary(s: int, every: int) -> int:
     return (s // every + 1) * every
 
-  eval_every = config.eval_every_epochs * spe
+  eval_every = max(1, round(config.eval_every_epochs * spe))
   train_fns = step_lib.TrainFns(
       spec, lambda n, one_step: step_lib.make_train_fn(spec, n, one_step=one_step))
   with _Preemption(multi_host=jax.process_count() > 1) as preemption:
