@@ -14,6 +14,10 @@ peers by itself; elsewhere give each process --coordinator_address=HOST:PORT (pr
 --num_processes=N and its own --process_id=I. Preemption (SIGTERM) is agreed across hosts:
 every host saves the same step.
 
+Exit codes: 0 done; 2 bad input (one `error:` line); 75 stopped by SIGTERM or Ctrl-C with
+nothing lost (a checkpoint saved, or stopped before training began): run the same command
+again to resume; 130 a second Ctrl-C (stopped at once; saved checkpoints are intact).
+
 List every key and its value:  python launch.py --config=configs/kd.py --print_config
 """
 import difflib
@@ -51,6 +55,30 @@ class _UsageError(Exception):
 def _fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+# The launcher's exit codes (kd_jax.errors defines them; repeated so that --help and command-line
+# errors need no kd_jax import).
+EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130
+
+
+def _stop_before_training(signum, frame):  # pylint: disable=unused-argument
+  """Before (and around) the training loop: SIGTERM/SIGINT stop the run where it is."""
+  from kd_jax import errors  # pylint: disable=g-import-not-at-top
+  if getattr(_stop_before_training, "fired", False):
+    print("second signal: stopped at once", file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
+  _stop_before_training.fired = True
+  raise errors.Interrupted(signum)
+
+
+def _install_signal_handlers(multi_host: bool) -> None:
+  """SIGINT (and SIGTERM on one host; JAX's preemption service owns it on several) raise
+  errors.Interrupted until the training loop takes them over (loop._Preemption)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  for signum in (signal.SIGINT,) if multi_host else (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, _stop_before_training)
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,8 +295,24 @@ def main(argv):
     _fail("--workdir=DIR is required (outputs go there; the same workdir resumes)")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  import jax  # pylint: disable=g-import-not-at-top
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  multi_host = any(v is not None for v in explicit) or bool(
+      os.environ.get("KD_JAX_DISTRIBUTED") or os.environ.get("TPU_WORKER_HOSTNAMES") or
+      os.environ.get("SLURM_NTASKS", "1") != "1")
+  _install_signal_handlers(multi_host)
+  from kd_jax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    _run(explicit)
+  except errors.Interrupted as e:
+    import signal  # pylint: disable=g-import-not-at-top
+    print(f"{signal.Signals(e.signum).name} received before the training loop: stopped, nothing "
+          f"half written; run the same command again to resume", file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+
+
+def _run(explicit) -> None:
+  """The run after the command line is checked: devices, then training, then the summary."""
+  import jax  # pylint: disable=g-import-not-at-top
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
       _fail("a multi-process run needs all three of --coordinator_address=HOST:PORT, "
@@ -309,10 +353,11 @@ def main(argv):
   except errors.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  if jax.process_index() != 0:
-    return
   if result.preempted:
-    print("Preempted: run the same command again to resume.", flush=True)
+    if jax.process_index() == 0:
+      print("Preempted: run the same command again to resume.", flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  if jax.process_index() != 0:
     return
   if getattr(result, "already_finished", False):
     print(f"This run is already finished (step {result.step}); its summary:", flush=True)

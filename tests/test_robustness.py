@@ -239,3 +239,77 @@ def test_launcher_prints_one_line_for_user_errors(tmp_path):
       capture_output=True, text=True, env=env, timeout=300)
   assert res.returncode == 2
   assert "x.pth" in res.stderr and "Traceback" not in res.stderr
+
+
+# --- Signals -----------------------------------------------------------------------------
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_sigint_saves_like_sigterm_and_the_relaunch_finishes(tmp_path, monkeypatch, capsys):
+  """Ctrl-C in the training loop: the step's checkpoint is saved, the run returns preempted
+  with one line naming SIGINT, and the same call resumes to the end, each step logged once."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  write = metrics_lib.MetricWriter.write
+
+  def write_then_interrupt(self, step, scalars):
+    write(self, step, scalars)
+    if step == 4 and "train/loss" in scalars:
+      os.kill(os.getpid(), signal.SIGINT)
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write_then_interrupt)
+  result = loop.train_and_evaluate(tiny("ce", steps=8), workdir)
+  assert result.preempted and result.step == 4
+  assert saved_steps(workdir)[-1] == 4
+  assert "SIGINT received: stopped at step 4" in capsys.readouterr().out
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  result = loop.train_and_evaluate(tiny("ce", steps=8), workdir)
+  assert not result.preempted and result.step == 8
+  logged = [r["step"] for r in _metrics(workdir) if "train/loss" in r]
+  assert logged == [2, 4, 6, 8]
+
+
+def test_second_sigint_exits_at_once_with_one_line():
+  code = ("import os, signal, time\n"
+          "from kd_jax.train import loop\n"
+          "with loop._Preemption() as p:\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  assert p.requested and p.signal_name == 'SIGINT'\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  time.sleep(30)\n")
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, timeout=120, env=testenv.subprocess_env(1))
+  assert res.returncode == errors.EXIT_INTERRUPTED == 130, res.stderr
+  assert res.stderr.strip().splitlines() == [
+      "second Ctrl-C: stopped at once; the checkpoints saved before are intact (run the same "
+      "command again to resume from the newest)"]
+
+
+def test_signal_before_the_loop_is_one_line_and_the_preempted_exit_code(tmp_path):
+  """SIGTERM while the run sets up (here: right after the launcher's first line, long before
+  the first step has compiled): one line, exit code 75, no checkpoint, the lock released."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "launch.py"),
+       "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=testenv.subprocess_env(1, PYTHONUNBUFFERED="1"))
+  first = proc.stdout.readline()
+  assert first.startswith("kd_jax: process"), first
+  time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == errors.EXIT_PREEMPTED == 75, err
+  assert err.strip().splitlines() == [
+      "SIGTERM received before the training loop: stopped, nothing half written; run the "
+      "same command again to resume"], err
+  assert "step 10/60" not in out
+  assert not os.path.exists(workdir / "lock")
+  assert not [d for d in os.listdir(workdir / "checkpoints") if d.isdigit()]

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from kd_jax import config as config_lib
 from kd_jax import console
 from kd_jax import data as data_lib
+from kd_jax import errors
 from kd_jax import methods
 from kd_jax import models
 from kd_jax.train import checkpoint as ckpt_lib
@@ -355,16 +356,19 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
 
 
 class _Preemption:
-  """SIGTERM -> save a checkpoint at the next step boundary and return.
+  """SIGTERM or SIGINT (Ctrl-C) -> save a checkpoint at the next step boundary and return.
 
-  On a multi-host run JAX's preemption service (started by jax.distributed) receives the signal
-  and Orbax's `reached_preemption(step)` makes every host agree on the same step to save.
+  A second SIGINT stops the process at once with one line (exit code errors.EXIT_INTERRUPTED);
+  the checkpoints saved before are intact. On a multi-host run JAX's preemption service
+  (started by jax.distributed) receives SIGTERM and Orbax's `reached_preemption(step)` makes
+  every host agree on the same step to save; SIGINT is left to the launcher there.
   """
 
   def __init__(self, multi_host: bool = False):
     self.requested = False
     self.multi_host = multi_host
-    self._previous = None
+    self.signal_name = "SIGTERM"
+    self._previous: dict = {}
 
   def reached(self, step: int) -> bool:
     """True from the step at which the run must save and stop (the same step on all hosts)."""
@@ -373,20 +377,28 @@ class _Preemption:
     return self.requested
 
   def __enter__(self):
-    if self.multi_host:
-      return self  # the preemption service owns SIGTERM
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread
-      self._previous = None
+    signums = () if self.multi_host else (signal.SIGTERM, signal.SIGINT)
+    for signum in signums:  # the preemption service owns SIGTERM on several hosts
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not in the main thread
+        pass
     return self
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.requested and signum == signal.SIGINT:
+      import sys  # pylint: disable=import-outside-toplevel
+      print("second Ctrl-C: stopped at once; the checkpoints saved before are intact (run the "
+            "same command again to resume from the newest)", file=sys.stderr, flush=True)
+      os._exit(errors.EXIT_INTERRUPTED)  # pylint: disable=protected-access
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      if previous is not None:
+        signal.signal(signum, previous)
+    self._previous = {}
 
 
 def _meta(step, best, elapsed, config) -> dict:
@@ -662,7 +674,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if preemption.requested and step < total_steps:
         preempted = True
         prog.pause()
-        console.info(f"SIGTERM received: stopped at step {step} (checkpoint saved unless said "
+        console.info(f"{preemption.signal_name} received: stopped at step {step} (checkpoint "
+                     f"saved unless said "
                      f"otherwise above); run the same command again to resume")
         break
 

@@ -298,8 +298,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[loop.Ru
                                          "method": config.method})
       if preemption.requested and step < total_steps:
         preempted = True
-        console.info(f"SIGTERM received: checkpoint saved at step {step}; run the same "
-                     f"command again to resume")
+        console.info(f"{preemption.signal_name} received: checkpoint saved at step {step}; run "
+                     f"the same command again to resume")
         break
 
   checkpointer.wait()
