@@ -313,3 +313,53 @@ def test_signal_before_the_loop_is_one_line_and_the_preempted_exit_code(tmp_path
   assert "step 10/60" not in out
   assert not os.path.exists(workdir / "lock")
   assert not [d for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+
+
+# --- Files that are not checkpoints; the importer's command line ---------------------------
+
+
+def test_a_pth_that_is_not_a_checkpoint_is_one_line_saying_so(tmp_path):
+  torch = pytest.importorskip("torch")
+  import pickle  # pylint: disable=g-import-not-at-top
+  from kd_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+  good = tmp_path / "good.pth"
+  torch.save({"model": {"w": torch.zeros(3)}}, good)
+  cases = {"random.pth": (np.random.default_rng(0).bytes(2000), "is not a PyTorch checkpoint"),
+           "empty.pth": (b"", "(none: it is empty)"),
+           "cut.pth": (good.read_bytes()[:300], "truncated or corrupt"),
+           "pickled.pth": (pickle.dumps({"a": 1}, protocol=4), "not a torch.save file, or it "
+                                                               "is corrupt")}
+  for name, (content, needle) in cases.items():
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(errors.WeightsFileError) as info:
+      torch_import.load_torch_state_dict(str(tmp_path / name))
+    message = str(info.value)
+    assert needle in message and name in message, message
+    assert "\n" not in message and "file an issue" not in message and (
+        "weights_only=False" not in message), message
+
+
+def test_torch_import_prints_the_files_sha256_and_parameter_count_without_out(tmp_path,
+                                                                             capsys):
+  torch = pytest.importorskip("torch")
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import torch_twins_a  # pylint: disable=g-import-not-at-top
+  net = torch_twins_a.build("resnet8", 10)
+  path = tmp_path / "r8.pth"
+  torch.save({"model": net.state_dict()}, path)
+  (tmp_path / "junk.pth").write_bytes(b"junk")
+  cmd = [sys.executable, "-m", "kd_jax.models.torch_import", str(path), "--model", "resnet8",
+         "--num-classes", "10"]
+  env = testenv.subprocess_env(1)
+  res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+  assert res.returncode == 0, res.stderr
+  n = sum(p.numel() for p in net.parameters())
+  assert res.stdout.strip() == (f"resnet8: {n:,} params from {path} (sha256 "
+                                f"{hashlib.sha256(path.read_bytes()).hexdigest()})")
+  assert not list(tmp_path.glob("*.msgpack"))
+  from kd_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    torch_import._main([str(tmp_path / "junk.pth")] + cmd[4:])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "is not a PyTorch checkpoint" in err

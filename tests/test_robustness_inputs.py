@@ -147,3 +147,50 @@ def test_one_class_folder_is_refused_before_training(tmp_path):
   root = _folder(tmp_path, {"train": {"only": 4}, "test": {"only": 2}})
   with pytest.raises(errors.ConfigError, match=r"has 1 class .*at least 2 classes"):
     loop._setup_data(_config(dataset=f"imagefolder:{root}", batch_size=2), _mesh())
+
+
+# --- Values the schema can range-check, before anything heavy ------------------------------
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("lr_decay", -1.0, "config.lr_decay=-1.0 is not accepted; expected a finite number > 0"),
+    ("lr_decay", 0.0, "config.lr_decay=0.0"),
+    ("momentum", 5.0, "config.momentum=5.0 is not accepted; expected a number in [0, 1)"),
+    ("momentum", 1.0, "config.momentum=1.0"),
+    ("seed", 99999999999, "config.seed=99999999999 is not accepted; expected an integer in "
+                          "[0, 2147483647]"),
+    ("seed", -1, "config.seed=-1"),
+    ("teacher_checkpoint", "random:abc", "config.teacher_checkpoint='random:abc': the seed "
+                                         "'abc' is not accepted; expected 'random:SEED'"),
+    ("teacher_checkpoint", "random:2147483648", "the seed '2147483648' is not accepted"),
+])
+def test_out_of_range_values_are_one_line(key, value, needle):
+  import smoke  # pylint: disable=g-import-not-at-top
+  from kd_jax import config as kdc  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config("kd")
+  kdc.validate(config, model_names=["resnet8"], num_devices=1)   # the unchanged config passes
+  config[key] = value
+  with pytest.raises(errors.ConfigError) as info:
+    kdc.validate(config, model_names=["resnet8"], num_devices=1)
+  assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_random_teacher_seed_at_the_range_ends_is_accepted():
+  import smoke  # pylint: disable=g-import-not-at-top
+  from kd_jax import config as kdc  # pylint: disable=g-import-not-at-top
+  for source in ("random:0", "random:", "random:2147483647"):
+    config = smoke.get_config("kd")
+    config.teacher_checkpoint = source
+    kdc.validate(config, model_names=["resnet8"], num_devices=1)
+
+
+def test_every_seed_of_a_sweep_is_range_checked_before_any_work(tmp_path):
+  import smoke  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config("kd")
+  config.num_devices = 1
+  config.sweep = "seed=1,99999999999"
+  workdir = tmp_path / "sweep"
+  with pytest.raises(errors.ConfigError, match=r"config.seed=99999999999 is not accepted"):
+    sweep.train_sweep(config, str(workdir))
+  assert not workdir.exists()
