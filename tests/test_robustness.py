@@ -363,3 +363,58 @@ def test_torch_import_prints_the_files_sha256_and_parameter_count_without_out(tm
   assert exit_info.value.code == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "is not a PyTorch checkpoint" in err
+
+
+# --- Run identity by content ----------------------------------------------------------------
+
+
+def _write_msgpack(path, variables):
+  import flax  # pylint: disable=g-import-not-at-top
+  with open(path, "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(variables))
+
+
+def test_teacher_file_replaced_in_place_is_refused_on_resume(tmp_path):
+  teacher_file = str(tmp_path / "teacher.msgpack")
+  _, first = loop.load_teacher(tiny("kd", teacher_checkpoint="random:0"))
+  _, other = loop.load_teacher(tiny("kd", teacher_checkpoint="random:1"))
+  _write_msgpack(teacher_file, first)
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=2, teacher_checkpoint=teacher_file), workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    recorded = f.read()
+  assert f"of the weights read from {teacher_file}" in json.loads(recorded)["teacher_fingerprint"]
+  _write_msgpack(teacher_file, other)             # same path, other weights
+  with pytest.raises(errors.ConfigError) as info:
+    loop.train_and_evaluate(tiny("kd", steps=2, teacher_checkpoint=teacher_file), workdir)
+  message = str(info.value)
+  assert "\n" not in message and "--config.allow_changed=teacher_fingerprint" in message
+  old = json.loads(recorded)["teacher_fingerprint"]
+  new = loop.weights_fingerprint(other, teacher_file)
+  assert f"teacher_fingerprint {old!r} -> {new!r}" in message and old != new
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert f.read() == recorded                   # nothing rewritten
+  assert saved_steps(workdir) == [2]              # nothing moved
+  result = loop.train_and_evaluate(tiny("kd", steps=2, teacher_checkpoint=teacher_file,
+                                        allow_changed="teacher_fingerprint"), workdir)
+  assert result.already_finished
+
+
+def test_image_folder_with_an_added_image_is_refused_on_resume(tmp_path):
+  from test_data_sources import _write_folder  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "folder")
+  _write_folder(root, {"train": {f"c{i}": 2 for i in range(4)},
+                       "test": {f"c{i}": 1 for i in range(4)}})
+  config = dict(dataset=f"imagefolder:{root}", train_examples=0, eval_examples=0,
+                batch_size=4, eval_batch_size=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("ce", steps=2, **config), workdir)
+  shutil.copy(os.path.join(root, "train", "c1", "000.png"),
+              os.path.join(root, "train", "c0", "new.png"))     # one image added
+  with pytest.raises(errors.ConfigError) as info:
+    loop.train_and_evaluate(tiny("ce", steps=2, **config), workdir)
+  message = str(info.value)
+  assert "\n" not in message and "data_fingerprint" in message
+  assert "of 12 files (names and sizes)" in message and "of 13 files" in message
+  assert os.path.join(root, "{train,test}") in message
+  assert [k for k in ("mean", "std", "num_classes") if f" {k} " in message] == []

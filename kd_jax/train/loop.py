@@ -305,6 +305,7 @@ class Trainer:
   schedule: Any
   teacher_vars: PyTree            # replicated global arrays ({} without a teacher)
   init_state: Callable[[], state_lib.TrainState]   # a fresh, replicated state
+  fingerprints: dict = dataclasses.field(default_factory=dict)  # weights_fingerprint per input
 
 
 def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_memory: bool,
@@ -315,6 +316,9 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
   if loss_spec.needs_teacher:
     teacher, teacher_vars = load_teacher(config)
   repl = NamedSharding(mesh, P())
+  fingerprints = {"teacher_fingerprint": weights_fingerprint(teacher_vars,  # host arrays
+                                                             config.teacher_checkpoint)
+                  if loss_spec.needs_teacher else ""}
   teacher_vars = jax.tree.map(lambda x: _global_array(x, repl), teacher_vars)
   student = models.create(config.student, config.num_classes,
                           aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
@@ -347,8 +351,26 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
       max_bad_steps=config.max_bad_steps, mesh=mesh,
       augment=data_lib.resolve_augment(config.augment, in_memory),
       crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect))
+  fingerprints["student_init_fingerprint"] = (
+      weights_fingerprint(given, config.student_init) if given is not None else "")
   return Trainer(spec=spec, schedule=schedule, teacher_vars=teacher_vars,
-                 init_state=lambda: init_jit(given))
+                 init_state=lambda: init_jit(given), fingerprints=fingerprints)
+
+
+def weights_fingerprint(variables: PyTree, source: str) -> str:
+  """'sha256:<16 hex> of the weights read from SOURCE': a hash of the loaded arrays (paths,
+  dtypes, shapes, values), so a file replaced in place changes it and a moved one does not."""
+  return (f"sha256:{teacher_cache.weights_sha256(variables)[:16]} of the weights read from "
+          f"{source}")
+
+
+def with_fingerprints(config, fingerprints: dict) -> ml_collections.ConfigDict:
+  """config with the inputs' fingerprints as keys (run identity: workdir.check_identity)."""
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    for key, value in fingerprints.items():
+      out[key] = value
+  return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -512,9 +534,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   resolved = resolved_config(config, data)
   sources = config_lib.sources(config, resolved)
   config = resolved
-  # The resolved config is compared with the checkpoint's before config.json is rewritten.
-  workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
-                                      process_index=jax.process_index(), sources=sources)
 
   spe = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -524,6 +543,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                         if methods.needs_teacher(config) else ""))
   trainer = build_trainer(config, mesh, steps_per_epoch=spe, total_steps=total_steps,
                           in_memory=data.in_memory, mean=data.mean, std=data.std)
+  config = with_fingerprints(config, trainer.fingerprints)
+  # The resolved config (the inputs' fingerprints included) is compared with the checkpoint's
+  # before config.json is rewritten.
+  workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
+                                      process_index=jax.process_index(), sources=sources)
   spec, schedule, teacher_vars = trainer.spec, trainer.schedule, trainer.teacher_vars
   student, teacher = spec.student, spec.teacher
   state = trainer.init_state()
