@@ -418,3 +418,95 @@ def test_image_folder_with_an_added_image_is_refused_on_resume(tmp_path):
   assert "of 12 files (names and sizes)" in message and "of 13 files" in message
   assert os.path.join(root, "{train,test}") in message
   assert [k for k in ("mean", "std", "num_classes") if f" {k} " in message] == []
+
+
+# --- The teacher table: its directory probed, failed builds leave nothing, resumed builds -----
+
+
+def _table_kwargs(augment="pad_crop_flip"):
+  from kd_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  config = tiny("kd")
+  teacher, tvars = loop.load_teacher(config)
+  split = data_lib.load_in_memory("synthetic", "train", num_examples=8)
+  return dict(teacher=teacher, teacher_vars=tvars, teacher_name="resnet8",
+              teacher_dtype="float32", dataset="synthetic", split="train",
+              images=split.images, labels=split.labels, augment=augment,
+              mean=data_lib.CIFAR_MEAN, std=data_lib.CIFAR_STD, num_classes=100,
+              mesh=loop.make_mesh(config))
+
+
+def test_teacher_cache_directory_is_probed_before_the_build(tmp_path, monkeypatch):
+  from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top
+  kwargs = _table_kwargs("none")
+
+  def no_build(*args, **kw):
+    raise AssertionError("the table was built before the directory was checked")
+  monkeypatch.setattr(teacher_cache, "build_table", no_build)
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  with pytest.raises(errors.ConfigError, match=r"teacher_cache=.*file.* cannot be written "
+                     r"\(errno 17 EEXIST"):
+    teacher_cache.load_or_build(str(a_file), **kwargs)
+  usage = shutil.disk_usage(str(tmp_path))
+  monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
+  with pytest.raises(errors.ConfigError, match=r"needs 0.00 GiB on disk but only 0.00 GiB is "
+                     r"free there") as info:
+    teacher_cache.load_or_build(str(tmp_path / "cache"), **kwargs)
+  assert "\n" not in str(info.value)
+
+
+def test_a_failed_table_build_leaves_no_tmp_directory(tmp_path, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top
+  kwargs = _table_kwargs("none")
+  cache = tmp_path / "cache"
+
+  def disk_full(*args, **kw):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(teacher_cache, "_finish", disk_full)
+  with pytest.raises(errors.ConfigError, match=r"errno 28 ENOSPC.*nothing is left there"):
+    teacher_cache.load_or_build(str(cache), **kwargs)
+  assert os.listdir(cache) == []
+  monkeypatch.undo()
+  broken = jax.tree.map(lambda x: x * np.nan, kwargs["teacher_vars"])
+  with pytest.raises(errors.ConfigError, match="non-finite logits"):
+    teacher_cache.load_or_build(str(cache), **dict(kwargs, teacher_vars=broken))
+  assert os.listdir(cache) == []
+
+
+def test_table_build_stopped_by_a_signal_resumes_from_its_finished_views(tmp_path,
+                                                                         monkeypatch):
+  from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top
+  kwargs = _table_kwargs()
+  whole = teacher_cache.build_table(
+      kwargs["teacher"], kwargs["teacher_vars"], kwargs["images"], num_classes=100,
+      augment="pad_crop_flip", mean=kwargs["mean"], std=kwargs["std"], mesh=kwargs["mesh"])
+  make = teacher_cache._make_view_fn
+  calls = []
+
+  def counted(*args, stop_after=None):
+    fn = make(*args)
+
+    def run(*a):
+      if stop_after is not None and len(calls) == stop_after:
+        raise errors.Interrupted(15)   # what the launcher's SIGTERM handler raises
+      calls.append(1)
+      return fn(*a)
+    return run
+  monkeypatch.setattr(teacher_cache, "_make_view_fn", lambda *a: counted(*a, stop_after=50))
+  cache = tmp_path / "cache"
+  with pytest.raises(errors.Interrupted):
+    teacher_cache.load_or_build(str(cache), **kwargs)
+  (partial,) = os.listdir(cache)
+  assert partial.endswith(".partial")
+  with open(cache / partial / "views.json") as f:
+    assert json.load(f)["views"] == list(range(50))   # one chunk per view: 8 images
+  calls.clear()
+  monkeypatch.setattr(teacher_cache, "_make_view_fn", counted)
+  table, info = teacher_cache.load_or_build(str(cache), **kwargs)
+  assert len(calls) == 162 - 50 and info["built"]
+  np.testing.assert_array_equal(np.asarray(table), whole)
+  assert os.listdir(cache) == [partial[:-len(".partial")]]
+  calls.clear()
+  _, again = teacher_cache.load_or_build(str(cache), **kwargs)   # complete: reused as is
+  assert not again["built"] and not calls
