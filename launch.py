@@ -166,17 +166,17 @@ def _flat(config, prefix: str = "") -> dict:
 
 
 def suggest(key: str, keys: list[str]) -> list[str]:
-  """Up to 3 keys closest to `key`, comparing whole dotted names and their last parts."""
-  def score(candidate):
-    whole = difflib.SequenceMatcher(None, key, candidate).ratio()
-    leaf = difflib.SequenceMatcher(None, key.rsplit(".", 1)[-1],
-                                   candidate.rsplit(".", 1)[-1]).ratio()
-    return max(whole, leaf)
-  ranked = sorted(keys, key=score, reverse=True)
-  if not ranked or score(ranked[0]) < 0.6:
-    return []
-  top = score(ranked[0])
-  return [k for k in ranked[:3] if score(k) >= max(0.6, top - 0.05)]
+  """Up to 3 keys closest to `key` (kd_jax.errors.suggest: difflib on dotted names and leaves)."""
+  from kd_jax import errors  # pylint: disable=g-import-not-at-top  # imports nothing else
+  return errors.suggest(key, keys)
+
+
+def _known_flag(name: str) -> bool:
+  """Whether absl defines --name (or --noname for a boolean flag)."""
+  if name in flags.FLAGS:
+    return True
+  return name.startswith("no") and name[2:] in flags.FLAGS and isinstance(
+      flags.FLAGS[name[2:]].value, bool)
 
 
 _TRUE = ("true", "1", "yes")
@@ -218,6 +218,13 @@ def check_command_line(argv: list[str]) -> ml_collections.ConfigDict | None:
   config = _load_config(specs[-1])
   flat = _flat(config)
   for name, value in values:
+    if not name.startswith("config.") and name != "config" and not _known_flag(name):
+      keys = [k for k in flat if k == name or k.endswith("." + name)] or suggest(name, list(flat))
+      if keys:
+        value_text = f"={value}" if value is not None else "=VALUE"
+        raise _UsageError(f"--{name}{value_text}: unknown flag; config keys are set as "
+                          f"--config.KEY=VALUE: did you mean "
+                          f"{' or '.join(f'`--config.{k}{value_text}`' for k in keys[:3])}?")
     if not name.startswith("config."):
       continue
     key = name[len("config."):]
@@ -288,6 +295,15 @@ def main(argv):
   del argv  # checked by _parse
   if _PRINT_CONFIG.value:
     from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    from kd_jax import errors  # pylint: disable=g-import-not-at-top
+    from kd_jax import models  # pylint: disable=g-import-not-at-top
+    checked = _CONFIG.value.copy_and_resolve_references()
+    if not checked.teacher_checkpoint:  # given at launch; every value printed is checked
+      checked.teacher_checkpoint = "random:0"
+    try:  # what a launch would refuse is refused here too
+      config_lib.validate(checked, model_names=models.names(), num_devices=1)
+    except errors.USER_ERRORS as e:
+      _fail(str(e))
     print(config_lib.format_config(
         _CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"])), flush=True)
     return

@@ -414,3 +414,44 @@ def test_readme_own_data_section(tmp_path):
   state = torch.load(tmp_path / "own_student.pth", weights_only=True)["model"]
   assert any(tuple(v.shape) == (4, 64) for v in state.values())   # resnet8's 4-class head
   assert (tmp_path / "own_report" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------
+# Mistakes with a suggestion: one line, exit 2.
+
+
+def test_print_config_validates_and_suggests_the_model(tmp_path):
+  res = _run("--config=configs/teacher.py:resnt8", "--print_config")
+  assert res.returncode == 2, res.stdout[-2000:]
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: config.student='resnt8'"), res.stderr
+  assert "did you mean 'resnet8'?" in lines[0]
+  assert res.stdout == ""
+
+
+def test_a_bare_config_key_flag_suggests_the_config_flag(tmp_path):
+  res = _run("--config=configs/kd.py", f"--workdir={tmp_path / 'run'}", "--batch_size=32")
+  assert res.returncode == 2
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and "did you mean `--config.batch_size=32`?" in lines[0], res.stderr
+  res = _run("--config=configs/kd.py", f"--workdir={tmp_path / 'run'}", "--temperature=2")
+  assert "`--config.loss.temperature=2`" in res.stderr and res.returncode == 2
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_misspelled_swept_key_gets_did_you_mean():
+  from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigError, match=r"'loss.temprature' cannot be swept .*did you "
+                     r"mean 'loss.temperature'\?"):
+    sweep.parse_sweep("loss.temprature=1,2")
+  with pytest.raises(errors.ConfigError) as info:
+    sweep.parse_sweep("student=resnet8")
+  assert "did you mean" not in str(info.value)
+
+
+def test_a_wrong_model_name_gets_did_you_mean():
+  config = smoke.get_config("kd")
+  config.student = "resnet8x"
+  with pytest.raises(errors.ConfigError, match=r"config.student='resnet8x' is not accepted; did "
+                     r"you mean 'resnet8x4'"):
+    kdc.validate(config, model_names=["resnet8", "resnet8x4", "resnet32x4"], num_devices=1)

@@ -207,8 +207,13 @@ def test_teacher_run_with_other_class_count_is_rejected(tmp_path):
   config = tiny("kd", teacher_checkpoint=teacher_dir)
   loop.train_and_evaluate(config, str(tmp_path / "ok"))  # same class count: loads
   wrong = tiny("kd", teacher_checkpoint=teacher_dir, teacher="resnet20")
-  with pytest.raises(errors.TeacherError, match="configured teacher"):
+  with pytest.raises(errors.TeacherError, match="configured teacher") as info:
     loop.train_and_evaluate(wrong, str(tmp_path / "wrong_arch"))
+  # The message names the model that workdir trained (its config.json), not pytree paths.
+  assert (f"config.teacher_checkpoint={teacher_dir!r} is a kd_jax workdir that trained a "
+          f"resnet8 with 100 classes (its config.json), but the configured teacher is a "
+          f"resnet20 with 100 classes; set --config.teacher=resnet8") in str(info.value)
+  assert "['params']" not in str(info.value)
 
 
 def test_teacher_pth_of_wrong_architecture_and_truncated_file(tmp_path):
