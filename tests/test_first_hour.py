@@ -455,3 +455,19 @@ def test_a_wrong_model_name_gets_did_you_mean():
   with pytest.raises(errors.ConfigError, match=r"config.student='resnet8x' is not accepted; did "
                      r"you mean 'resnet8x4'"):
     kdc.validate(config, model_names=["resnet8", "resnet8x4", "resnet32x4"], num_devices=1)
+
+
+def test_a_short_run_logs_about_ten_times_and_evaluates_about_five_unless_set():
+  config = kdc.base_config()
+  assert kdc.short_run_log_every(config, 150) == 15          # default 100: a tenth of the run
+  assert kdc.short_run_log_every(config, 5) == 1
+  assert kdc.short_run_log_every(config, 1000) == 100        # long enough: the default
+  config.log_every_steps = 50                                # set: kept
+  assert kdc.short_run_log_every(config, 150) == 50
+  # Shorter than an epoch: a fraction of an epoch that the loop rounds to whole steps.
+  spe = 1000
+  frac = kdc.short_run_eval_every(config, 150, spe)
+  assert round(frac * spe) == 30 and 150 // round(frac * spe) == 5
+  assert kdc.short_run_eval_every(config, 2000, spe) == 1    # a whole epoch or more: default
+  config.eval_every_epochs = 2                               # set: kept
+  assert kdc.short_run_eval_every(config, 150, spe) == 2

@@ -379,50 +379,54 @@ def _write_msgpack(path, variables):
     f.write(flax.serialization.msgpack_serialize(variables))
 
 
-def test_teacher_file_replaced_in_place_is_refused_on_resume(tmp_path):
-  teacher_file = str(tmp_path / "teacher.msgpack")
-  _, first = loop.load_teacher(tiny("kd", teacher_checkpoint="random:0"))
-  _, other = loop.load_teacher(tiny("kd", teacher_checkpoint="random:1"))
-  _write_msgpack(teacher_file, first)
-  workdir = str(tmp_path / "run")
-  loop.train_and_evaluate(tiny("kd", steps=2, teacher_checkpoint=teacher_file), workdir)
-  with open(os.path.join(workdir, "config.json")) as f:
-    recorded = f.read()
-  assert f"of the weights read from {teacher_file}" in json.loads(recorded)["teacher_fingerprint"]
-  _write_msgpack(teacher_file, other)             # same path, other weights
-  with pytest.raises(errors.ConfigError) as info:
-    loop.train_and_evaluate(tiny("kd", steps=2, teacher_checkpoint=teacher_file), workdir)
-  message = str(info.value)
-  assert "\n" not in message and "--config.allow_changed=teacher_fingerprint" in message
-  old = json.loads(recorded)["teacher_fingerprint"]
-  new = loop.weights_fingerprint(other, teacher_file)
-  assert f"teacher_fingerprint {old!r} -> {new!r}" in message and old != new
-  with open(os.path.join(workdir, "config.json")) as f:
-    assert f.read() == recorded                   # nothing rewritten
-  assert saved_steps(workdir) == [2]              # nothing moved
-  result = loop.train_and_evaluate(tiny("kd", steps=2, teacher_checkpoint=teacher_file,
-                                        allow_changed="teacher_fingerprint"), workdir)
-  assert result.already_finished
-
-
-def test_image_folder_with_an_added_image_is_refused_on_resume(tmp_path):
+def test_replaced_teacher_file_and_added_image_are_refused_on_resume(tmp_path):
+  """One run on an image folder with a teacher file; then the file replaced in place with
+  other weights, and (the file put back) one image added: each resume is refused in one line
+  naming the old and new fingerprint and the file or folder, and nothing is rewritten."""
   from test_data_sources import _write_folder  # pylint: disable=g-import-not-at-top
   root = str(tmp_path / "folder")
   _write_folder(root, {"train": {f"c{i}": 2 for i in range(4)},
-                       "test": {f"c{i}": 1 for i in range(4)}})
+                       "test": {f"c{i}": 1 for i in range(4)}}, size=(32, 32))
+  teacher_file = str(tmp_path / "teacher.msgpack")
+  _, first = loop.load_teacher(tiny("kd", num_classes=4, teacher_checkpoint="random:0"))
+  _, other = loop.load_teacher(tiny("kd", num_classes=4, teacher_checkpoint="random:1"))
+  _write_msgpack(teacher_file, first)
   config = dict(dataset=f"imagefolder:{root}", train_examples=0, eval_examples=0,
-                batch_size=4, eval_batch_size=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+                batch_size=4, eval_batch_size=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                teacher_checkpoint=teacher_file)
   workdir = str(tmp_path / "run")
-  loop.train_and_evaluate(tiny("ce", steps=2, **config), workdir)
+  loop.train_and_evaluate(tiny("kd", steps=2, **config), workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    recorded = f.read()
+  old = json.loads(recorded)["teacher_fingerprint"]
+  assert old == loop.weights_fingerprint(first, teacher_file)
+  assert old.startswith("sha256:") and old.endswith(f"of the weights read from {teacher_file}")
+
+  _write_msgpack(teacher_file, other)             # same path, other weights
+  with pytest.raises(errors.ConfigError) as info:
+    loop.train_and_evaluate(tiny("kd", steps=2, **config), workdir)
+  message = str(info.value)
+  new = loop.weights_fingerprint(other, teacher_file)
+  assert f"teacher_fingerprint {old!r} -> {new!r}" in message and old != new
+  assert "\n" not in message and "--config.allow_changed=teacher_fingerprint" in message
+  assert "data_fingerprint" not in message
+  result = loop.train_and_evaluate(tiny("kd", steps=2, allow_changed="teacher_fingerprint",
+                                        **config), workdir)
+  assert result.already_finished                  # accepted when named
+
+  _write_msgpack(teacher_file, first)
   shutil.copy(os.path.join(root, "train", "c1", "000.png"),
               os.path.join(root, "train", "c0", "new.png"))     # one image added
   with pytest.raises(errors.ConfigError) as info:
-    loop.train_and_evaluate(tiny("ce", steps=2, **config), workdir)
+    loop.train_and_evaluate(tiny("kd", steps=2, **config), workdir)
   message = str(info.value)
   assert "\n" not in message and "data_fingerprint" in message
+  assert "teacher_fingerprint" not in message
   assert "of 12 files (names and sizes)" in message and "of 13 files" in message
   assert os.path.join(root, "{train,test}") in message
-  assert [k for k in ("mean", "std", "num_classes") if f" {k} " in message] == []
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.loads(f.read())["data_fingerprint"] == json.loads(recorded)["data_fingerprint"]
+  assert saved_steps(workdir) == [2]              # nothing moved
 
 
 # --- The teacher table: its directory probed, failed builds leave nothing, resumed builds -----
