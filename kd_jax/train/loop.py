@@ -359,7 +359,10 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
 
 def weights_fingerprint(variables: PyTree, source: str) -> str:
   """'sha256:<16 hex> of the weights read from SOURCE': a hash of the loaded arrays (paths,
-  dtypes, shapes, values), so a file replaced in place changes it and a moved one does not."""
+  dtypes, shapes, values), so a file replaced in place changes it. A 'random:SEED' teacher is
+  named by its source (its bits may differ between platforms)."""
+  if source.startswith("random:"):
+    return f"{source} (generated)"
   return (f"sha256:{teacher_cache.weights_sha256(variables)[:16]} of the weights read from "
           f"{source}")
 
