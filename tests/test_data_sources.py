@@ -571,3 +571,23 @@ def test_launch_on_an_image_folder_with_given_mean_std(tmp_path):
   with open(workdir / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
   assert any(r.get("eval/top1") is not None and r["step"] == 1 for r in records)
+
+
+def test_dataset_fingerprints_follow_the_files_and_the_tfds_metadata(tmp_path):
+  root = str(tmp_path / "folder")
+  _write_folder(root, {"train": {"a": 2, "b": 1}, "test": {"a": 1}, "extra": {"a": 1}})
+  name = f"imagefolder:{root}"
+  first = data.dataset_fingerprint(name, ("train", "test"))
+  assert first.startswith("sha256:") and "of 4 files (names and sizes)" in first
+  assert data.dataset_fingerprint(name, ("train", "test")) == first
+  os.utime(os.path.join(root, "train", "a", "000.png"), (0, 0))    # only the time changes
+  assert data.dataset_fingerprint(name, ("train", "test")) == first
+  _write_folder(root, {"extra": {"b": 1}})                         # a split the run does not read
+  assert data.dataset_fingerprint(name, ("train", "test")) == first
+  with open(os.path.join(root, "test", "a", "000.png"), "ab") as f:
+    f.write(b"\0")                                                 # one file one byte longer
+  assert data.dataset_fingerprint(name, ("train", "test")) != first
+  assert data.dataset_fingerprint("synthetic", ("train", "test")).startswith("synthetic")
+  data_dir = _fixed_tfds(str(tmp_path / "tfds"))
+  assert data.dataset_fingerprint("tiny_fixed", ("train", "test"), data_dir) == (
+      "tfds tiny_fixed/1.0.0: test 10, train 40")
