@@ -13,7 +13,7 @@ import numpy as np
 
 from kd_jax.data import common
 from kd_jax.data import sources
-from kd_jax.data.common import CIFAR_MEAN, CIFAR_STD, DataError, InMemoryData  # pylint: disable=unused-import
+from kd_jax.data.common import CIFAR_MEAN, CIFAR_STD, DataError, InMemoryData
 
 # The in-memory presets; load_in_memory also reads image folders and other TFDS datasets.
 ACCEPTED_NAMES = ("cifar100", "cifar10", "synthetic")
@@ -36,7 +36,8 @@ def load_in_memory(name: str, split: str, *, data_dir: str | None = None,
   sources.load_imagefolder) or a TFDS dataset with 'image' and 'label' features such as
   'cifar100' (prepared in data_dir or downloaded). num_examples caps N. image_size > 0
   resizes every image of another size to image_size x image_size (bilinear, antialiased);
-  0 keeps the images' own size.
+  0 keeps the images' own size. skip_unreadable (image folders): leave out files that cannot
+  be decoded instead of raising DataError.
   """
   if num_examples is not None and num_examples <= 0:
     raise DataError(f"num_examples={num_examples}; accepted: None or a positive integer.")

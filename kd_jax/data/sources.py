@@ -2,8 +2,9 @@
 
 `config.dataset` is one of
 - a known name (KNOWN_DATASETS), with the presets of the papers;
-- `imagefolder:PATH`: PATH/<split>/<class>/*.png|jpg|jpeg, read with
-  `tfds.folder_dataset.ImageFolder`; class ids are the sorted class-folder names;
+- `imagefolder:PATH`: PATH/<split>/<class>/*.png|jpg|jpeg, listed by `list_imagefolder` (in
+  TFDS ImageFolder's order) and decoded by TensorFlow; class ids are the sorted class-folder
+  names;
 - any other TFDS name whose examples have an `image` and a `label` (ClassLabel) feature.
 
 This module also owns the augmentation names and the rules that resolve `augment`, `mean` and
