@@ -381,4 +381,8 @@ def _run(explicit) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+  try:
+    app.run(main, flags_parser=_parse)
+  except KeyboardInterrupt:  # Ctrl-C before the launcher's handlers are installed
+    print("interrupted before the run started", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
