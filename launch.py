@@ -323,7 +323,10 @@ def main(argv):
     import signal  # pylint: disable=g-import-not-at-top
     print(f"{signal.Signals(e.signum).name} received before the training loop: stopped, nothing "
           f"half written; run the same command again to resume", file=sys.stderr, flush=True)
-    sys.exit(EXIT_PREEMPTED)
+    sys.stdout.flush()
+    # The run's files are closed and its lock released (the exception unwound through them);
+    # skip the interpreter's teardown, which can crash while XLA still compiles in its threads.
+    os._exit(EXIT_PREEMPTED)  # pylint: disable=protected-access
 
 
 def _run(explicit) -> None:

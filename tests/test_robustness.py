@@ -296,28 +296,31 @@ def test_second_sigint_exits_at_once_with_one_line():
 
 
 def test_signal_before_the_loop_is_one_line_and_the_preempted_exit_code(tmp_path):
-  """SIGTERM while the run sets up (here: right after the launcher's first line, long before
-  the first step has compiled): one line, exit code 75, no checkpoint, the lock released."""
+  """SIGTERM while the run sets up (here: while the teacher table is built, before the first
+  step): one line, exit code 75, no checkpoint, the lock released, the table's finished views
+  kept for the relaunch."""
   import signal  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path / "run"
+  workdir, cache = tmp_path / "run", tmp_path / "cache"
   proc = subprocess.Popen(
       [sys.executable, os.path.join(REPO, "launch.py"),
-       "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}"],
+       "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}",
+       f"--config.teacher_cache={cache}"],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env=testenv.subprocess_env(1, PYTHONUNBUFFERED="1"))
-  first = proc.stdout.readline()
-  assert first.startswith("kd_jax: process"), first
-  time.sleep(0.5)
+  for line in proc.stdout:
+    if line.startswith("teacher table: about"):   # printed after its second chunk
+      break
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == errors.EXIT_PREEMPTED == 75, err
   assert err.strip().splitlines() == [
       "SIGTERM received before the training loop: stopped, nothing half written; run the "
       "same command again to resume"], err
-  assert "step 10/60" not in out
+  assert "compiling the train step" not in out
   assert not os.path.exists(workdir / "lock")
   assert not [d for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  (partial,) = os.listdir(cache)
+  assert partial.endswith(".partial") and os.path.exists(cache / partial / "fields.json")
 
 
 # --- Files that are not checkpoints; the importer's command line ---------------------------
