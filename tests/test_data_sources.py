@@ -357,9 +357,10 @@ def test_training_batch_with_augment_none_is_the_whole_split_normalised():
   images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
   labels = np.arange(16, dtype=np.int32)
   mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  one_view = types.SimpleNamespace(views=(types.SimpleNamespace(name="image", augment=""),))
   spec = types.SimpleNamespace(seed=0, batch_size=16, augment="none", mean=mean, std=std,
                                crop_area=data.RRC_AREA, crop_aspect=data.RRC_ASPECT,
-                               mesh=_mesh())
+                               mesh=_mesh(), loss=one_view)
   expected = (images / 255.0 - np.array(mean)) / np.array(std)
   outs = []
   for step, key in ((0, 0), (1, 5)):

