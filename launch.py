@@ -14,6 +14,10 @@ peers by itself; elsewhere give each process --coordinator_address=HOST:PORT (pr
 --num_processes=N and its own --process_id=I. Preemption (SIGTERM) is agreed across hosts:
 every host saves the same step.
 
+Exit codes: 0 done; 2 bad input (one `error:` line); 75 stopped by SIGTERM or Ctrl-C with
+nothing lost (a checkpoint saved, or stopped before training began): run the same command
+again to resume; 130 a second Ctrl-C (stopped at once; saved checkpoints are intact).
+
 List every key and its value:  python launch.py --config=configs/kd.py --print_config
 """
 import difflib
@@ -51,6 +55,30 @@ class _UsageError(Exception):
 def _fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+# The launcher's exit codes (kd_jax.errors defines them; repeated so that --help and command-line
+# errors need no kd_jax import).
+EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130
+
+
+def _stop_before_training(signum, frame):  # pylint: disable=unused-argument
+  """Before (and around) the training loop: SIGTERM/SIGINT stop the run where it is."""
+  from kd_jax import errors  # pylint: disable=g-import-not-at-top
+  if getattr(_stop_before_training, "fired", False):
+    print("second signal: stopped at once", file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
+  _stop_before_training.fired = True
+  raise errors.Interrupted(signum)
+
+
+def _install_signal_handlers(multi_host: bool) -> None:
+  """SIGINT (and SIGTERM on one host; JAX's preemption service owns it on several) raise
+  errors.Interrupted until the training loop takes them over (loop._Preemption)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  for signum in (signal.SIGINT,) if multi_host else (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, _stop_before_training)
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,17 +166,17 @@ def _flat(config, prefix: str = "") -> dict:
 
 
 def suggest(key: str, keys: list[str]) -> list[str]:
-  """Up to 3 keys closest to `key`, comparing whole dotted names and their last parts."""
-  def score(candidate):
-    whole = difflib.SequenceMatcher(None, key, candidate).ratio()
-    leaf = difflib.SequenceMatcher(None, key.rsplit(".", 1)[-1],
-                                   candidate.rsplit(".", 1)[-1]).ratio()
-    return max(whole, leaf)
-  ranked = sorted(keys, key=score, reverse=True)
-  if not ranked or score(ranked[0]) < 0.6:
-    return []
-  top = score(ranked[0])
-  return [k for k in ranked[:3] if score(k) >= max(0.6, top - 0.05)]
+  """Up to 3 keys closest to `key` (kd_jax.errors.suggest: difflib on dotted names and leaves)."""
+  from kd_jax import errors  # pylint: disable=g-import-not-at-top  # imports nothing else
+  return errors.suggest(key, keys)
+
+
+def _known_flag(name: str) -> bool:
+  """Whether absl defines --name (or --noname for a boolean flag)."""
+  if name in flags.FLAGS:
+    return True
+  return name.startswith("no") and name[2:] in flags.FLAGS and isinstance(
+      flags.FLAGS[name[2:]].value, bool)
 
 
 _TRUE = ("true", "1", "yes")
@@ -190,6 +218,13 @@ def check_command_line(argv: list[str]) -> ml_collections.ConfigDict | None:
   config = _load_config(specs[-1])
   flat = _flat(config)
   for name, value in values:
+    if not name.startswith("config.") and name != "config" and not _known_flag(name):
+      keys = [k for k in flat if k == name or k.endswith("." + name)] or suggest(name, list(flat))
+      if keys:
+        value_text = f"={value}" if value is not None else "=VALUE"
+        raise _UsageError(f"--{name}{value_text}: unknown flag; config keys are set as "
+                          f"--config.KEY=VALUE: did you mean "
+                          f"{' or '.join(f'`--config.{k}{value_text}`' for k in keys[:3])}?")
     if not name.startswith("config."):
       continue
     key = name[len("config."):]
@@ -260,6 +295,15 @@ def main(argv):
   del argv  # checked by _parse
   if _PRINT_CONFIG.value:
     from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    from kd_jax import errors  # pylint: disable=g-import-not-at-top
+    from kd_jax import models  # pylint: disable=g-import-not-at-top
+    checked = _CONFIG.value.copy_and_resolve_references()
+    if not checked.teacher_checkpoint:  # given at launch; every value printed is checked
+      checked.teacher_checkpoint = "random:0"
+    try:  # what a launch would refuse is refused here too
+      config_lib.validate(checked, model_names=models.names(), num_devices=1)
+    except errors.USER_ERRORS as e:
+      _fail(str(e))
     print(config_lib.format_config(
         _CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"])), flush=True)
     return
@@ -267,8 +311,27 @@ def main(argv):
     _fail("--workdir=DIR is required (outputs go there; the same workdir resumes)")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  import jax  # pylint: disable=g-import-not-at-top
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  multi_host = any(v is not None for v in explicit) or bool(
+      os.environ.get("KD_JAX_DISTRIBUTED") or os.environ.get("TPU_WORKER_HOSTNAMES") or
+      os.environ.get("SLURM_NTASKS", "1") != "1")
+  _install_signal_handlers(multi_host)
+  from kd_jax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    _run(explicit)
+  except errors.Interrupted as e:
+    import signal  # pylint: disable=g-import-not-at-top
+    print(f"{signal.Signals(e.signum).name} received before the training loop: stopped, nothing "
+          f"half written; run the same command again to resume", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # The run's files are closed and its lock released (the exception unwound through them);
+    # skip the interpreter's teardown, which can crash while XLA still compiles in its threads.
+    os._exit(EXIT_PREEMPTED)  # pylint: disable=protected-access
+
+
+def _run(explicit) -> None:
+  """The run after the command line is checked: devices, then training, then the summary."""
+  import jax  # pylint: disable=g-import-not-at-top
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
       _fail("a multi-process run needs all three of --coordinator_address=HOST:PORT, "
@@ -309,10 +372,11 @@ def main(argv):
   except errors.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  if jax.process_index() != 0:
-    return
   if result.preempted:
-    print("Preempted: run the same command again to resume.", flush=True)
+    if jax.process_index() == 0:
+      print("Preempted: run the same command again to resume.", flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  if jax.process_index() != 0:
     return
   if getattr(result, "already_finished", False):
     print(f"This run is already finished (step {result.step}); its summary:", flush=True)
@@ -320,4 +384,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+  try:
+    app.run(main, flags_parser=_parse)
+  except KeyboardInterrupt:  # Ctrl-C before the launcher's handlers are installed
+    print("interrupted before the run started", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)

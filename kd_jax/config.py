@@ -24,6 +24,7 @@ from kd_jax import models
 from kd_jax.data import cifar as cifar_data
 from kd_jax.data import imagenet as imagenet_data
 from kd_jax.data import sources as data_sources
+from kd_jax import errors
 from kd_jax.errors import ConfigError, DataError
 
 # Datasets with presets (more: 'imagefolder:PATH' and TFDS names, kd_jax/data/sources.py).
@@ -74,7 +75,8 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("dataset", "cifar100", "a preset (" + ", ".join(DATASETS) + "), 'imagefolder:PATH' or a "
      "TFDS image dataset name (docs/data.md)"),
     ("data_dir", "", "TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)"),
-    ("num_classes", 100, "number of classes (must match the dataset)"),
+    ("num_classes", 100, "number of classes (a preset's; other datasets: 100 = the dataset's own, "
+     "any other value must match it)"),
     ("train_examples", 0, "use the first N training examples (0 = the whole split)"),
     ("eval_examples", 0, "use the first N eval examples (0 = the whole split)"),
     ("eval_split", "test", "the split evaluated after each epoch"),
@@ -87,6 +89,8 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("augment", "auto", "training augmentation: " + " | ".join(data_sources.AUGMENTATIONS)),
     ("mean", (), "per-channel mean in [0, 1] pixel units; () = the dataset's default"),
     ("std", (), "per-channel std in [0, 1] pixel units; () = the dataset's default"),
+    ("skip_unreadable_images", False, "image folders: leave out files that cannot be decoded "
+     "(one line says how many) instead of stopping"),
     ("in_memory_budget_mb", 4096.0,
      "MB: TFDS data whose uint8 training split fits is held in device memory"),
     # Models.
@@ -119,8 +123,10 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("seed", 0, "seed of initialisation, data order and augmentation"),
     # Loop.
     ("steps_per_dispatch", 1, "training steps per dispatch (one lax.scan on accelerators)"),
-    ("log_every_steps", 100, "train metrics every N steps"),
-    ("eval_every_epochs", 1, "evaluate every N epochs"),
+    ("log_every_steps", 100, "train metrics every N steps (100 on a run under 1000 steps: "
+     "every tenth of the run)"),
+    ("eval_every_epochs", 1, "evaluate every N epochs (may be a fraction; 1 on a run shorter "
+     "than an epoch: about 5 times in the run)"),
     ("checkpoint_every_steps", 1000, "checkpoint every N steps"),
     ("keep_checkpoints", 3, "checkpoints kept"),
     ("max_bad_steps", 20, "consecutive non-finite steps before the run stops"),
@@ -463,7 +469,9 @@ def _plugin_files() -> list[str]:
 def _choice(config, key: str, accepted: Sequence[Any]) -> None:
   value = _get(config, key)
   if value not in accepted:
-    raise ConfigError(f"config.{key}={value!r} is not accepted; accepted: "
+    close = errors.suggest(str(value), [str(a) for a in accepted])
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise ConfigError(f"config.{key}={value!r} is not accepted; {hint}accepted: "
                       f"{', '.join(repr(a) for a in accepted)}")
 
 
@@ -580,6 +588,57 @@ def _method_keys(config) -> None:
                       f"{', '.join(methods.ls_names())}; got {base!r}")
 
 
+def short_run_log_every(config, total_steps: int) -> int:
+  """log_every_steps, or on a run of fewer than 10 x the default, a tenth of the run (>= 1)
+  when log_every_steps is the schema's default: a short run logs about 10 times."""
+  default = base_config().log_every_steps
+  if config.log_every_steps != default or total_steps >= 10 * default:
+    return int(config.log_every_steps)
+  return max(1, int(total_steps) // 10)
+
+
+def short_run_eval_every(config, total_steps: int, steps_per_epoch: int) -> float:
+  """eval_every_epochs, or on a run shorter than one epoch (eval_every_epochs the schema's
+  default), the fraction of an epoch that evaluates about 5 times in the run."""
+  if config.eval_every_epochs != base_config().eval_every_epochs or (
+      total_steps >= steps_per_epoch):
+    return config.eval_every_epochs
+  return math.ceil(total_steps / 5) / steps_per_epoch
+
+
+# Seeds go through jax.random.key (32 bits without x64) and a sweep holds them as int32.
+SEED_RANGE = (0, 2 ** 31 - 1)
+
+
+def _ranges(config) -> None:
+  """The ranges of the optimiser and data keys that the schema can state (the loss keys'
+  ranges are declared in the method registry)."""
+  if not isinstance(config.lr_decay, (int, float)) or not (
+      math.isfinite(config.lr_decay) and config.lr_decay > 0):
+    raise ConfigError(f"config.lr_decay={config.lr_decay!r} is not accepted; expected a "
+                      f"finite number > 0 (the multistep LR factor, e.g. 0.1)")
+  m = config.momentum
+  if not isinstance(m, (int, float)) or not (0.0 <= m < 1.0):
+    raise ConfigError(f"config.momentum={m!r} is not accepted; expected a number in [0, 1) "
+                      f"(SGD momentum, e.g. 0.9)")
+  lo, hi = SEED_RANGE
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
+      lo <= config.seed <= hi):
+    raise ConfigError(f"config.seed={config.seed!r} is not accepted; expected an integer in "
+                      f"[{lo}, {hi}] (JAX seeds are 32-bit)")
+  source = config.teacher_checkpoint
+  if isinstance(source, str) and source.startswith("random:"):
+    seed = source.split(":", 1)[1]
+    try:
+      value = int(seed or 0)
+    except ValueError:
+      value = None
+    if value is None or not lo <= value <= hi:
+      raise ConfigError(f"config.teacher_checkpoint={source!r}: the seed {seed!r} is not "
+                        f"accepted; expected 'random:SEED' with an integer SEED in [{lo}, {hi}]"
+                        f", e.g. 'random:0'")
+
+
 def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
              num_devices: int) -> None:
   """Raises ConfigError naming the first bad key; cheap (no JAX compile, no data access)."""
@@ -617,6 +676,7 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
     raise ConfigError(f"config.num_classes={config.num_classes!r} is not accepted; expected a "
                       f"positive integer")
   _augment_and_normalization(config)
+  _ranges(config)
   if config.teacher_cache:
     try:   # the augmentation's number of distinct views, if finite (kd_jax/data)
       cifar_data.cifar_num_views(data_sources.resolve_augment(config.augment, True))

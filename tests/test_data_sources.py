@@ -117,7 +117,7 @@ def test_imagefolder_reads_jpeg_and_grayscale_as_rgb(tmp_path):
   assert np.abs(by_kind["jpeg"].astype(int) - _pil(root / "train" / "a" / "c.jpg")).max() <= 2
 
 
-def test_imagefolder_image_size_own_mixed_and_resized(tmp_path):
+def test_imagefolder_image_size_own_mixed_and_resized(tmp_path, capsys):
   root = str(tmp_path / "mixed")
   sizes = {("a", 0): (8, 8), ("a", 1): (12, 12), ("b", 0): (8, 8)}
   rng = np.random.default_rng(1)
@@ -128,10 +128,15 @@ def test_imagefolder_image_size_own_mixed_and_resized(tmp_path):
     colours[(cls, i)] = colour
     Image.fromarray(np.broadcast_to(colour, (h, w, 3)).copy()).save(
         os.path.join(root, "train", cls, f"{i}.png"))
-  with pytest.raises(data.DataError, match=r"differ in size.*8x8.*12x12|differ in size"
-                     r".*12x12.*8x8") as info:
-    data.load_in_memory(f"imagefolder:{root}", "train")
-  assert "--config.image_size" in str(info.value)
+  # image_size=0: mixed sizes are all resized to the most common one (8x8, two of three files),
+  # and one line says so; the 8x8 files are left bit for bit.
+  own = data.load_in_memory(f"imagefolder:{root}", "train")
+  assert own.images.shape == (3, 8, 8, 3)
+  line = capsys.readouterr().out
+  assert "2 sizes (8x8: 2, 12x12: 1)" in line and "resized to 8x8" in line
+  assert "--config.image_size=S" in line
+  assert sorted(tuple(im[0, 0]) for im in own.images) == sorted(
+      tuple(int(v) for v in c) for c in colours.values())
   resized = data.load_in_memory(f"imagefolder:{root}", "train", image_size=6)
   assert resized.images.shape == (3, 6, 6, 3)
   # A constant-colour image stays that colour after any resize.
@@ -144,11 +149,17 @@ def test_imagefolder_image_size_own_mixed_and_resized(tmp_path):
   np.testing.assert_array_equal(data.sources.resize_uint8(noisy, 8), noisy)
 
 
-def test_imagefolder_non_square_needs_image_size(tmp_path):
+def test_common_size_is_the_most_frequent_shape_s_shorter_side():
+  assert data.sources.common_size([(8, 8), (12, 12), (8, 8)]) == 8
+  assert data.sources.common_size([(8, 12), (8, 12), (16, 16)]) == 8   # 8x12 -> 8
+  assert data.sources.common_size([(8, 8), (12, 12)]) == 12            # a tie: the larger
+
+
+def test_imagefolder_non_square_is_resized_to_its_shorter_side(tmp_path, capsys):
   root = str(tmp_path / "wide")
   _write_folder(root, {"train": {"a": 2}}, size=(8, 12))
-  with pytest.raises(data.DataError, match=r"8x12.*square.*image_size"):
-    data.load_in_memory(f"imagefolder:{root}", "train")
+  assert data.load_in_memory(f"imagefolder:{root}", "train").images.shape == (2, 8, 8, 3)
+  assert "1 size (8x12: 2); all resized to 8x8" in capsys.readouterr().out
   assert data.load_in_memory(f"imagefolder:{root}", "train",
                              image_size=8).images.shape == (2, 8, 8, 3)
 
@@ -185,18 +196,28 @@ def test_tfds_without_image_label_features_is_refused(tmp_path):
       data.tfds_layout("imdb_reviews", str(tmp_path))
 
 
-def test_num_classes_mismatch_is_one_clear_error(tmp_path):
+def test_num_classes_follows_the_dataset_unless_chosen(tmp_path, capsys):
+  """num_classes at the schema's default (100) takes the dataset's count (one line says so);
+  a chosen value that differs is one error naming the right value."""
   with tfds.testing.mock_data(num_examples=8):
     with pytest.raises(errors.ConfigError) as info:
-      loop._setup_data(_config(dataset="svhn_cropped", data_dir=str(tmp_path)), _mesh())
+      loop._setup_data(_config(dataset="svhn_cropped", data_dir=str(tmp_path), num_classes=7),
+                       _mesh())
+    followed = loop._setup_data(_config(dataset="svhn_cropped", data_dir=str(tmp_path),
+                                        batch_size=8), _mesh())
   message = str(info.value)
-  assert "config.num_classes=100" in message and "10 classes" in message
+  assert "config.num_classes=7" in message and "10 classes" in message
   assert "--config.num_classes=10" in message and "\n" not in message
+  assert followed.num_classes == 10
   root = str(tmp_path / "folder")
   _write_folder(root, LAYOUT)
-  with pytest.raises(errors.ConfigError, match=r"num_classes=100.*3 classes.*"
+  with pytest.raises(errors.ConfigError, match=r"num_classes=2 .*3 classes.*"
                      r"--config.num_classes=3"):
-    loop._setup_data(_config(dataset=f"imagefolder:{root}"), _mesh())
+    loop._setup_data(_config(dataset=f"imagefolder:{root}", num_classes=2), _mesh())
+  capsys.readouterr()
+  followed = loop._setup_data(_config(dataset=f"imagefolder:{root}", batch_size=4), _mesh())
+  assert followed.num_classes == 3
+  assert "num_classes=3: the number of classes of dataset" in capsys.readouterr().out
 
 
 def _fixed_tfds(data_dir, n_train=40, n_test=10, size=8):
@@ -247,8 +268,9 @@ def test_variable_size_tfds_dataset_is_streamed_with_its_metadata(tmp_path):
                    eval_split="validation", image_size=16, eval_batch_size=4)
   setup = loop._setup_data(config, _mesh())
   assert not setup.in_memory and setup.steps_per_epoch == 4 and setup.image_size == 16
-  with pytest.raises(errors.ConfigError, match=r"num_classes=100.*7 classes"):
-    loop._setup_data(_config(dataset="fake_imagenet", data_dir=data_dir), _mesh())
+  with pytest.raises(errors.ConfigError, match=r"num_classes=5 .*7 classes"):
+    loop._setup_data(_config(dataset="fake_imagenet", data_dir=data_dir, num_classes=5),
+                     _mesh())
 
 
 def test_offline_missing_tfds_dataset_says_how_to_prepare(tmp_path, monkeypatch):
@@ -551,3 +573,23 @@ def test_launch_on_an_image_folder_with_given_mean_std(tmp_path):
   with open(workdir / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
   assert any(r.get("eval/top1") is not None and r["step"] == 1 for r in records)
+
+
+def test_dataset_fingerprints_follow_the_files_and_the_tfds_metadata(tmp_path):
+  root = str(tmp_path / "folder")
+  _write_folder(root, {"train": {"a": 2, "b": 1}, "test": {"a": 1}, "extra": {"a": 1}})
+  name = f"imagefolder:{root}"
+  first = data.dataset_fingerprint(name, ("train", "test"))
+  assert first.startswith("sha256:") and "of 4 files (names and sizes)" in first
+  assert data.dataset_fingerprint(name, ("train", "test")) == first
+  os.utime(os.path.join(root, "train", "a", "000.png"), (0, 0))    # only the time changes
+  assert data.dataset_fingerprint(name, ("train", "test")) == first
+  _write_folder(root, {"extra": {"b": 1}})                         # a split the run does not read
+  assert data.dataset_fingerprint(name, ("train", "test")) == first
+  with open(os.path.join(root, "test", "a", "000.png"), "ab") as f:
+    f.write(b"\0")                                                 # one file one byte longer
+  assert data.dataset_fingerprint(name, ("train", "test")) != first
+  assert data.dataset_fingerprint("synthetic", ("train", "test")).startswith("synthetic")
+  data_dir = _fixed_tfds(str(tmp_path / "tfds"))
+  assert data.dataset_fingerprint("tiny_fixed", ("train", "test"), data_dir) == (
+      "tfds tiny_fixed/1.0.0: test 10, train 40")

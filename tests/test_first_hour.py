@@ -153,7 +153,7 @@ def test_summary_is_readable_and_in_percent(tmp_path):
     f.write("".join(json.dumps(r) + "\n" for r in records))
   text = progress.run_summary(str(tmp_path))
   assert "30 steps (3 epochs) in 1:01:05 wall time" in text
-  assert f"best eval top-1  62.50% at epoch 2 (step 20); checkpoint: {tmp_path / 'best'}" in text
+  assert "best eval top-1  62.50% at epoch 2 (step 20); checkpoint: " in text
   assert "last eval top-1  60.00% at epoch 3 (step 30), top-5 95.00%" in text
   assert "teacher top-1    75.12%" in text
 
@@ -332,3 +332,142 @@ def test_missing_dataset_hints_in_launcher_terms(tmp_path, monkeypatch):
   message = str(info.value)
   assert "--config.data_dir=" in message and "--config.dataset=synthetic" in message
   assert "docs/data.md" in message and "name='synthetic'" not in message
+
+
+# ---------------------------------------------------------------------------------------
+# README: "Your own data in five minutes", run as written on a generated folder.
+
+
+def _readme_section(title):
+  readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+  match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", readme, re.M | re.S)
+  assert match, f"README.md has no section '## {title}'"
+  return match.group(1)
+
+
+def _bash_commands(text):
+  """The commands of the ```bash blocks of `text`, backslash continuations joined."""
+  commands = []
+  for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    for line in block.replace("\\\n", " ").splitlines():
+      line = line.split(" #")[0].strip()
+      if line and not line.startswith("#"):
+        commands.append(line)
+  return commands
+
+
+@pytest.mark.slow
+def test_readme_own_data_section(tmp_path):
+  """The section's commands, as written, on a 4-class folder of mixed image sizes: the only
+  additions are a small step count and batch size (the folder has 16 training images)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "photos"
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 4), ("test", 1)):
+    for c in range(4):
+      os.makedirs(folder / split / f"class_{c}")
+      for i in range(count):
+        side = 16 if (c + i) % 3 == 2 else 12       # most files 12x12, some 16x16
+        colour = np.array([60 * c, 255 - 60 * c, 128], np.uint8)
+        pixels = np.clip(colour + rng.integers(-20, 20, (side, side, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / split / f"class_{c}" / f"{i}.png")
+  commands = _bash_commands(_readme_section("Your own data in five minutes"))
+  kinds = [next((k for k in ("launch.py", "kd_jax.export", "kd_jax.report") if k in c), c)
+           for c in commands if not re.match(r"^\w+=", c)]
+  assert kinds == ["launch.py", "launch.py", "kd_jax.export", "kd_jax.report"], commands
+  small = ["--config.num_train_steps=10", "--config.batch_size=8",
+           "--config.eval_batch_size=4", "--config.steps_per_dispatch=1"]
+  env = testenv.subprocess_env(1, PYTHONUNBUFFERED="1", PYTHONPATH=REPO)
+  for name in ("launch.py", "configs"):   # the commands run from a checkout's root
+    os.symlink(os.path.join(REPO, name), tmp_path / name)
+  outputs = []
+  for command in commands:
+    assignment = re.match(r"^(\w+)=(.*)$", command)
+    if assignment:
+      env[assignment.group(1)] = str(folder)   # DATA=/path/to/folder: the generated folder
+      continue
+    args = shlex.split(re.sub(r"\$(\w+)", lambda m: env[m.group(1)], command))
+    assert args[0] == "python", command
+    args[0] = sys.executable
+    if args[1] == "launch.py":
+      args += small
+    res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600,
+                         cwd=tmp_path)
+    assert res.returncode == 0, (command, res.stdout[-2000:], res.stderr[-3000:])
+    assert "Traceback" not in res.stderr, res.stderr
+    outputs.append(res.stdout)
+  # The teacher run took the class count and a size from the folder and said so.
+  assert "num_classes=4: the number of classes of dataset" in outputs[0]
+  assert "all resized to 12x12, the most common" in outputs[0]
+  for name in ("own_teacher", "own_kd"):
+    with open(tmp_path / "workdirs" / name / "config.json") as f:
+      saved = json.load(f)
+    assert (saved["num_classes"], saved["image_size"]) == (4, 12), name
+    assert saved["log_every_steps"] == 1    # a 10-step run logs every step
+  with open(tmp_path / "workdirs" / "own_kd" / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 11))
+  assert any("teacher/top1" in r for r in records)
+  torch = pytest.importorskip("torch")
+  state = torch.load(tmp_path / "own_student.pth", weights_only=True)["model"]
+  assert any(tuple(v.shape) == (4, 64) for v in state.values())   # resnet8's 4-class head
+  assert (tmp_path / "own_report" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------
+# Mistakes with a suggestion: one line, exit 2.
+
+
+def test_print_config_validates_and_suggests_the_model(tmp_path):
+  res = _run("--config=configs/teacher.py:resnt8", "--print_config")
+  assert res.returncode == 2, res.stdout[-2000:]
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: config.student='resnt8'"), res.stderr
+  assert "did you mean 'resnet8'?" in lines[0]
+  assert res.stdout == ""
+
+
+def test_a_bare_config_key_flag_suggests_the_config_flag(tmp_path):
+  res = _run("--config=configs/kd.py", f"--workdir={tmp_path / 'run'}", "--batch_size=32")
+  assert res.returncode == 2
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and "did you mean `--config.batch_size=32`?" in lines[0], res.stderr
+  res = _run("--config=configs/kd.py", f"--workdir={tmp_path / 'run'}", "--temperature=2")
+  assert "`--config.loss.temperature=2`" in res.stderr and res.returncode == 2
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_misspelled_swept_key_gets_did_you_mean():
+  from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigError, match=r"'loss.temprature' cannot be swept .*did you "
+                     r"mean 'loss.temperature'\?"):
+    sweep.parse_sweep("loss.temprature=1,2")
+  with pytest.raises(errors.ConfigError) as info:
+    sweep.parse_sweep("student=resnet8")
+  assert "did you mean" not in str(info.value)
+
+
+def test_a_wrong_model_name_gets_did_you_mean():
+  config = smoke.get_config("kd")
+  config.student = "resnet8x"
+  with pytest.raises(errors.ConfigError, match=r"config.student='resnet8x' is not accepted; did "
+                     r"you mean 'resnet8x4'"):
+    kdc.validate(config, model_names=["resnet8", "resnet8x4", "resnet32x4"], num_devices=1)
+
+
+def test_a_short_run_logs_about_ten_times_and_evaluates_about_five_unless_set():
+  config = kdc.base_config()
+  assert kdc.short_run_log_every(config, 150) == 15          # default 100: a tenth of the run
+  assert kdc.short_run_log_every(config, 5) == 1
+  assert kdc.short_run_log_every(config, 1000) == 100        # long enough: the default
+  config.log_every_steps = 50                                # set: kept
+  assert kdc.short_run_log_every(config, 150) == 50
+  # Shorter than an epoch: a fraction of an epoch that the loop rounds to whole steps.
+  spe = 1000
+  frac = kdc.short_run_eval_every(config, 150, spe)
+  assert round(frac * spe) == 30 and 150 // round(frac * spe) == 5
+  assert kdc.short_run_eval_every(config, 2000, spe) == 1    # a whole epoch or more: default
+  config.eval_every_epochs = 2                               # set: kept
+  assert kdc.short_run_eval_every(config, 150, spe) == 2

@@ -207,8 +207,13 @@ def test_teacher_run_with_other_class_count_is_rejected(tmp_path):
   config = tiny("kd", teacher_checkpoint=teacher_dir)
   loop.train_and_evaluate(config, str(tmp_path / "ok"))  # same class count: loads
   wrong = tiny("kd", teacher_checkpoint=teacher_dir, teacher="resnet20")
-  with pytest.raises(errors.TeacherError, match="configured teacher"):
+  with pytest.raises(errors.TeacherError, match="configured teacher") as info:
     loop.train_and_evaluate(wrong, str(tmp_path / "wrong_arch"))
+  # The message names the model that workdir trained (its config.json), not pytree paths.
+  assert (f"config.teacher_checkpoint={teacher_dir!r} is a kd_jax workdir that trained a "
+          f"resnet8 with 100 classes (its config.json), but the configured teacher is a "
+          f"resnet20 with 100 classes; set --config.teacher=resnet8") in str(info.value)
+  assert "['params']" not in str(info.value)
 
 
 def test_teacher_pth_of_wrong_architecture_and_truncated_file(tmp_path):
@@ -239,3 +244,282 @@ def test_launcher_prints_one_line_for_user_errors(tmp_path):
       capture_output=True, text=True, env=env, timeout=300)
   assert res.returncode == 2
   assert "x.pth" in res.stderr and "Traceback" not in res.stderr
+
+
+# --- Signals -----------------------------------------------------------------------------
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_sigint_saves_like_sigterm_and_the_relaunch_finishes(tmp_path, monkeypatch, capsys):
+  """Ctrl-C in the training loop: the step's checkpoint is saved, the run returns preempted
+  with one line naming SIGINT, and the same call resumes to the end, each step logged once."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  write = metrics_lib.MetricWriter.write
+
+  def write_then_interrupt(self, step, scalars):
+    write(self, step, scalars)
+    if step == 4 and "train/loss" in scalars:
+      os.kill(os.getpid(), signal.SIGINT)
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write_then_interrupt)
+  result = loop.train_and_evaluate(tiny("ce", steps=8), workdir)
+  assert result.preempted and result.step == 4
+  assert saved_steps(workdir)[-1] == 4
+  assert "SIGINT received: stopped at step 4" in capsys.readouterr().out
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  result = loop.train_and_evaluate(tiny("ce", steps=8), workdir)
+  assert not result.preempted and result.step == 8
+  logged = [r["step"] for r in _metrics(workdir) if "train/loss" in r]
+  assert logged == [2, 4, 6, 8]
+
+
+def test_second_sigint_exits_at_once_with_one_line():
+  code = ("import os, signal, time\n"
+          "from kd_jax.train import loop\n"
+          "with loop._Preemption() as p:\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  assert p.requested and p.signal_name == 'SIGINT'\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  time.sleep(30)\n")
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, timeout=120, env=testenv.subprocess_env(1))
+  assert res.returncode == errors.EXIT_INTERRUPTED == 130, res.stderr
+  assert res.stderr.strip().splitlines() == [
+      "second Ctrl-C: stopped at once; the checkpoints saved before are intact (run the same "
+      "command again to resume from the newest)"]
+
+
+def test_signal_before_the_loop_is_one_line_and_the_preempted_exit_code(tmp_path):
+  """SIGTERM while the run sets up (here: while the teacher table is built, before the first
+  step): one line, exit code 75, no checkpoint, the lock released, the table's finished views
+  kept for the relaunch."""
+  import signal  # pylint: disable=g-import-not-at-top
+  workdir, cache = tmp_path / "run", tmp_path / "cache"
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "launch.py"),
+       "--config=" + os.path.join(REPO, "configs", "smoke.py") + ":kd", f"--workdir={workdir}",
+       f"--config.teacher_cache={cache}"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=testenv.subprocess_env(1, PYTHONUNBUFFERED="1"))
+  for line in proc.stdout:
+    if line.startswith("teacher table: about"):   # printed after its second chunk
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == errors.EXIT_PREEMPTED == 75, err
+  assert err.strip().splitlines() == [
+      "SIGTERM received before the training loop: stopped, nothing half written; run the "
+      "same command again to resume"], err
+  assert "compiling the train step" not in out
+  assert not os.path.exists(workdir / "lock")
+  assert not (workdir / "checkpoints").is_dir() or not [
+      d for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  (partial,) = os.listdir(cache)
+  assert partial.endswith(".partial") and os.path.exists(cache / partial / "fields.json")
+
+
+# --- Files that are not checkpoints; the importer's command line ---------------------------
+
+
+def test_a_pth_that_is_not_a_checkpoint_is_one_line_saying_so(tmp_path):
+  torch = pytest.importorskip("torch")
+  import pickle  # pylint: disable=g-import-not-at-top
+  from kd_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+  good = tmp_path / "good.pth"
+  torch.save({"model": {"w": torch.zeros(3)}}, good)
+  cases = {"random.pth": (np.random.default_rng(0).bytes(2000), "is not a PyTorch checkpoint"),
+           "empty.pth": (b"", "(none: it is empty)"),
+           "cut.pth": (good.read_bytes()[:300], "truncated or corrupt"),
+           "pickled.pth": (pickle.dumps({"a": 1}, protocol=4), "not a torch.save file, or it "
+                                                               "is corrupt")}
+  for name, (content, needle) in cases.items():
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(errors.WeightsFileError) as info:
+      torch_import.load_torch_state_dict(str(tmp_path / name))
+    message = str(info.value)
+    assert needle in message and name in message, message
+    assert "\n" not in message and "file an issue" not in message and (
+        "weights_only=False" not in message), message
+
+
+def test_torch_import_prints_the_files_sha256_and_parameter_count_without_out(tmp_path,
+                                                                             capsys):
+  torch = pytest.importorskip("torch")
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import torch_twins_a  # pylint: disable=g-import-not-at-top
+  net = torch_twins_a.build("resnet8", 10)
+  path = tmp_path / "r8.pth"
+  torch.save({"model": net.state_dict()}, path)
+  (tmp_path / "junk.pth").write_bytes(b"junk")
+  cmd = [sys.executable, "-m", "kd_jax.models.torch_import", str(path), "--model", "resnet8",
+         "--num-classes", "10"]
+  env = testenv.subprocess_env(1)
+  res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+  assert res.returncode == 0, res.stderr
+  n = sum(p.numel() for p in net.parameters())
+  assert res.stdout.strip() == (f"resnet8: {n:,} params from {path} (sha256 "
+                                f"{hashlib.sha256(path.read_bytes()).hexdigest()})")
+  assert not list(tmp_path.glob("*.msgpack"))
+  from kd_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    torch_import._main([str(tmp_path / "junk.pth")] + cmd[4:])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "is not a PyTorch checkpoint" in err
+
+
+# --- Run identity by content ----------------------------------------------------------------
+
+
+def _write_msgpack(path, variables):
+  import flax  # pylint: disable=g-import-not-at-top
+  with open(path, "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(variables))
+
+
+def test_replaced_teacher_file_and_added_image_are_refused_on_resume(tmp_path):
+  """One run on an image folder with a teacher file; then the file replaced in place with
+  other weights, and (the file put back) one image added: each resume is refused in one line
+  naming the old and new fingerprint and the file or folder, and nothing is rewritten."""
+  from test_data_sources import _write_folder  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "folder")
+  _write_folder(root, {"train": {f"c{i}": 2 for i in range(4)},
+                       "test": {f"c{i}": 1 for i in range(4)}}, size=(32, 32))
+  teacher_file = str(tmp_path / "teacher.msgpack")
+  _, first = loop.load_teacher(tiny("kd", num_classes=4, teacher_checkpoint="random:0"))
+  _, other = loop.load_teacher(tiny("kd", num_classes=4, teacher_checkpoint="random:1"))
+  _write_msgpack(teacher_file, first)
+  config = dict(dataset=f"imagefolder:{root}", train_examples=0, eval_examples=0,
+                batch_size=4, eval_batch_size=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                teacher_checkpoint=teacher_file)
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny("kd", steps=2, **config), workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    recorded = f.read()
+  old = json.loads(recorded)["teacher_fingerprint"]
+  assert old == loop.weights_fingerprint(first, teacher_file)
+  assert old.startswith("sha256:") and old.endswith(f"of the weights read from {teacher_file}")
+
+  _write_msgpack(teacher_file, other)             # same path, other weights
+  with pytest.raises(errors.ConfigError) as info:
+    loop.train_and_evaluate(tiny("kd", steps=2, **config), workdir)
+  message = str(info.value)
+  new = loop.weights_fingerprint(other, teacher_file)
+  assert f"teacher_fingerprint {old!r} -> {new!r}" in message and old != new
+  assert "\n" not in message and "--config.allow_changed=teacher_fingerprint" in message
+  assert "data_fingerprint" not in message
+  result = loop.train_and_evaluate(tiny("kd", steps=2, allow_changed="teacher_fingerprint",
+                                        **config), workdir)
+  assert result.already_finished                  # accepted when named
+
+  _write_msgpack(teacher_file, first)
+  shutil.copy(os.path.join(root, "train", "c1", "000.png"),
+              os.path.join(root, "train", "c0", "new.png"))     # one image added
+  with pytest.raises(errors.ConfigError) as info:
+    loop.train_and_evaluate(tiny("kd", steps=2, **config), workdir)
+  message = str(info.value)
+  assert "\n" not in message and "data_fingerprint" in message
+  assert "teacher_fingerprint" not in message
+  assert "of 12 files (names and sizes)" in message and "of 13 files" in message
+  assert os.path.join(root, "{train,test}") in message
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.loads(f.read())["data_fingerprint"] == json.loads(recorded)["data_fingerprint"]
+  assert saved_steps(workdir) == [2]              # nothing moved
+
+
+# --- The teacher table: its directory probed, failed builds leave nothing, resumed builds -----
+
+
+def _table_kwargs(augment="pad_crop_flip"):
+  from kd_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  config = tiny("kd")
+  teacher, tvars = loop.load_teacher(config)
+  split = data_lib.load_in_memory("synthetic", "train", num_examples=8)
+  return dict(teacher=teacher, teacher_vars=tvars, teacher_name="resnet8",
+              teacher_dtype="float32", dataset="synthetic", split="train",
+              images=split.images, labels=split.labels, augment=augment,
+              mean=data_lib.CIFAR_MEAN, std=data_lib.CIFAR_STD, num_classes=100,
+              mesh=loop.make_mesh(config))
+
+
+def test_teacher_cache_directory_is_probed_before_the_build(tmp_path, monkeypatch):
+  from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top
+  kwargs = _table_kwargs("none")
+
+  def no_build(*args, **kw):
+    raise AssertionError("the table was built before the directory was checked")
+  monkeypatch.setattr(teacher_cache, "build_table", no_build)
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  with pytest.raises(errors.ConfigError, match=r"teacher_cache=.*file.* cannot be written "
+                     r"\(errno 17 EEXIST"):
+    teacher_cache.load_or_build(str(a_file), **kwargs)
+  usage = shutil.disk_usage(str(tmp_path))
+  monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
+  with pytest.raises(errors.ConfigError, match=r"needs 0.00 GiB on disk but only 0.00 GiB is "
+                     r"free there") as info:
+    teacher_cache.load_or_build(str(tmp_path / "cache"), **kwargs)
+  assert "\n" not in str(info.value)
+
+
+def test_a_failed_table_build_leaves_no_tmp_directory(tmp_path, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top
+  kwargs = _table_kwargs("none")
+  cache = tmp_path / "cache"
+
+  def disk_full(*args, **kw):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(teacher_cache, "_finish", disk_full)
+  with pytest.raises(errors.ConfigError, match=r"errno 28 ENOSPC.*nothing is left there"):
+    teacher_cache.load_or_build(str(cache), **kwargs)
+  assert os.listdir(cache) == []
+  monkeypatch.undo()
+  broken = jax.tree.map(lambda x: x * np.nan, kwargs["teacher_vars"])
+  with pytest.raises(errors.ConfigError, match="non-finite logits"):
+    teacher_cache.load_or_build(str(cache), **dict(kwargs, teacher_vars=broken))
+  assert os.listdir(cache) == []
+
+
+def test_table_build_stopped_by_a_signal_resumes_from_its_finished_views(tmp_path,
+                                                                         monkeypatch):
+  from kd_jax.train import teacher_cache  # pylint: disable=g-import-not-at-top
+  kwargs = _table_kwargs()
+  whole = teacher_cache.build_table(
+      kwargs["teacher"], kwargs["teacher_vars"], kwargs["images"], num_classes=100,
+      augment="pad_crop_flip", mean=kwargs["mean"], std=kwargs["std"], mesh=kwargs["mesh"])
+  make = teacher_cache._make_view_fn
+  calls = []
+
+  def counted(*args, stop_after=None):
+    fn = make(*args)
+
+    def run(*a):
+      if stop_after is not None and len(calls) == stop_after:
+        raise errors.Interrupted(15)   # what the launcher's SIGTERM handler raises
+      calls.append(1)
+      return fn(*a)
+    return run
+  monkeypatch.setattr(teacher_cache, "_make_view_fn", lambda *a: counted(*a, stop_after=50))
+  cache = tmp_path / "cache"
+  with pytest.raises(errors.Interrupted):
+    teacher_cache.load_or_build(str(cache), **kwargs)
+  (partial,) = os.listdir(cache)
+  assert partial.endswith(".partial")
+  with open(cache / partial / "views.json") as f:
+    assert json.load(f)["views"] == list(range(50))   # one chunk per view: 8 images
+  calls.clear()
+  monkeypatch.setattr(teacher_cache, "_make_view_fn", counted)
+  table, info = teacher_cache.load_or_build(str(cache), **kwargs)
+  assert len(calls) == 162 - 50 and info["built"]
+  np.testing.assert_array_equal(np.asarray(table), whole)
+  assert os.listdir(cache) == [partial[:-len(".partial")]]
+  calls.clear()
+  _, again = teacher_cache.load_or_build(str(cache), **kwargs)   # complete: reused as is
+  assert not again["built"] and not calls

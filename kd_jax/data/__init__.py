@@ -35,6 +35,7 @@ from kd_jax.data.imagenet import imagenet_steps_per_epoch
 from kd_jax.data.imagenet import imagenet_train
 from kd_jax.data.sources import AUGMENTATIONS
 from kd_jax.data.sources import channel_stats
+from kd_jax.data.sources import dataset_fingerprint
 from kd_jax.data.sources import imagefolder_root
 from kd_jax.data.sources import in_memory_bytes
 from kd_jax.data.sources import KNOWN_DATASETS
@@ -46,7 +47,7 @@ from kd_jax.data.sources import tfds_layout
 
 __all__ = [
     "ACCEPTED_NAMES", "augment_batch", "augment_cifar", "AUGMENTATIONS", "build_fake_imagenet",
-    "channel_stats", "cifar_augment_params", "cifar_batch_indices", "CIFAR_MEAN",
+    "channel_stats", "cifar_augment_params", "dataset_fingerprint", "cifar_batch_indices", "CIFAR_MEAN",
     "cifar_num_views", "CIFAR_STD", "cifar_train_batch", "cifar_view_index",
     "cifar_view_params", "crop_and_flip", "DataError", "eval_batches", "imagefolder_root",
     "imagenet_eval", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_steps_per_epoch",

@@ -14,10 +14,7 @@ import numpy as np
 from kd_jax.data import common
 from kd_jax.data import randaugment
 from kd_jax.data import sources
-from kd_jax.data.common import DataError, InMemoryData
-
-CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
-CIFAR_STD = (0.2675, 0.2565, 0.2761)
+from kd_jax.data.common import CIFAR_MEAN, CIFAR_STD, DataError, InMemoryData
 
 # The in-memory presets; load_in_memory also reads image folders and other TFDS datasets.
 ACCEPTED_NAMES = ("cifar100", "cifar10", "synthetic")
@@ -33,14 +30,15 @@ _PERMUTATION_STREAM = 0x0DA7A
 
 def load_in_memory(name: str, split: str, *, data_dir: str | None = None,
                    num_examples: int | None = None, download: bool = True,
-                   image_size: int = 0) -> InMemoryData:
+                   image_size: int = 0, skip_unreadable: bool = False) -> InMemoryData:
   """Loads a whole split as uint8 images [N,H,W,3] and int32 labels [N].
 
   name: 'synthetic' (offline, deterministic per split), 'imagefolder:PATH' (see
   sources.load_imagefolder) or a TFDS dataset with 'image' and 'label' features such as
   'cifar100' (prepared in data_dir or downloaded). num_examples caps N. image_size > 0
   resizes every image of another size to image_size x image_size (bilinear, antialiased);
-  0 keeps the images' own size.
+  0 keeps the images' own size. skip_unreadable (image folders): leave out files that cannot
+  be decoded instead of raising DataError.
   """
   if num_examples is not None and num_examples <= 0:
     raise DataError(f"num_examples={num_examples}; accepted: None or a positive integer.")
@@ -50,7 +48,7 @@ def load_in_memory(name: str, split: str, *, data_dir: str | None = None,
   root = sources.imagefolder_root(name)
   if root is not None:
     return sources.load_imagefolder(root, split, image_size=int(image_size),
-                                    num_examples=num_examples)
+                                    num_examples=num_examples, skip_unreadable=skip_unreadable)
   if name == "synthetic":
     images, labels, num_classes = _synthetic(split, num_examples)
     if image_size and images.shape[1:3] != (image_size, image_size):

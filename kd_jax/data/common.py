@@ -18,6 +18,10 @@ import numpy as np
 
 from kd_jax.errors import DataError
 
+# CIFAR's per-channel normalisation (mdistiller's), in [0, 1] pixel units.
+CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR_STD = (0.2675, 0.2565, 0.2761)
+
 
 @dataclasses.dataclass(frozen=True)
 class InMemoryData:

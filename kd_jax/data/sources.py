@@ -2,8 +2,9 @@
 
 `config.dataset` is one of
 - a known name (KNOWN_DATASETS), with the presets of the papers;
-- `imagefolder:PATH`: PATH/<split>/<class>/*.png|jpg|jpeg, read with
-  `tfds.folder_dataset.ImageFolder`; class ids are the sorted class-folder names;
+- `imagefolder:PATH`: PATH/<split>/<class>/*.png|jpg|jpeg, listed by `list_imagefolder` (in
+  TFDS ImageFolder's order) and decoded by TensorFlow; class ids are the sorted class-folder
+  names;
 - any other TFDS name whose examples have an `image` and a `label` (ClassLabel) feature.
 
 This module also owns the augmentation names and the rules that resolve `augment`, `mean` and
@@ -19,7 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kd_jax import console
 from kd_jax.data import common
+from kd_jax.data import imagenet
 from kd_jax.data.common import DataError, InMemoryData
 
 # Augmentations of the training images. 'auto': pad_crop_flip for data held in memory,
@@ -31,7 +34,6 @@ IMAGEFOLDER_PREFIX = "imagefolder:"
 KNOWN_DATASETS = {"cifar100": (True, 32, 100), "cifar10": (True, 32, 10),
                   "synthetic": (True, 32, 100), "imagenet2012": (False, 224, 1000)}
 STREAMED_IMAGE_SIZE = 224     # image_size=0 for a streamed dataset without a preset
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # A TFDS name: 'name', 'name/config', optionally ':version'.
 _TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
 _ACCEPTED = (f"{', '.join(KNOWN_DATASETS)}, imagefolder:PATH (PATH/train/<class>/*.png|jpg) "
@@ -104,12 +106,11 @@ def resolve_mean_std(dataset: str, mean: Sequence[float], std: Sequence[float], 
   any streamed dataset (train_images None), the training split's own statistics
   (channel_stats) for other data held in memory. mean and std resolve independently.
   """
-  from kd_jax.data import cifar, imagenet  # pylint: disable=import-outside-toplevel
   mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
   if mean and std:
     return mean, std
   if dataset in ("cifar100", "cifar10", "synthetic"):
-    default = (cifar.CIFAR_MEAN, cifar.CIFAR_STD)
+    default = (common.CIFAR_MEAN, common.CIFAR_STD)
   elif dataset == "imagenet2012" or train_images is None:
     default = (imagenet.IMAGENET_MEAN, imagenet.IMAGENET_STD)
   else:
@@ -119,81 +120,217 @@ def resolve_mean_std(dataset: str, mean: Sequence[float], std: Sequence[float], 
 
 # ----------------------------------------------------------------------------- image folders
 
+# The files an image folder reads (any case), as torchvision's and TFDS's ImageFolder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_LAYOUT = "PATH/train/<class>/*.png|jpg and PATH/test/<class>/*.png|jpg"
 
-def imagefolder_builder(root: str):
-  """tfds ImageFolder over `root`, after checking the layout (DataError naming what is wrong)."""
-  layout = "PATH/train/<class>/*.png|jpg and PATH/test/<class>/*.png|jpg"
+
+@dataclasses.dataclass(frozen=True)
+class FolderListing:
+  """What an image folder holds, before any image is decoded."""
+  root: str
+  classes: tuple                 # sorted class-folder names over every split
+  files: dict                    # split -> [(path, class index)] in reading order
+  sizes: dict                    # path -> size in bytes
+  nested: dict                   # split -> images found in sub-folders of class folders
+  ignored: dict                  # split -> files that are not images (not read)
+
+
+def _walk_images(directory: str) -> tuple[list[str], int, int]:
+  """(image paths under `directory`, sorted; how many in sub-folders; non-image files)."""
+  paths, nested, ignored = [], 0, 0
+  for here, dirs, names in os.walk(directory, followlinks=True):
+    dirs.sort()
+    for n in names:
+      if n.startswith("."):
+        continue
+      if n.lower().endswith(IMAGE_SUFFIXES):
+        paths.append(os.path.join(here, n))
+        nested += here != directory
+      else:
+        ignored += 1
+  return sorted(paths), nested, ignored
+
+
+def list_imagefolder(root: str) -> FolderListing:
+  """The layout of PATH/<split>/<class>/...: classes, files in reading order, sizes.
+
+  Images in sub-folders of a class folder belong to that class (as with torchvision's
+  ImageFolder). The reading order of a split is TFDS ImageFolder's: the sorted paths, class
+  by class, shuffled by `random.Random(split)`. A class folder without any image and a folder
+  without class folders are refused (DataError); training also refuses a single class.
+  """
+  import random  # pylint: disable=import-outside-toplevel
+  name = f"imagefolder:{root}"
   if not os.path.isdir(root):
-    raise DataError(f"dataset 'imagefolder:{root}': {root!r} is not a directory; accepted: "
-                    f"imagefolder:PATH with {layout}.")
+    raise DataError(f"dataset {name!r}: {root!r} is not a directory; accepted: "
+                    f"imagefolder:PATH with {_LAYOUT}.")
   splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
   if not splits:
-    raise DataError(f"dataset 'imagefolder:{root}': no split folders in {root!r}; accepted: "
-                    f"{layout}.")
-  tfds = common.import_tfds()
-  return tfds.folder_dataset.ImageFolder(root)
+    raise DataError(f"dataset {name!r}: no split folders in {root!r}; accepted: {_LAYOUT}.")
+  per_split, classes, nested, ignored = {}, set(), {}, {}
+  for split in splits:
+    split_dir = os.path.join(root, split)
+    found = {}
+    nested[split] = ignored[split] = 0
+    for entry in sorted(os.listdir(split_dir)):
+      path = os.path.join(split_dir, entry)
+      if not os.path.isdir(path):
+        ignored[split] += not entry.startswith(".")
+        continue
+      paths, n_nested, n_ignored = _walk_images(path)
+      if not paths:
+        raise DataError(f"dataset {name!r}: class folder {path} holds no image (*.png, *.jpg, "
+                        f"*.jpeg); accepted: at least one image in every class folder (remove "
+                        f"the empty folder or add its images).")
+      found[entry] = paths
+      nested[split] += n_nested
+      ignored[split] += n_ignored
+    per_split[split] = found
+    classes.update(found)
+  classes = tuple(sorted(classes))
+  if not classes:
+    raise DataError(f"dataset {name!r}: no class folders in its splits {splits}; accepted: "
+                    f"{_LAYOUT}.")
+  index = {c: i for i, c in enumerate(classes)}
+  files, sizes = {}, {}
+  for split, found in per_split.items():
+    examples = [(p, index[c]) for c in sorted(found) for p in found[c]]
+    random.Random(split).shuffle(examples)
+    files[split] = examples
+    for p, _ in examples:
+      sizes[p] = os.path.getsize(p)
+  return FolderListing(root, classes, files, sizes, nested, ignored)
 
 
-def _folder_split(builder, root: str, split: str):
-  """The ImageFolder split, or a DataError listing the splits and the expected layout."""
-  splits = sorted(builder.info.splits)
-  if split not in splits:
-    raise DataError(f"dataset 'imagefolder:{root}': no images under {os.path.join(root, split)}"
-                    f"/<class>/ (*.png, *.jpg, *.jpeg); found splits {splits}. Accepted: a "
-                    f"folder {split}/ with one sub-folder per class (or set the split "
-                    "config key, e.g. --config.eval_split).")
-  return builder.as_dataset(split=split, shuffle_files=False)
+def folder_fingerprint(listing: FolderListing, splits: Sequence[str]) -> str:
+  """'sha256:<16 hex> of N files (names and sizes) in ROOT/{splits}': sorted relative paths and
+  byte sizes of every image of `splits` (what a changed, added or removed image changes)."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  h, n = hashlib.sha256(), 0
+  used = [s for s in dict.fromkeys(splits) if s in listing.files]
+  for path in sorted(p for s in used for p, _ in listing.files[s]):
+    h.update(f"{os.path.relpath(path, listing.root)}\t{listing.sizes[path]}\n".encode())
+    n += 1
+  return (f"sha256:{h.hexdigest()[:16]} of {n} files (names and sizes) in "
+          f"{os.path.join(listing.root, '{' + ','.join(used) + '}')}")
+
+
+def dataset_fingerprint(name: str, splits: Sequence[str], data_dir: str | None = None) -> str:
+  """What identifies the data a run reads, for the run's identity (workdir.check_identity).
+
+  An image folder: its files' names and sizes (folder_fingerprint); 'synthetic': generated
+  by this code; a TFDS dataset: its name, version and split sizes.
+  """
+  root = imagefolder_root(name)
+  if root is not None:
+    return folder_fingerprint(list_imagefolder(root), splits)
+  if name == "synthetic":
+    return "synthetic (generated by kd_jax.data.cifar)"
+  builder = common.tfds_builder(name, data_dir)
+  info = builder.info
+  sizes = ", ".join(f"{s} {int(info.splits[s].num_examples)}" for s in sorted(info.splits))
+  return f"tfds {info.full_name}: {sizes}"
+
+
+def _decode(paths: Sequence[str]) -> list:
+  """uint8 [H, W, 3] per file, or for an unreadable file the reason (a string)."""
+  tf = common.import_tf()
+
+  def one(path):
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+  try:  # fast path: decode in parallel; any unreadable file falls back to one file at a time
+    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+        one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return [im.numpy() for im in ds]
+  except tf.errors.OpError:
+    pass
+  out = []
+  for path in paths:
+    try:
+      out.append(one(path).numpy())
+    except tf.errors.OpError as e:
+      first = " ".join((e.message or type(e).__name__).split(";")[0].split())
+      out.append(first if os.path.getsize(path) else "the file is empty (0 bytes)")
+  return out
 
 
 def load_imagefolder(root: str, split: str, *, image_size: int = 0,
-                     num_examples: int | None = None) -> InMemoryData:
+                     num_examples: int | None = None,
+                     skip_unreadable: bool = False) -> InMemoryData:
   """A split of PATH/<split>/<class>/*.png|jpg as uint8 [N, S, S, 3] and int32 labels.
 
   Labels are the indices of the sorted class-folder names (over all splits). The order is
-  ImageFolder's: fixed for a given folder (a seeded shuffle of the sorted file names).
-  image_size=0 keeps the images' own size, which they must all share (square); otherwise
-  every image whose size differs is resized (bilinear, antialiased) to image_size x image_size.
+  fixed for a given folder (list_imagefolder). image_size=S resizes every image of another
+  size to SxS (bilinear, antialiased); image_size=0 keeps the images' own size when they all
+  share one square size, else resizes all to the most common size (common_size, one line
+  says so). An unreadable file is a DataError naming it and why, or, with skip_unreadable,
+  left out (one line says how many).
   """
-  tfds = common.import_tfds()
-  builder = imagefolder_builder(root)
-  ds = _folder_split(builder, root, split)
-  if num_examples is not None:
-    ds = ds.take(num_examples)
-  images, labels, files = [], [], []
-  for ex in tfds.as_numpy(ds):
-    images.append(ex["image"])
-    labels.append(int(ex["label"]))
-    files.append(ex["image/filename"].decode("utf-8", "replace"))
+  listing = list_imagefolder(root)
   name = f"imagefolder:{root}"
-  if not images:
-    raise DataError(f"dataset {name!r} split {split!r} has no images; accepted: "
+  if split not in listing.files:
+    raise DataError(f"dataset {name!r}: no images under {os.path.join(root, split)}"
+                    f"/<class>/ (*.png, *.jpg, *.jpeg); found splits {sorted(listing.files)}. "
+                    f"Accepted: a folder {split}/ with one sub-folder per class (or set the "
+                    "split config key, e.g. --config.eval_split).")
+  examples = listing.files[split]
+  if listing.nested[split]:
+    console.info(f"dataset {name!r} split {split!r}: {listing.nested[split]} images in "
+                 f"sub-folders of class folders are read as that class's (as torchvision's "
+                 f"ImageFolder does)")
+  if num_examples is not None:
+    examples = examples[:num_examples]
+  decoded = _decode([p for p, _ in examples])
+  bad = [(p, why) for (p, _), why in zip(examples, decoded) if isinstance(why, str)]
+  if bad and not skip_unreadable:
+    (path, why), more = bad[0], len(bad) - 1
+    raise DataError(f"dataset {name!r} split {split!r}: cannot read image {path} ({why})"
+                    f"{f' and {more} more unreadable files' if more else ''}; accepted: PNG "
+                    f"or JPEG files (fix or remove it, or set "
+                    f"--config.skip_unreadable_images=true to leave unreadable files out).")
+  if bad:
+    console.warn(f"dataset {name!r} split {split!r}: skipped {len(bad)} unreadable of "
+                 f"{len(examples)} files (e.g. {bad[0][0]}: {bad[0][1]}); "
+                 f"config.skip_unreadable_images=true")
+  kept = [(p, lb, im) for (p, lb), im in zip(examples, decoded) if not isinstance(im, str)]
+  if not kept:
+    raise DataError(f"dataset {name!r} split {split!r} has no readable images; accepted: "
                     f"{os.path.join(root, split)}/<class>/*.png|jpg with at least one image.")
-  stacked = _same_size(name, split, images, files, image_size)
-  num_classes = len(builder.info.features["label"].names)
-  labels_np = np.asarray(labels, np.int32)
+  images = [im for _, _, im in kept]
+  stacked = _same_size(name, split, images, [p for p, _, _ in kept], image_size)
+  labels_np = np.asarray([lb for _, lb, _ in kept], np.int32)
+  num_classes = len(listing.classes)
   common.check_arrays(name, split, stacked, labels_np, num_classes)
   return InMemoryData(images=stacked, labels=labels_np, num_classes=num_classes)
 
 
+def common_size(shapes: Sequence[tuple]) -> int:
+  """The side S that images of these (H, W) shapes are resized to when image_size=0: the most
+  common shape's shorter side (ties: the more frequent, then the larger shape)."""
+  counts: dict = {}
+  for hw in shapes:
+    counts[tuple(hw)] = counts.get(tuple(hw), 0) + 1
+  (h, w), _ = max(counts.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1], kv[0]))
+  return int(min(h, w))
+
+
 def _same_size(name: str, split: str, images: list, files: Sequence[str],
                image_size: int) -> np.ndarray:
-  """Stacks images of one shared square size, resizing to image_size when it is set."""
-  if image_size:
-    return np.stack([resize_uint8(im, image_size) for im in images])
-  shapes = {}
-  for im, f in zip(images, files):
-    shapes.setdefault(im.shape[:2], f)
-  if len(shapes) > 1:
-    (a, fa), (b, fb) = list(shapes.items())[:2]
-    raise DataError(f"dataset {name!r} split {split!r}: images differ in size ({a[0]}x{a[1]} "
-                    f"in {fa}, {b[0]}x{b[1]} in {fb}) and config.image_size=0; accepted: "
-                    "images of one size, or set --config.image_size=S to resize all to SxS.")
-  (h, w), f = next(iter(shapes.items()))
-  if h != w:
-    raise DataError(f"dataset {name!r} split {split!r}: images are {h}x{w} (e.g. {f}) and "
-                    "config.image_size=0; accepted: square images, or set "
-                    "--config.image_size=S to resize all to SxS.")
-  return np.stack(images)
+  """Stacks the images at image_size, or at their one square size, or at common_size."""
+  if not image_size:
+    shapes = [im.shape[:2] for im in images]
+    kinds = sorted(set(shapes), key=lambda hw: -shapes.count(hw))
+    if len(kinds) == 1 and kinds[0][0] == kinds[0][1]:
+      return np.stack(images)
+    image_size = common_size(shapes)
+    listed = ", ".join(f"{h}x{w}: {shapes.count((h, w))}" for h, w in kinds[:3])
+    console.info(f"dataset {name!r} split {split!r}: images of {len(kinds)} size"
+                 f"{'s' if len(kinds) > 1 else ''} ({listed}{', ...' if len(kinds) > 3 else ''}"
+                 f"); all resized to {image_size}x{image_size}, the most common (e.g. "
+                 f"{files[shapes.index(kinds[0])]}); --config.image_size=S sets another size")
+  return np.stack([resize_uint8(im, image_size) for im in images])
 
 
 def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:

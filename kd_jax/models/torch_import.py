@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import io
 import os
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from etils import epath
@@ -47,19 +48,22 @@ def load_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
   path = os.fspath(path)
   if not epath.Path(path).is_file():
     raise FileNotFoundError(f"PyTorch checkpoint file not found: {path!r}")
+  head = epath.Path(path).open("rb").read(4) if "://" in path else open(path, "rb").read(4)
+  if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip archive or a pickle
+    raise WeightsFileError(
+        f"{path!r} is not a PyTorch checkpoint: torch.save writes a zip archive (or a pickle), "
+        f"this file starts with the bytes {head.hex(' ') or '(none: it is empty)'}; expected a "
+        f".pth/.pt file written by torch.save")
   torch = _require_torch()
   try:
     # Local files by name; object-store files (gs://...) read through epath first.
     source = path if "://" not in path else io.BytesIO(epath.Path(path).read_bytes())
-    obj = torch.load(source, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # torch's notes on pickle protocols
+      obj = torch.load(source, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
-    if "weights_only" in str(e) or "Weights only load failed" in str(e):
-      why = ("it holds Python objects that torch.load(weights_only=True) refuses to unpickle; "
-             "re-save just the state_dict with torch.save({'model': model.state_dict()}, path)")
-    else:
-      why = "the file is truncated, corrupt or not a torch.save file"
-    raise WeightsFileError(
-        f"cannot read PyTorch checkpoint {path!r}: {why} ({type(e).__name__}: {e})") from e
+    raise WeightsFileError(f"cannot read PyTorch checkpoint {path!r}: "
+                           f"{_load_failure(e)}") from None
   state_dict = _find_state_dict(obj, path)
   keys = list(state_dict)
   if keys and all(k.startswith("module.") for k in keys):
@@ -72,6 +76,22 @@ def load_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
       raise WeightsFileError(f"entry {key!r} of {path!r} is a {type(value).__name__}, not a tensor")
     out[key] = value.detach().to("cpu", torch.float32).numpy()
   return out
+
+
+def _load_failure(e: BaseException) -> str:
+  """Why torch.load(weights_only=True) failed, in one line, without torch's advice to re-run
+  with weights_only=False (which would execute the file's code)."""
+  text = str(e)
+  if "Unsupported global" in text:
+    name = text.split("Unsupported global", 1)[1].split("\n")[0].strip(" :")
+    return (f"it holds Python objects ({name[:120]}) that torch.load(weights_only=True) does not "
+            f"unpickle; re-save just the state_dict with torch.save({{'model': "
+            f"model.state_dict()}}, path)")
+  if "WeightsUnpickler error" in text:
+    why = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the")[0].split())
+    return f"it is not a torch.save file, or it is corrupt (unpickling stopped: {why[:120]})"
+  first = " ".join(text.split(". ")[0].split())
+  return f"the file is truncated or corrupt ({type(e).__name__}: {first[:160]})"
 
 
 def _find_state_dict(obj: Any, path: str) -> Mapping[str, Any]:
@@ -215,24 +235,37 @@ def import_torch_checkpoint(path: str, name: str, num_classes: int, *,
 
 
 def _main(argv: Optional[List[str]] = None) -> None:
-  """CLI: convert a checkpoint and save the variables with flax.serialization (msgpack)."""
+  """CLI: check a checkpoint against a model, print its sha256 and parameter count, and with
+  --out save the variables with flax.serialization (msgpack). Errors: one line, exit code 2."""
+  import sys  # pylint: disable=import-outside-toplevel
+  from kd_jax import errors  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(
       prog="python -m kd_jax.models.torch_import",
-      description="Convert a PyTorch (mdistiller/CRD/DHKD/torchvision) checkpoint to Flax.")
+      description="Check a PyTorch (mdistiller/CRD/DHKD/torchvision) checkpoint against a kd_jax "
+                  "model: prints its sha256 and parameter count; --out also writes the Flax "
+                  "variables (.msgpack).")
   parser.add_argument("checkpoint", help="the .pth file")
   parser.add_argument("--model", required=True, help="registry name, e.g. resnet32x4")
   parser.add_argument("--num-classes", type=int, required=True)
   parser.add_argument("--aux-head", choices=("linear", "nonlinear"), default=None)
-  parser.add_argument("--out", required=True, help="output .msgpack file")
+  parser.add_argument("--out", default=None, help="output .msgpack file (optional)")
   args = parser.parse_args(argv)
-  variables = import_torch_checkpoint(args.checkpoint, args.model, args.num_classes,
-                                      aux_head=args.aux_head)
-  with open(args.out, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(variables))
-  with open(args.checkpoint, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()
+  try:
+    variables = import_torch_checkpoint(args.checkpoint, args.model, args.num_classes,
+                                        aux_head=args.aux_head)
+    with epath.Path(args.checkpoint).open("rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+    if args.out:
+      tmp = f"{args.out}.tmp{os.getpid()}"
+      with open(tmp, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(variables))
+      os.replace(tmp, args.out)
+  except (*errors.USER_ERRORS, ValueError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
-  print(f"{args.model}: {n:,} params from {args.checkpoint} (sha256 {digest}) -> {args.out}")
+  print(f"{args.model}: {n:,} params from {args.checkpoint} (sha256 {digest})"
+        + (f" -> {args.out}" if args.out else ""))
 
 
 if __name__ == "__main__":

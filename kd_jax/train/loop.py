@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from kd_jax import config as config_lib
 from kd_jax import console
 from kd_jax import data as data_lib
+from kd_jax import errors
 from kd_jax import methods
 from kd_jax import models
 from kd_jax.train import checkpoint as ckpt_lib
@@ -117,6 +118,25 @@ class _Data:
   image_size: int = 32             # the models' input height = width
   augment: str = "pad_crop_flip"   # resolved: pad_crop_flip | random_resized_crop | none
   eval_batches: Any = None         # batches per evaluation, if known (progress display)
+  num_classes: int = 0             # the dataset's (config.num_classes follows it, _num_classes)
+  fingerprint: str = ""            # what identifies the data (sources.dataset_fingerprint)
+
+
+def _num_classes(config, found: int, where: str) -> int:
+  """The run's class count: config.num_classes, or the dataset's `found` when num_classes is
+  the schema's default (not chosen for this data); a chosen value that differs is refused."""
+  if found < 2:
+    raise ConfigError(f"dataset {config.dataset!r} has {found} class ({where}); accepted: at "
+                      f"least 2 classes to train a classifier (one sub-folder per class)")
+  if found == config.num_classes:
+    return found
+  if config.num_classes == config_lib.base_config().num_classes:
+    console.info(f"num_classes={found}: the number of classes of dataset {config.dataset!r} "
+                 f"({where})")
+    return found
+  raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
+                    f"{config.dataset!r}, which has {found} classes ({where}); set "
+                    f"--config.num_classes={found}")
 
 
 def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
@@ -128,10 +148,7 @@ def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
   if data_lib.imagefolder_root(name) is not None:
     return True, config.image_size
   layout = data_lib.tfds_layout(config.tfds_name or name, data_dir)
-  if layout.num_classes != config.num_classes:
-    raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
-                      f"{name!r}, which has {layout.num_classes} classes (TFDS metadata); set "
-                      f"--config.num_classes={layout.num_classes}")
+  _num_classes(config, layout.num_classes, "TFDS metadata")
   if layout.image_shape is None:
     return False, config.image_size or data_lib.STREAMED_IMAGE_SIZE
   if layout.train_examples is None:  # not prepared yet: download it (if possible) to know N
@@ -149,10 +166,6 @@ def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
 def _check_in_memory_split(config, train, test) -> int:
   """The common square image size of the loaded splits, or a ConfigError asking to set it."""
   name = config.dataset
-  if train.num_classes != config.num_classes:
-    raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
-                      f"{name!r}, which has {train.num_classes} classes; set "
-                      f"--config.num_classes={train.num_classes}")
   shapes = {"train": train.images.shape[1:3], config.eval_split: test.images.shape[1:3]}
   if len(set(shapes.values())) > 1 or shapes["train"][0] != shapes["train"][1]:
     sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in shapes.items())
@@ -178,12 +191,16 @@ def _setup_data(config, mesh) -> _Data:
     source = config.dataset
     if source not in data_lib.KNOWN_DATASETS and data_lib.imagefolder_root(source) is None:
       source = config.tfds_name or source
+    skip = bool(config.get("skip_unreadable_images", False))
     train = data_lib.load_in_memory(source, "train", data_dir=data_dir,
                                     num_examples=config.train_examples or None,
-                                    image_size=size)
+                                    image_size=size, skip_unreadable=skip)
+    num_classes = _num_classes(config, train.num_classes, "its class folders" if
+                               data_lib.imagefolder_root(source) is not None else "its labels")
     test = data_lib.load_in_memory(source, config.eval_split, data_dir=data_dir,
                                    num_examples=config.eval_examples or None,
-                                   image_size=size)
+                                   image_size=size or int(train.images.shape[1]),
+                                   skip_unreadable=skip)
     size = _check_in_memory_split(config, train, test)
     n = len(train.labels)
     if n < config.batch_size:
@@ -196,7 +213,9 @@ def _setup_data(config, mesh) -> _Data:
     return _Data(True, n // config.batch_size, arrays,
                  lambda: data_lib.eval_batches(test, config.eval_batch_size),
                  mean, std, size, augment,
-                 eval_batches=-(-len(test.labels) // config.eval_batch_size))
+                 eval_batches=-(-len(test.labels) // config.eval_batch_size),
+                 num_classes=num_classes, fingerprint=data_lib.dataset_fingerprint(
+                     source, ("train", config.eval_split), data_dir))
   # Streaming (ImageNet and large TFDS datasets): each process reads its own shard.
   pc, pi = jax.process_count(), jax.process_index()
   name = config.tfds_name or config.dataset
@@ -217,11 +236,16 @@ def _setup_data(config, mesh) -> _Data:
         data_dir, batch_size=config.eval_batch_size // pc, image_size=size, process_index=pi,
         process_count=pc, name=name, split=config.eval_split, mean=mean, std=std)
 
-  return _Data(False, spe, train_iter, eval_iter, mean, std, size, augment)
+  num_classes = _num_classes(config, data_lib.tfds_layout(name, data_dir).num_classes,
+                             "TFDS metadata")
+  return _Data(False, spe, train_iter, eval_iter, mean, std, size, augment,
+               num_classes=num_classes, fingerprint=data_lib.dataset_fingerprint(
+                   name, ("train", config.eval_split), data_dir))
 
 
 def resolved_config(config, data: _Data) -> ml_collections.ConfigDict:
-  """A copy of config with the data-dependent defaults filled in: image_size, augment, mean, std.
+  """A copy of config with the data-dependent defaults filled in: image_size, augment, mean, std,
+  num_classes, the logging cadence of a short run, and the data's fingerprint.
 
   This is what config.json records, so a run can be repeated exactly from it.
   """
@@ -230,6 +254,16 @@ def resolved_config(config, data: _Data) -> ml_collections.ConfigDict:
   out.augment = data.augment
   out.mean = tuple(float(v) for v in data.mean)
   out.std = tuple(float(v) for v in data.std)
+  out.num_classes = int(data.num_classes or config.num_classes)
+  total = (config.num_train_steps if config.num_train_steps > 0
+           else config.num_epochs * data.steps_per_epoch)
+  out.log_every_steps = config_lib.short_run_log_every(config, total)
+  eval_every = config_lib.short_run_eval_every(config, total, data.steps_per_epoch)
+  with out.unlocked():
+    if eval_every != config.eval_every_epochs:  # a fraction: the field's type changes
+      del out["eval_every_epochs"]
+      out.eval_every_epochs = eval_every
+    out.data_fingerprint = data.fingerprint
   return out
 
 
@@ -271,6 +305,7 @@ class Trainer:
   schedule: Any
   teacher_vars: PyTree            # replicated global arrays ({} without a teacher)
   init_state: Callable[[], state_lib.TrainState]   # a fresh, replicated state
+  fingerprints: dict = dataclasses.field(default_factory=dict)  # weights_fingerprint per input
 
 
 def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_memory: bool,
@@ -281,6 +316,9 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
   if loss_spec.needs_teacher:
     teacher, teacher_vars = load_teacher(config)
   repl = NamedSharding(mesh, P())
+  fingerprints = {"teacher_fingerprint": weights_fingerprint(teacher_vars,  # host arrays
+                                                             config.teacher_checkpoint)
+                  if loss_spec.needs_teacher else ""}
   teacher_vars = jax.tree.map(lambda x: _global_array(x, repl), teacher_vars)
   student = models.create(config.student, config.num_classes,
                           aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
@@ -313,8 +351,29 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
       max_bad_steps=config.max_bad_steps, mesh=mesh,
       augment=data_lib.resolve_augment(config.augment, in_memory),
       crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect))
+  fingerprints["student_init_fingerprint"] = (
+      weights_fingerprint(given, config.student_init) if given is not None else "")
   return Trainer(spec=spec, schedule=schedule, teacher_vars=teacher_vars,
-                 init_state=lambda: init_jit(given))
+                 init_state=lambda: init_jit(given), fingerprints=fingerprints)
+
+
+def weights_fingerprint(variables: PyTree, source: str) -> str:
+  """'sha256:<16 hex> of the weights read from SOURCE': a hash of the loaded arrays (paths,
+  dtypes, shapes, values), so a file replaced in place changes it. A 'random:SEED' teacher is
+  named by its source (its bits may differ between platforms)."""
+  if source.startswith("random:"):
+    return f"{source} (generated)"
+  return (f"sha256:{teacher_cache.weights_sha256(variables)[:16]} of the weights read from "
+          f"{source}")
+
+
+def with_fingerprints(config, fingerprints: dict) -> ml_collections.ConfigDict:
+  """config with the inputs' fingerprints as keys (run identity: workdir.check_identity)."""
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    for key, value in fingerprints.items():
+      out[key] = value
+  return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -322,16 +381,19 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
 
 
 class _Preemption:
-  """SIGTERM -> save a checkpoint at the next step boundary and return.
+  """SIGTERM or SIGINT (Ctrl-C) -> save a checkpoint at the next step boundary and return.
 
-  On a multi-host run JAX's preemption service (started by jax.distributed) receives the signal
-  and Orbax's `reached_preemption(step)` makes every host agree on the same step to save.
+  A second SIGINT stops the process at once with one line (exit code errors.EXIT_INTERRUPTED);
+  the checkpoints saved before are intact. On a multi-host run JAX's preemption service
+  (started by jax.distributed) receives SIGTERM and Orbax's `reached_preemption(step)` makes
+  every host agree on the same step to save; SIGINT is left to the launcher there.
   """
 
   def __init__(self, multi_host: bool = False):
     self.requested = False
     self.multi_host = multi_host
-    self._previous = None
+    self.signal_name = "SIGTERM"
+    self._previous: dict = {}
 
   def reached(self, step: int) -> bool:
     """True from the step at which the run must save and stop (the same step on all hosts)."""
@@ -340,20 +402,28 @@ class _Preemption:
     return self.requested
 
   def __enter__(self):
-    if self.multi_host:
-      return self  # the preemption service owns SIGTERM
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread
-      self._previous = None
+    signums = () if self.multi_host else (signal.SIGTERM, signal.SIGINT)
+    for signum in signums:  # the preemption service owns SIGTERM on several hosts
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not in the main thread
+        pass
     return self
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.requested and signum == signal.SIGINT:
+      import sys  # pylint: disable=import-outside-toplevel
+      print("second Ctrl-C: stopped at once; the checkpoints saved before are intact (run the "
+            "same command again to resume from the newest)", file=sys.stderr, flush=True)
+      os._exit(errors.EXIT_INTERRUPTED)  # pylint: disable=protected-access
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      if previous is not None:
+        signal.signal(signum, previous)
+    self._previous = {}
 
 
 def _meta(step, best, elapsed, config) -> dict:
@@ -467,9 +537,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   resolved = resolved_config(config, data)
   sources = config_lib.sources(config, resolved)
   config = resolved
-  # The resolved config is compared with the checkpoint's before config.json is rewritten.
-  workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
-                                      process_index=jax.process_index(), sources=sources)
 
   spe = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -479,6 +546,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                         if methods.needs_teacher(config) else ""))
   trainer = build_trainer(config, mesh, steps_per_epoch=spe, total_steps=total_steps,
                           in_memory=data.in_memory, mean=data.mean, std=data.std)
+  config = with_fingerprints(config, trainer.fingerprints)
+  # The resolved config (the inputs' fingerprints included) is compared with the checkpoint's
+  # before config.json is rewritten.
+  workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
+                                      process_index=jax.process_index(), sources=sources)
   spec, schedule, teacher_vars = trainer.spec, trainer.schedule, trainer.teacher_vars
   student, teacher = spec.student, spec.teacher
   state = trainer.init_state()
@@ -543,7 +615,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def boundary(s: int, every: int) -> int:
     return (s // every + 1) * every
 
-  eval_every = config.eval_every_epochs * spe
+  eval_every = max(1, round(config.eval_every_epochs * spe))
   train_fns = step_lib.TrainFns(
       spec, lambda n, one_step: step_lib.make_train_fn(spec, n, one_step=one_step))
   with _Preemption(multi_host=jax.process_count() > 1) as preemption:
@@ -629,7 +701,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if preemption.requested and step < total_steps:
         preempted = True
         prog.pause()
-        console.info(f"SIGTERM received: stopped at step {step} (checkpoint saved unless said "
+        console.info(f"{preemption.signal_name} received: stopped at step {step} (checkpoint "
+                     f"saved unless said "
                      f"otherwise above); run the same command again to resume")
         break
 

@@ -33,7 +33,7 @@ from kd_jax import config as config_lib
 from kd_jax import console
 from kd_jax import methods
 from kd_jax import models
-from kd_jax.errors import ConfigError, TrainingError
+from kd_jax.errors import ConfigError, TrainingError, suggest
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop
 from kd_jax.train import metrics as metrics_lib
@@ -64,8 +64,9 @@ def parse_sweep(text: str) -> list[tuple[str, list[str]]]:
                         f"'seed=0,1;loss.beta=2,8'")
     if key not in sweepable():
       raise ConfigError(f"config.sweep: {key!r} cannot be swept in one program (it changes "
-                        f"shapes or code, or is not a float hyperparameter); sweepable: "
-                        f"{list(sweepable())}")
+                        f"shapes or code, or is not a float hyperparameter); "
+                        f"{''.join(f'did you mean {c!r}? ' for c in suggest(key, sweepable())[:1])}"
+                        f"sweepable: {list(sweepable())}")
     if key in seen:
       raise ConfigError(f"config.sweep={text!r}: {key!r} is listed twice")
     seen.add(key)
@@ -298,8 +299,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[loop.Ru
                                          "method": config.method})
       if preemption.requested and step < total_steps:
         preempted = True
-        console.info(f"SIGTERM received: checkpoint saved at step {step}; run the same "
-                     f"command again to resume")
+        console.info(f"{preemption.signal_name} received: checkpoint saved at step {step}; run "
+                     f"the same command again to resume")
         break
 
   checkpointer.wait()

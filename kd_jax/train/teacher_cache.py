@@ -182,12 +182,15 @@ def _make_view_fn(teacher: nn.Module, mean, std, mesh):
 
 def build_table(teacher: nn.Module, teacher_vars: PyTree, images: np.ndarray, *,
                 num_classes: int, augment: str, mean, std, mesh,
-                chunk: int = 0) -> np.ndarray:
+                chunk: int = 0, partial_dir: Optional[str] = None) -> np.ndarray:
   """The float32 table [N, views, C] of `teacher`'s logits on every view of every image.
 
   Prints an estimate of time and memory after timing the first chunk, then a progress line
   about every 10%. Every view is the image zero-padded by 4 (raw pixels), cropped at the
   view's offsets, mirrored if the view flips, then normalized, as in the training step.
+  With `partial_dir` the table is written there as it is built (a memory-mapped
+  logits.npy, and views.json listing the finished views), and the views it already lists
+  are not computed again: a build stopped by a signal resumes from its finished views.
   """
   n = len(images)
   views = data_lib.cifar_num_views(augment)
@@ -196,14 +199,24 @@ def build_table(teacher: nn.Module, teacher_vars: PyTree, images: np.ndarray, *,
     chunk = 256 if mesh.devices.flat[0].platform == "cpu" else 2048
   chunk = max(ndev, min(chunk, n) // ndev * ndev)
   fn = _make_view_fn(teacher, mean, std, mesh)
-  table = np.empty((n, views, num_classes), np.float32)
+  finished: list = []
+  if partial_dir is None:
+    table = np.empty((n, views, num_classes), np.float32)
+  else:
+    table, finished = _open_partial(partial_dir, (n, views, num_classes))
   starts = list(range(0, n, chunk))
   total = views * len(starts)
+  if finished:
+    console.info(f"teacher table: resuming the build in {partial_dir}: {len(finished)} of "
+                 f"{views} views already done")
   console.info(f"teacher table: {n} images x {views} views x {num_classes} classes = "
                f"{_gb(table.nbytes)} float32 per device; {n * views} teacher forwards in "
                f"{total} chunks of {chunk}")
   done, t0, next_report, t_compiled = 0, time.time(), 0.1, 0.0
+  total -= len(finished) * len(starts)
   for v in range(views):
+    if v in finished:
+      continue
     (dy, dx), flip = data_lib.cifar_view_params(v) if views > 1 else ((4, 4), False)
     offsets = np.tile(np.array([[dy, dx]], np.int32), (chunk, 1))
     flips = np.full((chunk,), flip)
@@ -226,22 +239,75 @@ def build_table(teacher: nn.Module, teacher_vars: PyTree, images: np.ndarray, *,
         console.info(f"teacher table: {100 * done / total:.0f}% ({done}/{total} chunks, "
                      f"{el:.0f} s, about {el * (total - done) / done:.0f} s left)")
         next_report = math.floor(10 * done / total + 1) / 10
+    if partial_dir is not None:
+      table.flush()
+      finished.append(v)
+      _write_json(os.path.join(partial_dir, _VIEWS_FILE), {"views": finished})
   return table
 
 
-def _write(directory: str, table: np.ndarray, manifest: dict) -> None:
-  """Writes table + manifest to a temporary directory, then renames it to `directory`."""
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = f"{directory}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  np.save(os.path.join(tmp, _TABLE_FILE), table)
-  with open(os.path.join(tmp, _MANIFEST_FILE), "w") as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
+_VIEWS_FILE = "views.json"
+_FIELDS_FILE = "fields.json"
+
+
+def _write_json(path: str, data: Any) -> None:
+  """path <- JSON, atomically (a temporary file, then a rename)."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _open_partial(partial_dir: str, shape: tuple) -> tuple[np.ndarray, list]:
+  """(memory-mapped table, finished views) of a build under way in partial_dir (new if none)."""
+  path = os.path.join(partial_dir, _TABLE_FILE)
+  try:
+    with open(os.path.join(partial_dir, _VIEWS_FILE)) as f:
+      finished = [int(v) for v in json.load(f)["views"]]
+    table = np.lib.format.open_memmap(path, mode="r+")
+    if table.shape != shape or table.dtype != np.float32:
+      raise ValueError("another shape")
+  except (OSError, ValueError, KeyError, TypeError):
+    finished = []
+    table = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+  return table, finished
+
+
+def _finish(partial: str, directory: str, table: np.ndarray, manifest: dict) -> None:
+  """Completes the build in `partial` (the table's file is already there, or is written now)
+  with its manifest, then renames it to `directory`."""
+  if not isinstance(table, np.memmap):
+    np.save(os.path.join(partial, _TABLE_FILE), table)
+  for name in (_VIEWS_FILE, _FIELDS_FILE):
+    if os.path.exists(os.path.join(partial, name)):
+      os.remove(os.path.join(partial, name))
+  _write_json(os.path.join(partial, _MANIFEST_FILE), manifest)
   if os.path.exists(directory):
     shutil.rmtree(directory)
-  os.replace(tmp, directory)
+  os.replace(partial, directory)
+
+
+def probe_directory(path: str, nbytes: int) -> None:
+  """ConfigError (one line) unless `path` can hold a table of `nbytes`: it is (or can be made)
+  a directory, a file can be written in it, and the disk has the space (checked before any
+  teacher forward, so a full disk is not found after the build)."""
+  from kd_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+    free = shutil.disk_usage(path).free
+  except OSError as e:
+    raise ConfigError(f"config.teacher_cache={path!r} cannot be written "
+                      f"({workdir_lib.describe_os_error(e)}); give a writable directory, or "
+                      f"config.teacher_cache='' to run the teacher every step") from None
+  need = nbytes + 2 ** 20   # the table and its manifest
+  if free < need:
+    raise ConfigError(f"config.teacher_cache={path!r}: the teacher table needs {_gb(need)} on "
+                      f"disk but only {_gb(free)} is free there; free space, give another "
+                      f"directory, or config.teacher_cache='' to run the teacher every step")
 
 
 def load_or_build(path: str, *, teacher: nn.Module, teacher_vars: PyTree, teacher_name: str,
@@ -271,23 +337,55 @@ def load_or_build(path: str, *, teacher: nn.Module, teacher_vars: PyTree, teache
     _report_other_tables(path, fields)
   info = {"dir": directory, "built": table is None, "build_s": 0.0}
   if table is None:
+    writer = jax.process_index() == 0
+    partial = f"{directory}.partial"
+    if writer:
+      probe_directory(path, nbytes)
+      _start_partial(partial, fields)
     t0 = time.time()
-    table = build_table(teacher, teacher_vars, images, num_classes=num_classes,
-                        augment=augment, mean=mean, std=std, mesh=mesh)
-    info["build_s"] = time.time() - t0
-    if not np.all(np.isfinite(table)):
-      raise ConfigError(f"config.teacher_cache: the teacher gives non-finite logits on some "
-                        f"training views; the table is not written (check "
-                        f"config.teacher_checkpoint)")
-    if jax.process_index() == 0:
-      manifest = dict(fields, build_s=info["build_s"], built_on=str(mesh.devices.flat[0]),
-                      table_crc32=zlib.crc32(table.data), shape=list(table.shape))
-      _write(directory, table, manifest)
+    try:
+      table = build_table(teacher, teacher_vars, images, num_classes=num_classes,
+                          augment=augment, mean=mean, std=std, mesh=mesh,
+                          partial_dir=partial if writer and jax.process_count() == 1 else None)
+      info["build_s"] = time.time() - t0
+      if not np.all(np.isfinite(table)):
+        raise ConfigError(f"config.teacher_cache: the teacher gives non-finite logits on some "
+                          f"training views; the table is not written (check "
+                          f"config.teacher_checkpoint)")
+      if writer:
+        manifest = dict(fields, build_s=info["build_s"], built_on=str(mesh.devices.flat[0]),
+                        table_crc32=zlib.crc32(table), shape=list(table.shape))
+        _finish(partial, directory, table, manifest)
+    except Exception as e:  # pylint: disable=broad-except  # a failed build leaves nothing
+      if writer:
+        shutil.rmtree(partial, ignore_errors=True)
+      if isinstance(e, OSError):
+        from kd_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+        raise ConfigError(f"config.teacher_cache: writing the teacher table in {partial} failed "
+                          f"({workdir_lib.describe_os_error(e)}); nothing is left there") from None
+      raise
+    # A signal (errors.Interrupted, KeyboardInterrupt) keeps the finished views in `partial`.
     console.info(f"teacher table: built in {info['build_s']:.0f} s, saved to {directory}")
   else:
     console.info(f"teacher table: reusing {directory} ({_gb(table.nbytes)})")
+  if isinstance(table, np.memmap):  # in memory: a device array may alias host memory
+    table = np.array(table)
   repl = NamedSharding(mesh, P())
   return jax.make_array_from_callback(table.shape, repl, lambda idx: table[idx]), info
+
+
+def _start_partial(partial: str, fields: dict) -> None:
+  """Makes `partial` the directory of a build of `fields`: kept if it holds one of the same
+  fields (a build stopped by a signal), else emptied."""
+  try:
+    with open(os.path.join(partial, _FIELDS_FILE)) as f:
+      if json.load(f) == fields:
+        return
+  except (OSError, ValueError):
+    pass
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  _write_json(os.path.join(partial, _FIELDS_FILE), fields)
 
 
 def _report_other_tables(path: str, fields: dict) -> None:

@@ -81,6 +81,29 @@ def abstract_variables(module, image_size: int) -> PyTree:
       jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False))
 
 
+def _check_workdir_model(path: str, source: str, model: str, num_classes: int, *, role: str,
+                         key: str, error: Type[Exception]) -> None:
+  """`error` naming the model a kd_jax workdir trained (its config.json) when it is not `model`
+  with `num_classes` classes; nothing when the workdir has no readable config.json."""
+  import json  # pylint: disable=import-outside-toplevel
+  root = epath.Path(path)
+  if root.name in ("best", "checkpoints"):
+    root = root.parent
+  try:
+    saved = json.loads((root / "config.json").read_text())
+  except (OSError, ValueError):
+    return
+  trained, classes = saved.get("student"), saved.get("num_classes")
+  if not isinstance(trained, str) or saved.get("sweep"):
+    return
+  if trained != model or (isinstance(classes, int) and classes != num_classes):
+    raise error(f"config.{key}={source!r} is a kd_jax workdir that trained a {trained} with "
+                f"{classes} classes (its config.json), but the configured {role} is a {model} "
+                f"with {num_classes} classes; set --config.{role}={trained}"
+                f"{f' --config.num_classes={classes}' if classes != num_classes else ''}, or "
+                f"give a workdir of a {model}")
+
+
 def load_variables(source: str, model: str, num_classes: int, *, aux_head: Optional[str],
                    image_size: int, role: str, key: str, missing_error: Type[Exception],
                    default_which: str = "latest") -> tuple[PyTree, str]:
@@ -100,6 +123,8 @@ def load_variables(source: str, model: str, num_classes: int, *, aux_head: Optio
   module = models.create(model, num_classes, aux_head=aux_head)
   abstract = abstract_variables(module, image_size)
   if is_dir:
+    _check_workdir_model(path, source, model, num_classes, role=role, key=key,
+                         error=missing_error)
     try:
       variables, read_from = ckpt_lib.restore_variables(path, which or default_which)
     except CheckpointError:
