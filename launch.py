@@ -364,22 +364,21 @@ def _run(explicit) -> None:
     if _CONFIG.value.get("sweep"):
       from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
       results = sweep.train_sweep(_CONFIG.value, _WORKDIR.value)
-      result = results[0]
-      print(f"Sweep of {len(results)} runs: per-run metrics in "
-            f"{os.path.join(_WORKDIR.value, 'runs')}", flush=True)
     else:
-      result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      results = [loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)]
   except errors.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  result = results[0]
   if result.preempted:
     if jax.process_index() == 0:
       print("Preempted: run the same command again to resume.", flush=True)
     sys.exit(EXIT_PREEMPTED)
   if jax.process_index() != 0:
     return
-  if getattr(result, "already_finished", False):
-    print(f"This run is already finished (step {result.step}); its summary:", flush=True)
+  if result.already_finished:
+    print(f"This {'sweep' if result.name else 'run'} is already finished (step {result.step}); "
+          f"its summary:", flush=True)
   print(progress.run_summary(_WORKDIR.value), flush=True)
 
 

@@ -104,9 +104,7 @@ def build(args: argparse.Namespace) -> Setup:
   names = step_lib.metric_names(loss_spec)
 
   def init_state(key):
-    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
-    variables = student.init({"params": jax.random.fold_in(key, 10 ** 6),
-                              "dropout": jax.random.fold_in(key, 10 ** 6 + 1)}, x, train=False)
+    variables = loop.student_variables(student, key, 32)
     return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
                                   key, names)
 

@@ -132,6 +132,8 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("max_bad_steps", 20, "consecutive non-finite steps before the run stops"),
     ("num_devices", 0, "devices used (0 = all local devices of every host)"),
     ("sweep", "", "'KEY=V1,V2;KEY2=V3' trains the product as runs of one program ('' = one run)"),
+    ("runs_per_device", 0, "a sweep's runs held by each device, the rest of the mesh splitting "
+     "the batch (0 = as many devices per run as the runs and devices allow)"),
     ("wandb_project", "", "Weights & Biases project to log to ('' = off; needs wandb)"),
     ("allow_changed", "", "resume: identity keys allowed to differ from the checkpoint's, "
      "comma-separated (e.g. 'num_epochs' to extend a run); '' = refuse any change"),

@@ -426,38 +426,153 @@ def test_epoch_benchmark_with_table_and_runs():
                              2 * rec["steady_train_images_per_sec"])
 
 
-def test_launch_refuses_a_bad_sweep_with_one_line(tmp_path):
+def test_launch_on_a_busy_sweep_workdir_is_refused_in_one_line(tmp_path):
+  """A sweep launched on a workdir that another live process holds: one line naming the holder,
+  exit 2, and nothing written (the lock comes before any output)."""
   import subprocess  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch.py"),
-       f"--config={os.path.join(REPO, 'configs', 'smoke.py')}:dkd",
-       f"--workdir={tmp_path / 'w'}", "--config.sweep=student=resnet8,resnet20"],
-      capture_output=True, text=True, timeout=600,
-      env=testenv.subprocess_env(1))
+  from kd_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  with workdir_lib.WorkdirLock(workdir):   # held by this (live) test process
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch.py"),
+         f"--config={os.path.join(REPO, 'configs', 'smoke.py')}:dkd",
+         f"--workdir={workdir}", "--config.sweep=seed=0,1"],
+        capture_output=True, text=True, timeout=600, env=testenv.subprocess_env(1))
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors_ = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors_) == 1 and "'student' cannot be swept" in errors_[0]
+  assert len(errors_) == 1 and f"is in use by pid {os.getpid()}" in errors_[0], proc.stderr
   assert "Traceback" not in proc.stderr
+  assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+class _Killed(Exception):
+  """Stands for a kill: the run stops between writing its metrics and its checkpoint."""
 
 
 @pytest.mark.slow
-def test_sweep_with_table_on_8_devices_resumes_exactly(tmp_path):
-  """A sweep reading the teacher table, sharded over 8 devices, interrupted after 8 steps and
-  resumed to 12, logs what the unbroken sweep logs."""
+def test_sweep_with_table_on_8_devices_resumes_exactly(tmp_path, monkeypatch):
+  """A sweep reading the teacher table, sharded over 8 devices, killed after logging and
+  evaluating step 12 but before its checkpoint, resumes from step 8 and logs what the unbroken
+  sweep logs. Launched again when finished it loads no teacher, builds no step and says it is
+  finished; launched
+  with another batch size it is refused in one line, before anything is written."""
+  from kd_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   cache = str(tmp_path / "cache")
 
-  def cfg(steps):
-    c = tiny_config("kd", num_devices=8, steps=steps)
+  def cfg():
+    c = tiny_config("kd", num_devices=8, steps=12)
     c.sweep = "seed=0,1;loss.kd_weight=0.5"
     c.teacher_cache = cache
+    c.checkpoint_every_steps = 8
     return c
-  sweep.train_sweep(cfg(12), str(tmp_path / "unbroken"))
-  sweep.train_sweep(cfg(8), str(tmp_path / "broken"))
-  sweep.train_sweep(cfg(12), str(tmp_path / "broken"))
-  names = [n for n, _ in sweep.expand(cfg(12))]
+  sweep.train_sweep(cfg(), str(tmp_path / "unbroken"))
+  broken = str(tmp_path / "broken")
+  save = ckpt_lib.Checkpointer.save
+
+  def killed_at_12(self, step, state, meta):
+    if step == 12:
+      raise _Killed()
+    return save(self, step, state, meta)
+  with monkeypatch.context() as m:
+    m.setattr(ckpt_lib.Checkpointer, "save", killed_at_12)
+    with pytest.raises(_Killed):
+      sweep.train_sweep(cfg(), broken)
+  names = [n for n, _ in sweep.expand(cfg())]
+  assert max(r["step"] for r in _metrics(os.path.join(broken, "runs", names[0]))) == 12
+  results = sweep.train_sweep(cfg(), broken)
+  assert [(r.step, r.name, r.already_finished) for r in results] == [
+      (12, n, False) for n in names]
   for name in names:
     a = _train_and_eval_values(_metrics(str(tmp_path / "unbroken" / "runs" / name)))
-    b = _train_and_eval_values(_metrics(str(tmp_path / "broken" / "runs" / name)))
+    b = _train_and_eval_values(_metrics(os.path.join(broken, "runs", name)))
     assert a == b and (12, "eval/top1") in a, name
+  kept = {n: _metrics(os.path.join(broken, "runs", n)) for n in names}
+
+  def nothing_to_load(*args, **kwargs):
+    raise AssertionError("a finished sweep loads no teacher and builds no train step")
+  monkeypatch.setattr(loop, "load_teacher", nothing_to_load)
+  monkeypatch.setattr(sweep, "make_sweep_train_fn", nothing_to_load)
+  again = sweep.train_sweep(cfg(), broken)
+  assert all(r.already_finished and r.step == 12 for r in again)
+  assert [r.best_top1 for r in again] == [r.best_top1 for r in results]
+  assert {n: _metrics(os.path.join(broken, "runs", n)) for n in names} == kept
+  other = cfg()
+  other.batch_size = 32
+  with pytest.raises(errors.ConfigError, match=r"batch_size 16 -> 32") as e:
+    sweep.train_sweep(other, broken)
+  assert "\n" not in str(e.value)
+  assert json.load(open(os.path.join(broken, "config.json")))["batch_size"] == 16
   # A sweep equals its runs alone (test_sweep_equals_the_runs_launched_alone), a table run its
   # online run (test_teacher_cache_run_equals_online_run_and_is_reused).
+
+
+# ---------------------------------------------------------------------------------------
+# Sweeps spread over devices: the `runs` mesh axis.
+
+_SPREAD_SWEEP = "seed=0,1,2,3;learning_rate=0.02,0.05"   # 8 runs
+
+
+def _spread_sweep_step(num_devices: int, runs_per_device: int):
+  """(mesh shape, initial params, state after 2 steps) of _SPREAD_SWEEP's runs, placed as
+  `runs_per_device` says on `num_devices` devices."""
+  config = tiny_config("ce", num_devices=num_devices)
+  config.sweep = _SPREAD_SWEEP
+  config.runs_per_device = runs_per_device
+  config.image_size = 8   # the placement is under test, not the model: small, fast programs
+  runs = sweep.Sweep(config, "unused")
+  mesh = loop.make_mesh(config, num_runs=len(runs))
+  data = loop._setup_data(config, mesh)  # pylint: disable=protected-access
+  trainer = loop.build_trainer(runs.configs[0], mesh, steps_per_epoch=data.steps_per_epoch,
+                               total_steps=8, in_memory=True, mean=data.mean, std=data.std)
+  state = runs.init_state(trainer, runs.configs)
+  init = jax.device_get(state.params)
+  fn = runs.make_train_fn(trainer.spec, 8, 2, None)
+  out = fn(state, *runs.step_args(mesh), trainer.teacher_vars, data.train)
+  leaf = jax.tree.leaves(out.params)[0]
+  per_device = {s.data.shape[0] for s in leaf.addressable_shards}
+  return dict(mesh.shape), per_device, init, jax.device_get(out)
+
+
+def _update_distance(init, a, b, run_a, run_b) -> float:
+  """max |update_a - update_b| / max |update_a| over the parameters of run_a (of a) and run_b
+  (of b), the update being the parameters' change over the 2 steps."""
+  num = den = 0.0
+  for x0, xa, xb in zip(jax.tree.leaves(init), jax.tree.leaves(a.params),
+                        jax.tree.leaves(b.params)):
+    ua, ub = xa[run_a] - x0[run_a], xb[run_b] - x0[run_b]
+    num, den = max(num, float(np.abs(ua - ub).max())), max(den, float(np.abs(ua).max()))
+  return num / den
+
+
+@pytest.mark.slow
+def test_sweep_spread_over_a_runs_axis_equals_the_sweep_on_one_device():
+  """8 runs on 8 devices as 4 runs x 2 data shards, 2 x 4 and 8 x 1 take the steps of the same
+  sweep on one device, to within float rounding: the yardstick is the same sweep with every run
+  on all 8 devices (only the batch split), and a swapped run is far outside it."""
+  _, _, init, one = _spread_sweep_step(1, 0)
+  shape, _, _, split = _spread_sweep_step(8, 8)
+  assert shape == {"data": 8}
+  yardstick = max(_update_distance(init, one, split, r, r) for r in range(8))
+  bound = 10 * yardstick + 1e-6
+  for per_device, want in ((2, {"runs": 4, "data": 2}), (4, {"runs": 2, "data": 4}),
+                           (1, {"runs": 8, "data": 1})):
+    shape, held, _, spread = _spread_sweep_step(8, per_device)
+    assert shape == want and held == {per_device}, (shape, held)
+    for r in range(8):
+      assert _update_distance(init, one, spread, r, r) <= bound, (per_device, r, yardstick)
+    np.testing.assert_allclose(spread.metric_sums["loss"], one.metric_sums["loss"], rtol=1e-4)
+  # A run paired with its neighbour (another seed or learning rate) is far outside the bound.
+  assert min(_update_distance(init, one, spread, r, r ^ 1) for r in range(8)) > 10 * bound
+
+
+def test_runs_per_device_that_does_not_fit_is_refused_in_one_line():
+  config = tiny_config("ce", num_devices=8)
+  config.runs_per_device = 3
+  with pytest.raises(errors.ConfigError, match=r"runs_per_device=3.*accepted: \[8, 4, 2, 1\]") as e:
+    loop.make_mesh(config, num_runs=8)
+  assert "\n" not in str(e.value)
+  config.runs_per_device = 0
+  assert dict(loop.make_mesh(config, num_runs=2).shape) == {"runs": 2, "data": 4}
+  assert dict(loop.make_mesh(config, num_runs=25).shape) == {"data": 8}
+  assert dict(loop.make_mesh(config, num_runs=1).shape) == {"data": 8}

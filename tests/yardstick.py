@@ -42,7 +42,7 @@ def perturb(tree: Any, rel: float = REL, seed: int = 0) -> Any:
     if np.issubdtype(x.dtype, np.floating) and x.size:
       sign = rng.choice(np.array([-1.0, 1.0], np.float32), size=x.shape)
       factor = (1.0 + rel * sign).astype(x.dtype)
-      if isinstance(x, jax.Array):
+      if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):  # (eval_shape: as is)
         factor = jax.device_put(factor, x.sharding)
       x = x * factor
     out.append(x)
@@ -148,8 +148,8 @@ def perturbed_init(build: Callable) -> Callable:
     trainer = build(*args, **kwargs)
     init = trainer.init_state
 
-    def init_state():
-      s = init()
+    def init_state(*args, **kwargs):   # (seed=...: a sweep's runs)
+      s = init(*args, **kwargs)
       return s.replace(params=perturb(s.params), batch_stats=perturb(s.batch_stats, seed=1))
     return dataclasses.replace(trainer, init_state=init_state)
   return wrapped

@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from etils import epath
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.errors import WeightsFileError
@@ -225,8 +224,7 @@ def import_torch_checkpoint(path: str, name: str, num_classes: int, *,
   from kd_jax import models  # pylint: disable=import-outside-toplevel
   module = models.create(name, num_classes, aux_head=aux_head)
   size = models.input_size(name)
-  target = jax.eval_shape(
-      lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
+  target = jax.eval_shape(lambda: models.init(module, jax.random.PRNGKey(0), size))
   state_dict = load_torch_state_dict(path)
   model = f"{name}(num_classes={num_classes}, aux_head={aux_head!r})"
   variables = convert_state_dict(state_dict, target, models.torch_renames(name),

@@ -1,7 +1,9 @@
 """The training loop: set up data, models, state and checkpoints, then step, log, evaluate, save.
 
 `train_and_evaluate(config, workdir)` is the whole run; starting it again with the same workdir
-resumes from the newest readable checkpoint. SIGTERM saves a checkpoint and returns.
+resumes from the newest readable checkpoint (or, for a finished run, returns at once). SIGTERM
+saves a checkpoint and returns. One loop, `train_runs`, trains one run or the N runs of a sweep
+(train/sweep.py); `Runs` holds the few places where they differ.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,7 @@ from kd_jax.train import step as step_lib
 from kd_jax.train import teacher_cache
 from kd_jax.train import weights as weights_lib
 from kd_jax.train import workdir as workdir_lib
-from kd_jax.errors import CheckpointError, ConfigError, TeacherError, TrainingError
+from kd_jax.errors import ConfigError, TeacherError
 
 PyTree = Any
 
@@ -40,23 +42,47 @@ PyTree = Any
 @dataclasses.dataclass
 class RunResult:
   step: int
-  final: dict[str, float]
+  final: dict[str, float]          # the last evaluation of this launch ({} if none ran)
   best_top1: float
   preempted: bool
   already_finished: bool = False   # the workdir held a finished run
+  name: str = ""                   # the run's name in a sweep ('' for a run alone)
+  workdir: str = ""                # where its metrics.jsonl and config.json are
 
 
 # ---------------------------------------------------------------------------------------
 # Set-up helpers.
 
 
-def make_mesh(config) -> jax.sharding.Mesh:
+def make_mesh(config, num_runs: int = 1) -> jax.sharding.Mesh:
+  """The devices of a run: one `data` axis splitting each batch; for a sweep of `num_runs` runs
+  on one host, a `runs` axis before it, each device holding num_runs / |runs| of the runs.
+
+  |runs| is num_runs / config.runs_per_device, or by default the largest number of device
+  groups that the runs and the devices both divide into (gcd(num_runs, devices)).
+  """
   n = config.num_devices or jax.device_count()
   if n > jax.device_count():
     raise ConfigError(f"config.num_devices={n} but only {jax.device_count()} "
                                  f"devices are available")
-  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  per_device = config.get("runs_per_device", 0)
+  if num_runs == 1 or jax.process_count() > 1:
+    groups = 1   # (a runs axis over several hosts is not implemented)
+  elif not per_device:
+    groups = math.gcd(num_runs, n)
+  else:
+    groups = num_runs // per_device if per_device > 0 else 0
+    if groups * per_device != num_runs or not groups or n % groups:
+      raise ConfigError(
+          f"config.runs_per_device={per_device}: the {num_runs} runs of the sweep in groups of "
+          f"{per_device} must be a divisor of the {n} devices; accepted: "
+          f"{[num_runs // g for g in range(1, n + 1) if n % g == 0 and num_runs % g == 0]} "
+          f"(or 0: chosen for you)")
+  if groups == 1:
+    return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((groups, n // groups), ("runs", "data"), devices=jax.devices()[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -82,10 +108,8 @@ def load_teacher(config) -> tuple[Any, PyTree]:
   source = config.teacher_checkpoint
   if source.startswith("random:"):
     seed = int(source.split(":", 1)[1] or 0)
-    x = jnp.zeros((1, _image_size(config), _image_size(config), 3), jnp.float32)
-    variables = jax.jit(lambda k: module.init({"params": k}, x, train=False))(
-        jax.random.PRNGKey(seed))
-    return module, jax.tree.map(np.asarray, dict(variables))
+    variables = models.init(module, {"params": jax.random.PRNGKey(seed)}, _image_size(config))
+    return module, jax.tree.map(np.asarray, variables)
   variables, _ = weights_lib.load_variables(
       source, config.teacher, config.num_classes, aux_head=None,
       image_size=_image_size(config), role="teacher", key="teacher_checkpoint",
@@ -304,8 +328,15 @@ class Trainer:
   spec: step_lib.StepSpec
   schedule: Any
   teacher_vars: PyTree            # replicated global arrays ({} without a teacher)
-  init_state: Callable[[], state_lib.TrainState]   # a fresh, replicated state
+  # init_state(seed=config.seed): a fresh, replicated state (one compiled program for all seeds)
+  init_state: Callable[..., state_lib.TrainState]
   fingerprints: dict = dataclasses.field(default_factory=dict)  # weights_fingerprint per input
+
+
+def student_variables(student, rng: jax.Array, image_size: int) -> PyTree:
+  """A fresh student's {'params', 'batch_stats'}, drawn from the run's base key `rng`."""
+  return models.init(student, {"params": jax.random.fold_in(rng, 10 ** 6),
+                               "dropout": jax.random.fold_in(rng, 10 ** 6 + 1)}, image_size)
 
 
 def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_memory: bool,
@@ -324,25 +355,22 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
                           aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
   schedule = state_lib.learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = state_lib.make_optimizer(config)
-  rng = jax.random.PRNGKey(config.seed)
   image_size = _image_size(config)
   names = step_lib.metric_names(loss_spec)
 
   given = load_student_init(config) if config.get("student_init") else None
 
-  def init_fn(given):
-    if given is None:
-      x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-      variables = student.init({"params": jax.random.fold_in(rng, 10 ** 6),
-                                "dropout": jax.random.fold_in(rng, 10 ** 6 + 1)}, x,
-                               train=False)
-    else:
-      variables = given
+  def init_fn(given, rng):
+    variables = student_variables(student, rng, image_size) if given is None else given
+    loss_params = methods.init_loss_params(loss_spec, jax.random.fold_in(rng, 10 ** 6 + 2),
+                                           config.num_classes)
     return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
-                                  rng, names, loss_params=methods.init_loss_params(
-        loss_spec, jax.random.fold_in(rng, 10 ** 6 + 2), config.num_classes))
+                                  rng, names, loss_params=loss_params)
 
   init_jit = jax.jit(init_fn, out_shardings=repl)
+
+  def init_state(seed: Optional[int] = None) -> state_lib.TrainState:
+    return init_jit(given, jax.random.PRNGKey(config.seed if seed is None else seed))
 
   spec = step_lib.StepSpec(
       student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
@@ -354,7 +382,7 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
   fingerprints["student_init_fingerprint"] = (
       weights_fingerprint(given, config.student_init) if given is not None else "")
   return Trainer(spec=spec, schedule=schedule, teacher_vars=teacher_vars,
-                 init_state=lambda: init_jit(given), fingerprints=fingerprints)
+                 init_state=init_state, fingerprints=fingerprints)
 
 
 def weights_fingerprint(variables: PyTree, source: str) -> str:
@@ -426,11 +454,11 @@ class _Preemption:
     self._previous = {}
 
 
-def _meta(step, best, elapsed, config) -> dict:
-  """Checkpoint meta: the one record of the run's best model and of its resolved config."""
-  return {"step": int(step), "best_top1": best[0], "best_epoch": best[1],
-          "best_step": best[2], "elapsed_s": float(elapsed), "student": config.student,
-          "method": config.method, "config": workdir_lib.config_dict(config)}
+def _meta(step, best, elapsed, config, runs: "Runs") -> dict:
+  """Checkpoint meta: the one record of the runs' best models and of the resolved config."""
+  return {"step": int(step), **runs.best_meta(best), "elapsed_s": float(elapsed),
+          "student": config.student, "method": config.method,
+          "config": workdir_lib.config_dict(config)}
 
 
 class _RunFiles:
@@ -498,42 +526,141 @@ def check_teacher_logits(teacher_eval_fn, teacher_vars, data: _Data, mesh, teach
                        f"config.teacher_checkpoint")
 
 
+Best = tuple  # (top-1, epoch, step) of a run's best evaluation; (-1.0, 0, -1) before any
+
+
+class Runs:
+  """The runs one program trains, and the few places where runs differ: one run alone (the
+  N = 1 case, here) or the N stacked, vmapped runs of a sweep (`sweep.Sweep`).
+
+  Everything else (validation, the workdir lock, the identity check, config.json after it, data,
+  teacher checks, restore, the loop, health checks, preemption, progress, the finished-run path)
+  is `train_runs`, the same code for both.
+  """
+  stacked = False             # states carry a leading run axis
+  keeps_best_models = True    # the best student is saved under WORKDIR/best
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config                  # the launch's config (identity, WORKDIR/config.json)
+    self.configs = [config]               # each run's config
+    self.names = [""]                     # each run's name
+    self.dirs = [os.fspath(workdir)]      # each run's metrics.jsonl, config.json, tensorboard/
+
+  def __len__(self) -> int:
+    return len(self.configs)
+
+  def announce(self) -> None:
+    """A line saying what runs this program trains (a run alone needs none)."""
+
+  def check_data(self, data: _Data) -> None:
+    """ConfigError unless these runs can train on `data`."""
+
+  def init_state(self, trainer: Trainer, configs: Sequence[ml_collections.ConfigDict]
+                 ) -> state_lib.TrainState:
+    """The fresh state of the runs, laid out as `state_sharding`."""
+    del configs
+    return trainer.init_state()
+
+  def state_sharding(self, mesh) -> NamedSharding:
+    """How the runs' state lies on `mesh` (a run alone: replicated)."""
+    return NamedSharding(mesh, P())
+
+  def index(self, tree: PyTree, i: int) -> PyTree:
+    """Run i's part of a state (replicated) or of values fetched from it."""
+    del i
+    return tree
+
+  def make_train_fn(self, spec: step_lib.StepSpec, total_steps: int, num_steps: int,
+                    one_step: Optional[Callable]) -> Callable:
+    """`fn(state, *step_args(mesh), teacher, data) -> state`, `num_steps` steps of every run."""
+    del total_steps
+    return step_lib.make_train_fn(spec, num_steps, one_step=one_step)
+
+  def step_args(self, mesh) -> tuple:
+    """The train function's arguments between the state and the teacher."""
+    del mesh
+    return ()
+
+  def best_meta(self, best: Sequence[Best]) -> dict:
+    """The runs' best-model records as checkpoint meta."""
+    (top1, epoch, step), = best
+    return {"best_top1": top1, "best_epoch": epoch, "best_step": step}
+
+  def read_best(self, meta: Optional[dict]) -> list[Best]:
+    """best_meta's records back from a checkpoint's meta (None: no checkpoint)."""
+    meta = meta or {}
+    return [(meta.get("best_top1", -1.0), meta.get("best_epoch", 0), meta.get("best_step", -1))]
+
+  def label(self, i: int) -> str:
+    """What a message about run i starts with."""
+    del i
+    return ""
+
+  def extra_scalars(self, images_per_sec: float) -> dict:
+    """Scalars each run logs beside its own at a log step."""
+    del images_per_sec
+    return {}
+
+  def progress_scalars(self, scalars: Sequence[dict], images_per_sec: float) -> dict:
+    """What the progress line of a log step shows, from each run's logged scalars."""
+    del images_per_sec
+    return scalars[0]
+
+  def print_eval(self, writer: metrics_lib.MetricWriter, step: int, epoch: float,
+                 evals: Sequence[dict]) -> None:
+    """The terminal line of an evaluation of every run."""
+    writer.print_progress(step, {"epoch": epoch, "eval/top1": evals[0]["top1"],
+                                 "eval/top5": evals[0]["top5"]}, None)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Trains and evaluates the configured student; resumes from `workdir` if it holds a run.
 
   The workdir is locked for the run (workdir.py); a resume with changed identity keys is refused
   before anything is written.
   """
-  return ckpt_lib.run_with_fallback(lambda: _run_once(config, workdir))
-
-
-def _run_once(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
-  files = _RunFiles()
-  ok = False
-  try:
-    result = _train_and_evaluate(config, workdir, files)
-    ok = True
-    return result
-  finally:
-    files.close(ok)
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        files: _RunFiles) -> RunResult:
-  t_start = time.time()
-  prog = progress_lib.Progress()
-  mesh = make_mesh(config)
-  num_devices = mesh.devices.size
   if config.get("sweep"):
     raise ConfigError(f"config.sweep={config.sweep!r}: a sweep runs through "
                       f"kd_jax.train.sweep.train_sweep (launch.py does this), not "
                       f"train_and_evaluate")
-  config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
+  return train_runs(Runs(config, workdir), workdir)[0]
+
+
+def train_runs(runs: Runs, workdir: str) -> list[RunResult]:
+  """Trains `runs` in one program with `workdir` as their workdir; one RunResult per run.
+  A divergence right after the restored checkpoint runs once more from the previous one."""
+  return ckpt_lib.run_with_fallback(lambda: _run_once(runs, workdir))
+
+
+def _run_once(runs: Runs, workdir: str) -> list[RunResult]:
+  files = _RunFiles()
+  ok = False
+  try:
+    results = _train_runs(runs, workdir, files)
+    ok = True
+    return results
+  finally:
+    files.close(ok)
+
+
+def _train_runs(runs: Runs, workdir: str, files: _RunFiles) -> list[RunResult]:
+  t_start = time.time()
+  prog = progress_lib.Progress()
+  config = runs.config
+  mesh = make_mesh(config, num_runs=len(runs))
+  num_devices = mesh.devices.size
+  for c in runs.configs:
+    config_lib.validate(c, model_names=models.names(), num_devices=num_devices)
+  first = jax.process_index() == 0
   files.lock, files.checkpointer = workdir_lib.open_run(workdir, config.keep_checkpoints,
                                                         process_index=jax.process_index())
+  if first:
+    workdir_lib.probe_writable([d for d in runs.dirs if d != os.fspath(workdir)])
+  runs.announce()
   prog.start(f"loading data ({config.dataset})")
   data = _setup_data(config, mesh)
   prog.finish()
+  runs.check_data(data)
   resolved = resolved_config(config, data)
   sources = config_lib.sources(config, resolved)
   config = resolved
@@ -544,42 +671,69 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   image_size = _image_size(config)
   prog.start("building the student" + (f" and loading the teacher ({config.teacher})"
                                         if methods.needs_teacher(config) else ""))
-  trainer = build_trainer(config, mesh, steps_per_epoch=spe, total_steps=total_steps,
+  run_configs = [resolved_config(c, data) for c in runs.configs]
+  trainer = build_trainer(run_configs[0], mesh, steps_per_epoch=spe, total_steps=total_steps,
                           in_memory=data.in_memory, mean=data.mean, std=data.std)
+  spec, teacher_vars = trainer.spec, trainer.teacher_vars
+  prog.finish()
   config = with_fingerprints(config, trainer.fingerprints)
+  run_configs = [with_fingerprints(c, trainer.fingerprints) for c in run_configs]
   # The resolved config (the inputs' fingerprints included) is compared with the checkpoint's
   # before config.json is rewritten.
   workdir_lib.check_and_record_config(config, workdir, files.checkpointer,
                                       process_index=jax.process_index(), sources=sources)
-  spec, schedule, teacher_vars = trainer.spec, trainer.schedule, trainer.teacher_vars
-  student, teacher = spec.student, spec.teacher
-  state = trainer.init_state()
-  prog.finish()
-  repl = NamedSharding(mesh, P())
+  if first:
+    for d, c in zip(runs.dirs, run_configs):
+      if d != os.fspath(workdir):
+        workdir_lib.write_config_json(d, c)
   checkpointer = files.checkpointer
-  writer = metrics_lib.MetricWriter(workdir, total_steps=total_steps,
-                                    wandb_project=config.wandb_project, run_config=config)
-  best = (-1.0, 0, -1)   # (top-1, epoch, step) of the best model
+
+  def restore():
+    abstract = jax.eval_shape(lambda: runs.init_state(trainer, run_configs))
+    return checkpointer.restore_latest(jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=runs.state_sharding(mesh)),
+        abstract))
+
+  restored = unset = object()
+  found = checkpointer.latest_meta()
+  if found is not None and found[0] >= total_steps:
+    # A finished run: its last checkpoint is read and checked; nothing is compiled.
+    restored = restore()
+    if restored is not None and restored[1]["step"] >= total_steps:
+      checkpointer.close()
+      return [RunResult(step=restored[1]["step"], final={}, best_top1=b[0], preempted=False,
+                        already_finished=True, name=n, workdir=d)
+              for b, n, d in zip(runs.read_best(restored[1]), runs.names, runs.dirs)]
+
+  prog.finish()
+  writers = [metrics_lib.MetricWriter(
+      d, total_steps=total_steps, run_config=c,
+      wandb_project=c.wandb_project if len(runs) == 1 else "")   # one wandb run per process
+      for d, c in zip(runs.dirs, run_configs)]
+  best = runs.read_best(None)
   elapsed_before = 0.0
-  restored = checkpointer.restore_latest(jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state))
+  if restored is unset:
+    restored = restore()
   if restored is not None:
     state, meta = restored
-    best = (meta.get("best_top1", -1.0), meta.get("best_epoch", 0), meta.get("best_step", -1))
+    best = runs.read_best(meta)
     elapsed_before = meta.get("elapsed_s", 0.0)
-    step0 = int(jax.device_get(state.step))
-    if step0 < total_steps:
-      console.info(f"Resuming from step {step0} ({os.path.join(workdir, 'checkpoints')})")
-  step = int(jax.device_get(state.step))
-  writer.start(step)
+    console.info(f"Resuming from step {int(jax.device_get(runs.index(state.step, 0)))} "
+                 f"({os.path.join(workdir, 'checkpoints')})")
+  else:
+    state = runs.init_state(trainer, run_configs)
+  step = int(jax.device_get(runs.index(state.step, 0)))
+  for writer in writers:   # each metrics.jsonl and its events cut back to the restored step
+    writer.start(step)
 
-  eval_fn = step_lib.make_eval_fn(student, spec.mean, spec.std, mesh, data.in_memory)
-
+  eval_fn = step_lib.make_eval_fn(spec.student, spec.mean, spec.std, mesh, data.in_memory)
+  teacher = spec.teacher
   if teacher is not None and config.teacher_dtype != "float32":
     spec, dev = _checked_low_precision_teacher(config, spec, teacher_vars, data, mesh)
     teacher = spec.teacher
     if step == 0:
-      writer.write(0, {"teacher/low_precision_logit_dev": dev})
+      for writer in writers:
+        writer.write(0, {"teacher/low_precision_logit_dev": dev})
 
   if teacher is not None:
     teacher_eval_fn = step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh, data.in_memory)
@@ -589,7 +743,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     t_eval = evaluate(teacher_eval_fn, teacher_vars, data, mesh, config.num_classes,
                       on_batch=prog.update)
     prog.finish(f"top-1 {100 * t_eval['top1']:.2f}%")
-    writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
+    for writer in writers:
+      writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
     console.info(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}")
 
   # What the train step reads for the teacher: its variables, or the teacher-logit table.
@@ -598,13 +753,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step_teacher = _teacher_table(config, spec, teacher_vars, data, mesh)
     spec = dataclasses.replace(spec, teacher_table=True)
 
+  schedules = [state_lib.learning_rate_schedule(c, spe, total_steps) for c in run_configs]
   host_iter = None if data.in_memory else data.train(step)
   window_start, window_step = time.time(), step
   run_start, run_start_step = time.time(), step
   compile_s = 0.0                  # left out of the ETA
-  last_eval: dict[str, float] = {}
+  last_eval: list[dict[str, float]] = [{} for _ in runs.configs]
   preempted = False
-  already_finished = restored is not None and step >= total_steps
   eval_prog = progress_lib.Progress(interval_s=prog.interval_s)
   if step < total_steps:
     prog.start("training", total_steps, "steps", done=step)
@@ -617,7 +772,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   eval_every = max(1, round(config.eval_every_epochs * spe))
   train_fns = step_lib.TrainFns(
-      spec, lambda n, one_step: step_lib.make_train_fn(spec, n, one_step=one_step))
+      spec, lambda n, one_step: runs.make_train_fn(spec, total_steps, n, one_step))
+  step_args = runs.step_args(mesh)
   with _Preemption(multi_host=jax.process_count() > 1) as preemption:
     while step < total_steps:
       target = min(total_steps, boundary(step, config.log_every_steps),
@@ -640,7 +796,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                        where=f"training batch of step {step + i + 1}")
         batch_data = _to_global_batch(
             {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
-      state = train_fn(state, step_teacher, batch_data)
+      state = train_fn(state, *step_args, step_teacher, batch_data)
       step += n
       if compiling:
         compile_s += time.time() - t_compile
@@ -654,50 +810,60 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             (state.metric_sums, state.metric_count, state.bad_streak, state.skipped))
         now = time.time()
         ips = (step - window_step) * config.batch_size / max(now - window_start, 1e-9)
-        scalars = {f"train/{k}" if k != "loss" else "train/loss": float(v) / max(int(count), 1)
-                   for k, v in sums.items()}
-        if int(count) == 0:  # every step of the window was skipped: no train/* means
-          scalars = {}
-        scalars.update({"epoch": step / spe, "lr": float(schedule(step - 1)),
-                        "images_per_sec": ips, "elapsed_s": elapsed(),
-                        "skipped_steps": int(skipped)})
-        writer.write(step, scalars)
+        logged = []
+        for i, writer in enumerate(writers):
+          count_i = int(runs.index(count, i))
+          scalars = {f"train/{k}" if k != "loss" else "train/loss":
+                     float(runs.index(v, i)) / max(count_i, 1) for k, v in sums.items()}
+          if count_i == 0:  # every step of the window was skipped: no train/* means
+            scalars = {}
+          scalars.update({"epoch": step / spe, "lr": float(schedules[i](step - 1)),
+                          "images_per_sec": ips, **runs.extra_scalars(ips),
+                          "elapsed_s": elapsed(), "skipped_steps": int(runs.index(skipped, i))})
+          writer.write(step, scalars)
+          logged.append(scalars)
         rate = (step - run_start_step) / max(now - run_start - compile_s, 1e-9)
         prog.pause()
-        writer.print_progress(step, scalars, (total_steps - step) / rate if rate else None)
+        writers[0].print_progress(step, runs.progress_scalars(logged, ips),
+                                  (total_steps - step) / rate if rate else None)
         state = state.replace(
             metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
             metric_count=jnp.zeros_like(state.metric_count))
         window_start, window_step = time.time(), step
         checkpointer.check()
-        if int(bad) >= config.max_bad_steps:
+        worst = int(np.max(bad))
+        if worst >= config.max_bad_steps:
           checkpointer.wait()
-          raise checkpointer.divergence_error(bad=int(bad), step=step,
-                                              max_bad_steps=config.max_bad_steps)
+          error = checkpointer.divergence_error(bad=worst, step=step,
+                                                max_bad_steps=config.max_bad_steps)
+          raise type(error)(runs.label(int(np.argmax(bad))) + str(error))
 
       if step % eval_every == 0 or step == total_steps:
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        prog.pause()
-        eval_prog.start(f"evaluation at step {step}", data.eval_batches, "batches",
-                        announce=False)
-        last_eval = evaluate(eval_fn, variables, data, mesh, config.num_classes,
-                             on_batch=eval_prog.update)
-        eval_prog.finish(silent=True)
         epoch = math.ceil(step / spe)
-        writer.write(step, {"epoch": step / spe, "eval/top1": last_eval["top1"],
-                            "eval/top5": last_eval["top5"], "eval/loss": last_eval["loss"],
-                            "elapsed_s": elapsed()})
-        writer.print_progress(step, {"epoch": step / spe, "eval/top1": last_eval["top1"],
-                                     "eval/top5": last_eval["top5"]}, None)
-        if last_eval["top1"] > best[0]:
-          best = (last_eval["top1"], epoch, step)
-          checkpointer.save_best(step, jax.device_get(variables),
-                                 {"step": step, "epoch": epoch, "eval_top1": best[0]})
+        prog.pause()
+        for i, writer in enumerate(writers):
+          variables = {"params": runs.index(state.params, i),
+                       "batch_stats": runs.index(state.batch_stats, i)}
+          eval_prog.start(f"evaluation at step {step}", data.eval_batches, "batches",
+                          announce=False)
+          last_eval[i] = evaluate(eval_fn, variables, data, mesh, config.num_classes,
+                                  on_batch=eval_prog.update)
+          eval_prog.finish(silent=True)
+          writer.write(step, {"epoch": step / spe, "eval/top1": last_eval[i]["top1"],
+                              "eval/top5": last_eval[i]["top5"], "eval/loss": last_eval[i]["loss"],
+                              "elapsed_s": elapsed()})
+          if last_eval[i]["top1"] > best[i][0]:
+            best[i] = (last_eval[i]["top1"], epoch, step)
+            if runs.keeps_best_models:
+              checkpointer.save_best(step, jax.device_get(variables),
+                                     {"step": step, "epoch": epoch, "eval_top1": best[i][0]})
+        runs.print_eval(writers[0], step, step / spe, last_eval)
 
       stop = preemption.reached(step)  # every iteration: a multi-host sync point
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stop:
-        if ckpt_lib.healthy_for_save(state, step):
-          checkpointer.save(step, state, _meta(step, best, elapsed(), config))
+        # The worst run's streak decides (a sweep's streaks are [N]).
+        if ckpt_lib.healthy_for_save(state.replace(bad_streak=jnp.max(state.bad_streak)), step):
+          checkpointer.save(step, state, _meta(step, best, elapsed(), config, runs))
       if preemption.requested and step < total_steps:
         preempted = True
         prog.pause()
@@ -709,6 +875,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   prog.finish(silent=True)
   checkpointer.wait()
   checkpointer.close()
-  writer.close()
-  return RunResult(step=step, final=last_eval, best_top1=best[0], preempted=preempted,
-                   already_finished=already_finished)
+  for writer in writers:
+    writer.close()
+  return [RunResult(step=step, final=e, best_top1=b[0], preempted=preempted, name=n, workdir=d)
+          for e, b, n, d in zip(last_eval, best, runs.names, runs.dirs)]

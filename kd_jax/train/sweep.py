@@ -7,6 +7,9 @@ logit table). Each run keeps its own parameters, BatchNorm statistics, optimizer
 stream and data order (a swept `seed=s` run is the run launched alone with `--config.seed=s`),
 and its own metrics in WORKDIR/runs/NAME/ (metrics.jsonl, config.json, TensorBoard events),
 NAME being its swept `key=value` pairs joined by commas. Checkpoints hold all runs' states.
+`Sweep` says where a sweep differs from a run alone; the rest is the one loop, loop.train_runs.
+On a mesh with a `runs` axis (loop.make_mesh, config.runs_per_device) the stacked states are
+split over it: each device group steps its own runs on its share of the devices.
 
 Sweepable: `seed` and the float hyperparameters of `sweepable()`; keys that change shapes or
 code (models, method, batch size, dtypes, dataset, schedules' step counts) are refused.
@@ -16,10 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
-import math
 import os
-import time
 import types
 from typing import Any, Callable, Optional
 
@@ -29,15 +29,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kd_jax import config as config_lib
 from kd_jax import console
 from kd_jax import methods
-from kd_jax import models
-from kd_jax.errors import ConfigError, TrainingError, suggest
-from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax.errors import ConfigError, suggest
 from kd_jax.train import loop
-from kd_jax.train import metrics as metrics_lib
-from kd_jax.train import workdir as workdir_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 
@@ -150,162 +145,101 @@ def make_sweep_train_fn(spec: step_lib.StepSpec, config, total_steps: int, num_s
     new = step_lib._one_step(rs, state, teacher, images, labels, teacher_logits)  # pylint: disable=protected-access
     return step_lib._tree_where(stopped, state, new)  # pylint: disable=protected-access
 
+  # On a mesh with a `runs` axis each device group steps its own runs; the batch constraints of
+  # the step (`data`) then apply within each group.
+  spread = runs_sharding(spec.mesh)
+  runs_axis = "runs" if spread.spec else None
+
   def run(states, hp, teacher, data):
-    body = jax.vmap(per_run, in_axes=(0, 0, None, None))
+    body = jax.vmap(per_run, in_axes=(0, 0, None, None), spmd_axis_name=runs_axis)
     if num_steps == 1:
       return body(states, hp, teacher, data)
     return jax.lax.scan(lambda s, _: (body(s, hp, teacher, data), None), states, None,
                         length=num_steps)[0]
 
   repl = NamedSharding(spec.mesh, P())
-  return jax.jit(run, in_shardings=(repl, repl, repl, repl), out_shardings=repl,
+  return jax.jit(run, in_shardings=(spread, spread, repl, repl), out_shardings=spread,
                  donate_argnums=(0,), compiler_options=step_lib.compiler_options(spec.mesh))
 
 
-def _index(tree: PyTree, i: int) -> PyTree:
-  return jax.tree.map(lambda x: x[i], tree)
+def runs_sharding(mesh) -> NamedSharding:
+  """Arrays with a leading run axis: split over the mesh's `runs` axis, if it has one."""
+  return NamedSharding(mesh, P("runs") if "runs" in mesh.axis_names else P())
+
+
+class Sweep(loop.Runs):
+  """The N runs of config.sweep, stacked on a leading axis and advanced by one vmapped step;
+  each writes WORKDIR/runs/NAME/. The loop itself is loop.train_runs, as for a run alone."""
+  stacked = True
+  keeps_best_models = False   # each run's best eval top-1 is in its metrics.jsonl
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    super().__init__(config, workdir)
+    named = expand(config)
+    self.names = [n for n, _ in named]
+    self.configs = [c for _, c in named]
+    self.dirs = [os.path.join(workdir, "runs", n) for n in self.names]
+    self.keys = [k for k, _ in parse_sweep(config.sweep)]
+
+  def announce(self) -> None:
+    console.info(f"sweep: {len(self)} runs in one program: {', '.join(self.names)}")
+
+  def check_data(self, data) -> None:
+    if not data.in_memory:
+      raise ConfigError(f"config.sweep needs an in-memory dataset (CIFAR, synthetic, an image "
+                        f"folder, or a TFDS dataset within config.in_memory_budget_mb); "
+                        f"{self.config.dataset!r} is streamed")
+
+  def init_state(self, trainer: loop.Trainer, configs) -> state_lib.TrainState:
+    return jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s),
+                   out_shardings=runs_sharding(trainer.spec.mesh))(
+                       *[trainer.init_state(seed=c.seed) for c in configs])
+
+  def state_sharding(self, mesh) -> NamedSharding:
+    return runs_sharding(mesh)
+
+  def index(self, tree: PyTree, i: int) -> PyTree:
+    leaves = jax.tree.leaves(tree)
+    if not leaves or not isinstance(leaves[0], jax.Array):   # fetched values
+      return jax.tree.map(lambda x: x[i], tree)
+    return _take_replicated(leaves[0].sharding.mesh)(tree, i)
+
+  def make_train_fn(self, spec, total_steps, num_steps, one_step):
+    return make_sweep_train_fn(spec, self.config, total_steps, num_steps, one_step=one_step)
+
+  def step_args(self, mesh) -> tuple:
+    return (jax.device_put(hyperparameters(self.configs, self.keys), runs_sharding(mesh)),)
+
+  def best_meta(self, best) -> dict:
+    # best_step -1: no best model is kept under WORKDIR/best for a sweep.
+    return {"best": [list(b) for b in best], "runs": self.names, "best_step": -1}
+
+  def read_best(self, meta) -> list:
+    if meta is None:
+      return [(-1.0, 0, -1)] * len(self)
+    return [tuple(b) for b in meta["best"]]
+
+  def label(self, i: int) -> str:
+    return f"sweep run {self.names[i]}: "
+
+  def extra_scalars(self, images_per_sec: float) -> dict:
+    return {"sweep_images_per_sec": images_per_sec * len(self)}
+
+  def progress_scalars(self, scalars, images_per_sec: float) -> dict:
+    return {"epoch": scalars[0]["epoch"], "images_per_sec": images_per_sec * len(self)}
+
+  def print_eval(self, writer, step: int, epoch: float, evals) -> None:
+    console.info(f"step {step}/{writer.total_steps} | eval/top1 " + ", ".join(
+        f"{n}: {e['top1']:.4f}" for n, e in zip(self.names, evals)))
+
+
+@functools.cache
+def _take_replicated(mesh) -> Callable[[PyTree, int], PyTree]:
+  """jit `fn(tree, i)`: run i's slice of every leaf, replicated on `mesh` (for evaluation)."""
+  return jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
+                 out_shardings=NamedSharding(mesh, P()))
 
 
 def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[loop.RunResult]:
   """Trains every run of config.sweep in one program; resumes from `workdir` like a run."""
-  t_start = time.time()
-  named = expand(config)
-  mesh = loop.make_mesh(config)
-  for _, c in named:
-    config_lib.validate(c, model_names=models.names(), num_devices=mesh.devices.size)
-  if config.dataset not in config_lib.IN_MEMORY_DATASETS:
-    raise ConfigError(f"config.sweep needs an in-memory dataset "
-                      f"{list(config_lib.IN_MEMORY_DATASETS)}; got {config.dataset!r}")
-  names = [n for n, _ in named]
-  runs = [c for _, c in named]
-  keys = [k for k, _ in parse_sweep(config.sweep)]
-  workdir_lib.probe_writable([workdir])
-  run_dirs = [os.path.join(workdir, "runs", n) for n in names]
-  if jax.process_index() == 0:
-    workdir_lib.write_config_json(workdir, config)
-    workdir_lib.probe_writable(run_dirs)
-    for d, c in zip(run_dirs, runs):
-      workdir_lib.write_config_json(d, c)
-  console.info(f"sweep: {len(runs)} runs in one program: {', '.join(names)}")
-
-  data = loop._setup_data(config, mesh)  # pylint: disable=protected-access
-  spe = data.steps_per_epoch
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else config.num_epochs * spe)
-  trainers = [loop.build_trainer(c, mesh, steps_per_epoch=spe, total_steps=total_steps,
-                                 in_memory=True, mean=data.mean, std=data.std) for c in runs]
-  spec, teacher_vars = trainers[0].spec, trainers[0].teacher_vars
-  repl = NamedSharding(mesh, P())
-  states = jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s), out_shardings=repl)(
-      *[t.init_state() for t in trainers])
-  hp = jax.device_put(hyperparameters(runs, keys), repl)
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
-  writers = [metrics_lib.MetricWriter(d, total_steps=total_steps) for d in run_dirs]
-  best = [(-1.0, 0)] * len(runs)
-  elapsed_before = 0.0
-  restored = checkpointer.restore_latest(jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), states))
-  if restored is not None:
-    states, meta = restored
-    best = [tuple(b) for b in meta.get("best", best)]
-    elapsed_before = meta.get("elapsed_s", 0.0)
-    console.info(f"Resuming the sweep from step {int(jax.device_get(states.step[0]))}")
-  step = int(jax.device_get(states.step[0]))
-  for w in writers:   # each run's metrics.jsonl and events cut back to the restored step
-    w.start(step)
-
-  teacher = spec.teacher
-  if teacher is not None and config.teacher_dtype != "float32":
-    spec, _ = loop._checked_low_precision_teacher(  # pylint: disable=protected-access
-        config, spec, teacher_vars, data, mesh)
-    teacher = spec.teacher
-  if step == 0 and teacher is not None:
-    t_eval = loop.evaluate(step_lib.make_eval_fn(teacher, spec.mean, spec.std, mesh, True),
-                           teacher_vars, data, mesh, config.num_classes)
-    for w in writers:
-      w.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
-  step_teacher = teacher_vars
-  if teacher is not None and config.teacher_cache:
-    step_teacher = loop._teacher_table(config, spec, teacher_vars, data, mesh)  # pylint: disable=protected-access
-    spec = dataclasses.replace(spec, teacher_table=True)
-
-  eval_fn = step_lib.make_eval_fn(spec.student, spec.mean, spec.std, mesh, True)
-  train_fns = step_lib.TrainFns(spec, lambda n, one_step: make_sweep_train_fn(
-      spec, config, total_steps, n, one_step=one_step))
-  window_start, window_step = time.time(), step
-  eval_every = config.eval_every_epochs * spe
-  last_eval: list[dict] = [{} for _ in runs]
-  preempted = False
-
-  def elapsed():
-    return elapsed_before + time.time() - t_start
-
-  def boundary(s: int, every: int) -> int:
-    return (s // every + 1) * every
-
-  with loop._Preemption() as preemption:  # pylint: disable=protected-access
-    while step < total_steps:
-      target = min(total_steps, boundary(step, config.log_every_steps),
-                   boundary(step, config.checkpoint_every_steps), boundary(step, eval_every))
-      n = min(config.steps_per_dispatch, target - step)
-      states = train_fns.get(n)[0](states, hp, step_teacher, data.train)
-      step += n
-
-      if step % config.log_every_steps == 0 or step == total_steps:
-        sums, count, bad, skipped = jax.device_get(
-            (states.metric_sums, states.metric_count, states.bad_streak, states.skipped))
-        now = time.time()
-        ips = (step - window_step) * config.batch_size / max(now - window_start, 1e-9)
-        for i, (w, t) in enumerate(zip(writers, trainers)):
-          c = max(int(count[i]), 1)
-          scalars = {f"train/{k}" if k != "loss" else "train/loss": float(v[i]) / c
-                     for k, v in sums.items()}
-          scalars.update({"epoch": step / spe, "lr": float(t.schedule(step - 1)),
-                          "images_per_sec": ips, "sweep_images_per_sec": ips * len(runs),
-                          "elapsed_s": elapsed(), "skipped_steps": int(skipped[i])})
-          if int(count[i]) > 0:
-            w.write(step, scalars)
-        writers[0].print_progress(step, {"epoch": step / spe, "images_per_sec": ips * len(runs)},
-                                  None)
-        states = states.replace(metric_sums=jax.tree.map(jnp.zeros_like, states.metric_sums),
-                                metric_count=jnp.zeros_like(states.metric_count))
-        window_start, window_step = time.time(), step
-        worst = int(np.max(bad))
-        if worst >= config.max_bad_steps:
-          checkpointer.wait()
-          raise TrainingError(
-              f"sweep run {names[int(np.argmax(bad))]}: {worst} consecutive non-finite training "
-              f"steps at step {step} (config.max_bad_steps={config.max_bad_steps}); the last "
-              f"good checkpoint is kept. Lower its learning rate or drop it from config.sweep.")
-
-      if step % eval_every == 0 or step == total_steps:
-        epoch = math.ceil(step / spe)
-        for i, w in enumerate(writers):
-          variables = {"params": _index(states.params, i),
-                       "batch_stats": _index(states.batch_stats, i)}
-          last_eval[i] = loop.evaluate(eval_fn, variables, data, mesh, config.num_classes)
-          w.write(step, {"epoch": step / spe, "eval/top1": last_eval[i]["top1"],
-                         "eval/top5": last_eval[i]["top5"], "eval/loss": last_eval[i]["loss"],
-                         "elapsed_s": elapsed()})
-          if last_eval[i]["top1"] > best[i][0]:
-            best[i] = (last_eval[i]["top1"], epoch)
-        console.info(f"step {step}/{total_steps} | eval/top1 " + ", ".join(
-            f"{n}: {e['top1']:.4f}" for n, e in zip(names, last_eval)))
-
-      if (step % config.checkpoint_every_steps == 0 or step == total_steps
-          or preemption.requested):
-        checkpointer.save(step, states, {"step": step, "best": best, "elapsed_s": elapsed(),
-                                         "runs": names, "student": config.student,
-                                         "method": config.method})
-      if preemption.requested and step < total_steps:
-        preempted = True
-        console.info(f"{preemption.signal_name} received: checkpoint saved at step {step}; run "
-                     f"the same command again to resume")
-        break
-
-  checkpointer.wait()
-  checkpointer.close()
-  for w in writers:
-    w.close()
-  return [loop.RunResult(step=step, final=e, best_top1=b[0], preempted=preempted)
-          for e, b in zip(last_eval, best)]
+  return loop.train_runs(Sweep(config, workdir), workdir)

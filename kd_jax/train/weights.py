@@ -18,7 +18,6 @@ from typing import Any, Optional, Type
 from etils import epath
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import models
@@ -76,9 +75,8 @@ def check_like(variables: PyTree, abstract: PyTree, what: str, role: str,
 
 
 def abstract_variables(module, image_size: int) -> PyTree:
-  return jax.eval_shape(lambda: module.init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-      jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False))
+  return jax.eval_shape(lambda: models.init(
+      module, {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, image_size))
 
 
 def _check_workdir_model(path: str, source: str, model: str, num_classes: int, *, role: str,

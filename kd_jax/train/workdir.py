@@ -45,6 +45,7 @@ NON_IDENTITY_KEYS = frozenset({
     "eval_every_epochs",
     "steps_per_dispatch",
     "num_devices",              # results do not depend on the device count (tested)
+    "runs_per_device",          # nor on how a sweep's runs are placed (tested)
     "max_bad_steps",
     "data_dir",                 # where the same data lives
     "wandb_project",            # where the same scalars are also sent
