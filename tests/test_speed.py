@@ -454,8 +454,8 @@ class _Killed(Exception):
 def test_sweep_with_table_on_8_devices_resumes_exactly(tmp_path, monkeypatch):
   """A sweep reading the teacher table, sharded over 8 devices, killed after logging and
   evaluating step 12 but before its checkpoint, resumes from step 8 and logs what the unbroken
-  sweep logs. Launched again when finished it loads no teacher, builds no step and says it is
-  finished; launched
+  sweep logs. Launched again when finished it builds no train step and says it is finished;
+  launched
   with another batch size it is refused in one line, before anything is written."""
   from kd_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   cache = str(tmp_path / "cache")
@@ -489,10 +489,9 @@ def test_sweep_with_table_on_8_devices_resumes_exactly(tmp_path, monkeypatch):
     assert a == b and (12, "eval/top1") in a, name
   kept = {n: _metrics(os.path.join(broken, "runs", n)) for n in names}
 
-  def nothing_to_load(*args, **kwargs):
-    raise AssertionError("a finished sweep loads no teacher and builds no train step")
-  monkeypatch.setattr(loop, "load_teacher", nothing_to_load)
-  monkeypatch.setattr(sweep, "make_sweep_train_fn", nothing_to_load)
+  def nothing_to_compile(*args, **kwargs):
+    raise AssertionError("a finished sweep builds no train step")
+  monkeypatch.setattr(sweep, "make_sweep_train_fn", nothing_to_compile)
   again = sweep.train_sweep(cfg(), broken)
   assert all(r.already_finished and r.step == 12 for r in again)
   assert [r.best_top1 for r in again] == [r.best_top1 for r in results]
