@@ -570,4 +570,5 @@ def test_a_failed_launch_leaves_no_empty_output_folders(tmp_path):
   with pytest.raises(errors.TeacherError):
     loop.train_and_evaluate(tiny("kd", teacher_checkpoint=str(tmp_path / "none.pth")),
                             str(workdir))
-  assert sorted(os.listdir(workdir)) == ["config.json"]
+  # The resolved config is recorded only once the inputs (teacher included) have loaded.
+  assert sorted(os.listdir(workdir)) == []

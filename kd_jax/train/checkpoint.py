@@ -65,14 +65,19 @@ def _path(directory: str | os.PathLike) -> epath.Path:
 
 def _manager(directory: epath.Path, max_to_keep: Optional[int],
              read_only: bool = False) -> ocp.CheckpointManager:
-  """Creates nothing: the directory is made by the first save (Checkpointer._prepare)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False,
-                                         cleanup_tmp_directories=not read_only,
-                                         read_only=read_only)
+  """Creates nothing: the directory is made by the first save (Checkpointer._prepare).
+
+  A read-only manager (a workdir read as a teacher or exported) drops Orbax's notices about the
+  read-only option, which it logs from both the options and the manager."""
+  def make():
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False,
+                                           cleanup_tmp_directories=not read_only,
+                                           read_only=read_only)
+    return ocp.CheckpointManager(directory, options=options)
   if not read_only:
-    return ocp.CheckpointManager(directory, options=options)
+    return make()
   with console.without_log_records("directory is read only", "Options.read_only=True"):
-    return ocp.CheckpointManager(directory, options=options)
+    return make()
 
 
 def _host(x: Any) -> np.ndarray:
