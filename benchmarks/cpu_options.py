@@ -27,15 +27,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from kd_jax import models  # pylint: disable=wrong-import-position
 from kd_jax.train import step as step_lib  # pylint: disable=wrong-import-position
-
-
-def _kd_loss(logits, teacher_logits, labels, t=4.0):
-  """0.1 * CE + 0.9 * T^2 * KL(p_t^T || p_s^T), batch mean."""
-  log_p = jax.nn.log_softmax(logits / t)
-  p_t = jax.nn.softmax(teacher_logits / t)
-  kl = jnp.sum(p_t * (jnp.log(jnp.clip(p_t, 1e-30)) - log_p), axis=-1).mean()
-  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1).mean()
-  return 0.1 * ce + 0.9 * t * t * kl
+from machine import kd_loss_jax  # pylint: disable=wrong-import-position
 
 
 def variants() -> dict[str, dict]:
@@ -79,7 +71,7 @@ def main() -> None:
   def loss(params, stats, x, tl, y):
     logits, _ = student.apply({"params": params, "batch_stats": stats}, x, train=True,
                               mutable=["batch_stats"])
-    return _kd_loss(logits, tl, y)
+    return kd_loss_jax(logits, tl, y)
   fn = jax.jit(jax.value_and_grad(loss))
   call_args = (v["params"], v["batch_stats"], x, tl, y)
   compiled, refused = {}, {}

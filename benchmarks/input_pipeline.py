@@ -34,6 +34,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from kd_jax import data as data_lib  # pylint: disable=wrong-import-position
+from machine import cpu_model  # pylint: disable=wrong-import-position
 
 # The train step wants at least this many times its own images/s from the input pipeline.
 HEADROOM = 5.0
@@ -241,7 +242,7 @@ def compare_torchvision(args: argparse.Namespace) -> list[dict]:
             records.append(rec)
     summary: dict[str, Any] = {"kind": "folder_pipeline_summary", "rounds": args.rounds,
                                "images": n, "batch_size": args.imagenet_batch_size,
-                               "cpu": _cpu_model(), "nproc": os.cpu_count()}
+                               "cpu": cpu_model(), "nproc": os.cpu_count()}
     if folder:
       summary.update({k: folder[k] for k in ("mean_bytes", "mean_pixels", "bits_per_pixel")})
     for mode in modes:
@@ -255,17 +256,6 @@ def compare_torchvision(args: argparse.Namespace) -> list[dict]:
         summary[f"{mode}_w{w}_kd_jax_over_torchvision"] = med["kd_jax"] / med["torchvision"]
     print(json.dumps(summary), flush=True)
     return records + [summary]
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown"
 
 
 def _measure_train_step(args: argparse.Namespace) -> float:

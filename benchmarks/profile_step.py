@@ -47,6 +47,7 @@ import torch_reference  # pylint: disable=wrong-import-position
 import train_step  # pylint: disable=wrong-import-position
 from kd_jax import models  # pylint: disable=wrong-import-position
 from kd_jax.train import step as step_lib  # pylint: disable=wrong-import-position
+from machine import cpu_model, kd_loss_jax  # pylint: disable=wrong-import-position
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -57,15 +58,6 @@ def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
     fn()
     times.append(time.perf_counter() - t0)
   return 1000.0 * statistics.median(times)
-
-
-def _kd_loss_jax(logits, teacher_logits, labels, t=4.0):
-  """0.1 * CE + 0.9 * T^2 * KL(p_t^T || p_s^T), batch mean (torch_reference.kd_loss)."""
-  log_p = jax.nn.log_softmax(logits / t)
-  p_t = jax.nn.softmax(teacher_logits / t)
-  kl = jnp.sum(p_t * (jnp.log(jnp.clip(p_t, 1e-30)) - log_p), axis=-1).mean()
-  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1).mean()
-  return 0.1 * ce + 0.9 * t * t * kl
 
 
 def conv_layers(student, variables, x) -> list[dict]:
@@ -160,10 +152,10 @@ def run_side(args: argparse.Namespace) -> dict:
   def s_loss(params, stats, x, tl, y):
     logits, _ = student.apply({"params": params, "batch_stats": stats}, x, train=True,
                               mutable=["batch_stats"])
-    return _kd_loss_jax(logits, tl, y)
+    return kd_loss_jax(logits, tl, y)
   s_fb = jit(jax.value_and_grad(s_loss))
   logits0 = s_fwd(svars, x)[0]
-  loss_fb = jit(jax.value_and_grad(_kd_loss_jax))
+  loss_fb = jit(jax.value_and_grad(kd_loss_jax))
   tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
   opt_state = tx.init(svars["params"])
   grads = s_fb(svars["params"], svars["batch_stats"], x, t_logits, y)[1]
@@ -287,19 +279,8 @@ def run(args: argparse.Namespace) -> dict:
       for a, b in zip(sides["jax"][-1]["conv_by_shape"], sides["torch"][-1]["conv_by_shape"])]
   result["jax_over_torch_time"] = {k: result["jax_ms"][k] / result["torch_ms"][k]
                                    for k in result["jax_ms"] if result["torch_ms"].get(k)}
-  result["device"] = f"cpu: {train_step_cpu()}"
+  result["device"] = f"cpu: {cpu_model()}"
   return result
-
-
-def train_step_cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown"
 
 
 def main() -> None:

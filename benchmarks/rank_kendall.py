@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -20,18 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kd_jax.losses import rank_kendall  # noqa: E402
-
-
-def cpu_model() -> str:
-  """The lscpu/cpuinfo model name, or the platform's processor string."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
+from machine import cpu_model  # pylint: disable=wrong-import-position
 
 
 def make_logits(batch: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

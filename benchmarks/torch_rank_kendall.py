@@ -7,25 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import time
 
 import numpy as np
 import torch
-
-
-def cpu_model() -> str:
-  """The lscpu/cpuinfo model name, or the platform's processor string."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
+from machine import cpu_model  # pylint: disable=wrong-import-position
 
 
 def make_logits(batch: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,8 @@ from kd_jax import models
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 from kd_jax.train import sweep
+
+import view_batches
 
 B, C = 4, 10
 S = jax.random.normal(jax.random.PRNGKey(0), (B, C)) * 2
@@ -247,26 +248,13 @@ def test_terms_read_their_view_and_their_loss_parameter(toy):
 
 
 def test_views_get_their_own_augmentation_and_none_means_none(toy):
-  config = toy.get_config()
-  spec = step_lib.StepSpec(
-      student=None, teacher=None, tx=None, schedule=None,
-      loss=methods.LossSpec.from_config(config), steps_per_epoch=4, batch_size=8, seed=0,
-      in_memory=True, mean=(0.5,) * 3, std=(0.25,) * 3, max_bad_steps=3,
-      mesh=jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)),
-      augment="pad_crop_flip")
-  rng = np.random.default_rng(0)
-  data = (jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), np.uint8)),
-          jnp.asarray(rng.integers(0, 100, (16,), np.int32)))
-  state = types.SimpleNamespace(step=jnp.int32(3), rng=jax.random.PRNGKey(0))
-
-  def batch(spec):
-    return jax.jit(lambda *d: step_lib._in_memory_batch(spec, state, *d)[0])(*data)  # pylint: disable=protected-access
-  images = batch(spec)
-  alone = batch(dataclasses.replace(spec, loss=spec_for("kd")))
+  spec, data = view_batches.spec_of(toy.get_config()), view_batches.split()
+  images = view_batches.batch(spec, data)
+  alone = view_batches.batch(dataclasses.replace(spec, loss=spec_for("kd")), data)
   assert set(images) == {"default", "strong"}
   np.testing.assert_array_equal(images["default"], alone)   # the first view is today's batch
   assert float(jnp.max(jnp.abs(images["strong"] - images["default"]))) > 0.1
-  none = batch(dataclasses.replace(spec, augment="none"))
+  none = view_batches.batch(dataclasses.replace(spec, augment="none"), data)
   np.testing.assert_array_equal(none["strong"], none["default"])
 
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,8 @@ from kd_jax import losses
 from kd_jax import methods
 from kd_jax import models
 from kd_jax.train import step as step_lib
+
+import view_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, C = 6, 10
@@ -198,30 +199,17 @@ def test_mlkd_terms_route_each_view():
 def test_mlkd_views_strong_is_its_own_and_none_is_identical():
   """Weak = the run's pad-crop-flip batch; strong = its own crop and flip plus RandAugment;
   with augment='none' both are the un-augmented image."""
-  config = config_file("mlkd")
-  spec = step_lib.StepSpec(
-      student=None, teacher=None, tx=None, schedule=None,
-      loss=methods.LossSpec.from_config(config), steps_per_epoch=4, batch_size=8, seed=0,
-      in_memory=True, mean=(0.5,) * 3, std=(0.25,) * 3, max_bad_steps=3,
-      mesh=jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)),
-      augment="pad_crop_flip")
-  rng = np.random.default_rng(0)
-  data = (jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), np.uint8)),
-          jnp.asarray(rng.integers(0, 100, (16,), np.int32)))
-  state = types.SimpleNamespace(step=jnp.int32(3), rng=jax.random.PRNGKey(0))
-
-  def batch(spec):
-    return jax.jit(lambda *d: step_lib._in_memory_batch(spec, state, *d)[0])(*data)  # pylint: disable=protected-access
-  images = batch(spec)
+  spec, data = view_batches.spec_of(config_file("mlkd")), view_batches.split()
+  images = view_batches.batch(spec, data)
   assert set(images) == {"weak", "strong"}
-  kd_only = batch(dataclasses.replace(spec, loss=methods.LossSpec.from_config(
-      config_file("kd"))))
+  kd_only = view_batches.batch(dataclasses.replace(spec, loss=methods.LossSpec.from_config(
+      config_file("kd"))), data)
   np.testing.assert_array_equal(images["weak"], kd_only)
   assert float(jnp.max(jnp.abs(images["strong"] - images["weak"]))) > 0.5
-  none = batch(dataclasses.replace(spec, augment="none"))
+  none = view_batches.batch(dataclasses.replace(spec, augment="none"), data)
   np.testing.assert_array_equal(none["strong"], none["weak"])
   idx = step_lib.data_lib.cifar_batch_indices(16, seed=0, step=3, batch_size=8)
-  plain = jax.jit(lambda x: step_lib.data_lib.normalize(x, (0.5,) * 3, (0.25,) * 3))(
+  plain = jax.jit(lambda x: step_lib.data_lib.normalize(x, view_batches.MEAN, view_batches.STD))(
       jnp.take(data[0], idx, axis=0))
   np.testing.assert_array_equal(none["weak"], plain)
 
