@@ -745,7 +745,8 @@ def _train_runs(runs: Runs, workdir: str, files: _RunFiles) -> list[RunResult]:
     prog.finish(f"top-1 {100 * t_eval['top1']:.2f}%")
     for writer in writers:
       writer.write(0, {"teacher/top1": t_eval["top1"], "teacher/top5": t_eval["top5"]})
-    console.info(f"teacher {config.teacher}: eval top-1 {t_eval['top1']:.4f}")
+    console.info(f"teacher {config.teacher}: eval top-1 "
+                 f"{progress_lib.format_percent(t_eval['top1'])}")
 
   # What the train step reads for the teacher: its variables, or the teacher-logit table.
   step_teacher = teacher_vars

@@ -33,6 +33,7 @@ from kd_jax import console
 from kd_jax import methods
 from kd_jax.errors import ConfigError, suggest
 from kd_jax.train import loop
+from kd_jax.train import progress as progress_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 
@@ -230,7 +231,7 @@ class Sweep(loop.Runs):
 
   def print_eval(self, writer, step: int, epoch: float, evals) -> None:
     console.info(f"step {step}/{writer.total_steps} | eval/top1 " + ", ".join(
-        f"{n}: {e['top1']:.4f}" for n, e in zip(self.names, evals)))
+        f"{n}: {progress_lib.format_percent(e['top1'])}" for n, e in zip(self.names, evals)))
 
 
 @functools.cache
