@@ -357,30 +357,32 @@ def _state(n=2 ** 16):   # 256 KiB of float32 parameters that do not compress
 
 
 @contextlib.contextmanager
-def small_filesystem(path, size):
-  """A tmpfs of `size` mounted at `path`; the test is skipped (with the reason) where this
-  machine refuses the mount."""
-  path.mkdir(parents=True, exist_ok=True)
-  res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
+def _privileged(do: list, undo: list, what: str):
+  """Runs `do`, yields, then `undo`; the test is skipped (with the reason) where this machine
+  refuses `do`."""
+  res = subprocess.run(do, capture_output=True, text=True)
   if res.returncode != 0:
-    pytest.skip(f"mounting a tmpfs is not permitted here: {res.stderr.strip()[:200]}")
+    pytest.skip(f"{what} is not permitted here: {res.stderr.strip()[:200]}")
   try:
-    yield path
+    yield
   finally:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    subprocess.run(undo, capture_output=True)
+
+
+@contextlib.contextmanager
+def small_filesystem(path, size):
+  """A tmpfs of `size` mounted at `path`."""
+  path.mkdir(parents=True, exist_ok=True)
+  with _privileged(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   ["umount", "-l", str(path)], "mounting a tmpfs"):
+    yield path
 
 
 @contextlib.contextmanager
 def immutable(path):
-  """`path` made immutable (chattr +i); skipped (with the reason) where chattr is refused."""
-  res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-  if res.returncode != 0:
-    pytest.skip(f"chattr +i is not permitted here: {res.stderr.strip()[:200]}")
-  try:
+  """`path` made immutable (chattr +i)."""
+  with _privileged(["chattr", "+i", str(path)], ["chattr", "-i", str(path)], "chattr +i"):
     yield path
-  finally:
-    subprocess.run(["chattr", "-i", str(path)], capture_output=True)
 
 
 def test_a_full_disk_stops_checkpoint_and_best_saves_in_one_line(tmp_path, monkeypatch):
