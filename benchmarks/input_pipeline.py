@@ -4,8 +4,8 @@ Prints one JSON line; compares CIFAR images/s with what the train step consumes 
 
 `--compare-torchvision` instead compares kd_jax's streamed ImageNet pipelines with the authors'
 loader on one folder of photograph-like JPEGs (benchmarks/jpeg_folder.py): kd_jax's
-`imagenet_train` (decode only the crop window + random-resized crop + flip + normalize) and
-`imagenet_eval` (resize 256, centre crop 224) over a TFDS dataset holding the folder's JPEG
+`train_stream` (decode only the crop window + random-resized crop + flip + normalize) and
+`eval_stream` (resize 256, centre crop 224) over a TFDS dataset holding the folder's JPEG
 bytes as they are, against torchvision ImageFolder + DataLoader with PIL and the authors'
 transforms (benchmarks/torchvision_pipeline.py, run by --torch-python). Each measurement is its
 own process pinned to W cores (W = 1, 2: tf.data sizes its thread pool to them; the DataLoader
@@ -99,10 +99,10 @@ def _imagenet_source(source: str, num_examples: int, min_size: int, max_size: in
 
 def imagenet_throughput(source: str, batch_size: int, num_batches: int, num_examples: int,
                         image_size: int, min_size: int, max_size: int, noise: int) -> dict:
-  """Images/s of kd_jax.data.imagenet_train (decode, random-resized crop, flip, normalize)."""
+  """Images/s of kd_jax.data.train_stream (decode, random-resized crop, flip, normalize)."""
   with _imagenet_source(source, num_examples, min_size, max_size, noise) as (data_dir, name):
     t0 = time.perf_counter()
-    it = data_lib.imagenet_train(data_dir, batch_size=batch_size, seed=0, name=name,
+    it = data_lib.train_stream(data_dir, batch_size=batch_size, seed=0, name=name,
                                  image_size=image_size)
     first = next(it)
     startup_s = time.perf_counter() - t0
@@ -161,16 +161,16 @@ def _pin(cores: int) -> list[int]:
 
 def streamed_throughput(data_dir: str, name: str, mode: str, workers: int, batch_size: int,
                         batches: int, warmup: int, repeats: int, image_size: int = 224) -> dict:
-  """Images/s of kd_jax's imagenet_train or imagenet_eval in this process, pinned to `workers`
+  """Images/s of kd_jax's train_stream or eval_stream in this process, pinned to `workers`
   cores. Must run before TensorFlow is imported (its thread pools are sized at start-up)."""
   cores = _pin(workers)
   if mode == "train":
-    it = data_lib.imagenet_train(data_dir, batch_size=batch_size, seed=0, name=name,
+    it = data_lib.train_stream(data_dir, batch_size=batch_size, seed=0, name=name,
                                  image_size=image_size)
   else:
     def eval_stream():
       while True:  # each pass is one epoch of the split, in file order
-        yield from data_lib.imagenet_eval(data_dir, batch_size=batch_size, name=name,
+        yield from data_lib.eval_stream(data_dir, batch_size=batch_size, name=name,
                                           image_size=image_size)
     it = eval_stream()
   t0 = time.perf_counter()

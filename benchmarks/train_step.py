@@ -82,7 +82,7 @@ def build(args: argparse.Namespace) -> Setup:
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
   repl = NamedSharding(mesh, P())
 
-  # Synthetic CIFAR-shaped split, device-resident and replicated like loop._setup_data.
+  # Synthetic CIFAR-shaped split, device-resident and replicated like loop.setup_data.
   rng = np.random.default_rng(args.seed)
   n = max(args.num_examples or (64 if args.teacher_cache else 50000), config.batch_size)
   images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)

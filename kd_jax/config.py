@@ -21,16 +21,14 @@ import ml_collections
 
 from kd_jax import methods
 from kd_jax import models
-from kd_jax.data import cifar as cifar_data
-from kd_jax.data import imagenet as imagenet_data
-from kd_jax.data import sources as data_sources
+from kd_jax import data as data_lib
 from kd_jax import errors
 from kd_jax.errors import ConfigError, DataError
 
 # Datasets with presets (more: 'imagefolder:PATH' and TFDS names, kd_jax/data/sources.py).
-DATASETS = tuple(data_sources.KNOWN_DATASETS)
-IN_MEMORY_DATASETS = cifar_data.ACCEPTED_NAMES
-NUM_CLASSES = {name: preset[2] for name, preset in data_sources.KNOWN_DATASETS.items()}
+DATASETS = tuple(data_lib.KNOWN_DATASETS)
+IN_MEMORY_DATASETS = data_lib.IN_MEMORY_PRESETS
+NUM_CLASSES = {name: preset.num_classes for name, preset in data_lib.KNOWN_DATASETS.items()}
 SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd",)
 
@@ -83,10 +81,10 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("image_size", 0, "input height/width (0 = the dataset's: 32 CIFAR, 224 streamed, else the "
      "images' own)"),
     ("tfds_name", "", "TFDS name read instead of `dataset` (not for CIFAR/synthetic)"),
-    ("crop_area", (0.08, 1.0), "augment='random_resized_crop': area fraction range (lo, hi)"),
-    ("crop_aspect", (3.0 / 4.0, 4.0 / 3.0),
+    ("crop_area", data_lib.CROP_AREA, "augment='random_resized_crop': area fraction range (lo, hi)"),
+    ("crop_aspect", data_lib.CROP_ASPECT,
      "augment='random_resized_crop': width/height range (lo, hi)"),
-    ("augment", "auto", "training augmentation: " + " | ".join(data_sources.AUGMENTATIONS)),
+    ("augment", "auto", "training augmentation: " + " | ".join(data_lib.AUGMENTATIONS)),
     ("mean", (), "per-channel mean in [0, 1] pixel units; () = the dataset's default"),
     ("std", (), "per-channel std in [0, 1] pixel units; () = the dataset's default"),
     ("skip_unreadable_images", False, "image folders: leave out files that cannot be decoded "
@@ -489,7 +487,7 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
 def _crop_ranges(config) -> None:
   """crop_area: 0 < lo <= hi <= 1; crop_aspect: 0 < lo <= hi; only streamed datasets."""
   try:
-    imagenet_data.check_crop_ranges(config.crop_area, config.crop_aspect)
+    data_lib.check_crop_ranges(config.crop_area, config.crop_aspect)
   except DataError as e:
     raise ConfigError(f"config.{e}") from None
   for key in ("crop_area", "crop_aspect"):
@@ -505,14 +503,14 @@ def _crop_ranges(config) -> None:
 def _dataset(config) -> None:
   """A preset name, 'imagefolder:PATH' or a TFDS-style name (whether it exists is checked later)."""
   try:
-    data_sources.check_dataset_name(config.dataset)
+    data_lib.sources.check_dataset_name(config.dataset)
   except DataError as e:
     raise ConfigError(f"config.{e}") from None
 
 
 def _augment_and_normalization(config) -> None:
   """augment in AUGMENTATIONS (and fitting a preset's pipeline); mean/std () or 3 numbers."""
-  _choice(config, "augment", data_sources.AUGMENTATIONS)
+  _choice(config, "augment", data_lib.AUGMENTATIONS)
   for key, lo, what in (("mean", 0.0, "0 <= m <= 1"), ("std", None, "0 < s <= 1")):
     value = config[key]
     try:
@@ -542,15 +540,16 @@ def _views(config) -> None:
   base, plugins = methods.methods_of(config)
   views = methods.run_views([methods.get(n) for n in (base,) + plugins])
   for view in views:
-    if view.augment and view.augment not in data_sources.AUGMENTATIONS:
+    if view.augment and view.augment not in data_lib.AUGMENTATIONS:
       raise ConfigError(f"method {config.method!r}: view {view.name!r} has augmentation "
                         f"{view.augment!r}; accepted: "
-                        f"{', '.join(repr(a) for a in data_sources.AUGMENTATIONS)}")
-  own = [v.name for v in views if v.augment and v.augment != config.augment]
-  if config.teacher_cache and own and config.augment != "none":
-    raise ConfigError(f"config.teacher_cache={config.teacher_cache!r} holds the teacher's logits "
-                      f"of the run's augmentation only; method {config.method!r} has views "
-                      f"{own} with their own augmentation (set config.teacher_cache='')")
+                        f"{', '.join(repr(a) for a in data_lib.AUGMENTATIONS)}")
+  if config.teacher_cache and config.augment in data_lib.AUGMENTATIONS:
+    augments = data_lib.view_augments(config.augment, [v.augment for v in views], True)
+    problem = data_lib.teacher_table_problem(config.dataset, augments)
+    if problem:
+      raise ConfigError(f"config.teacher_cache={config.teacher_cache!r}: {problem} (set "
+                        f"config.teacher_cache='')")
 
 
 def _method_keys(config) -> None:
@@ -679,17 +678,6 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
                       f"positive integer")
   _augment_and_normalization(config)
   _ranges(config)
-  if config.teacher_cache:
-    try:   # the augmentation's number of distinct views, if finite (kd_jax/data)
-      cifar_data.cifar_num_views(data_sources.resolve_augment(config.augment, True))
-      finite = ""
-    except DataError as e:
-      finite = f"; {e}"
-    if config.dataset not in IN_MEMORY_DATASETS or finite:
-      raise ConfigError(f"config.teacher_cache={config.teacher_cache!r} needs an in-memory "
-                        f"dataset {sorted(IN_MEMORY_DATASETS)} and an augmentation with a "
-                        f"finite set of views; got dataset {config.dataset!r}, augment "
-                        f"{config.augment!r}{finite.rstrip('.')} (set config.teacher_cache='')")
   if config.wandb_project:
     import importlib.util  # pylint: disable=g-import-not-at-top
     if importlib.util.find_spec("wandb") is None:

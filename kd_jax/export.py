@@ -138,7 +138,7 @@ def metadata(config: Mapping[str, Any], *, fmt: str, checkpoint: str) -> Dict[st
   std = [float(v) for v in config.get("std") or ()] or None
   if mean is None or std is None:
     from kd_jax.data import sources  # pylint: disable=import-outside-toplevel
-    if config.get("dataset") in ("cifar100", "cifar10", "synthetic", "imagenet2012"):
+    if config.get("dataset") in sources.KNOWN_DATASETS:
       m, s = sources.resolve_mean_std(config["dataset"], mean or (), std or (),
                                       train_images=None)
       mean, std = list(m), list(s)

@@ -17,7 +17,7 @@ import pytest
 
 from kd_jax import data
 from kd_jax.data import common
-from kd_jax.data import imagenet as imagenet_lib
+from kd_jax.data import streamed as streamed_lib
 
 tfds = pytest.importorskip("tensorflow_datasets")
 tf = pytest.importorskip("tensorflow")
@@ -313,9 +313,9 @@ def _assert_constant_colour(batch):
 
 def test_imagenet_mock_train_and_eval():
   with tfds.testing.mock_data(num_examples=10):
-    train = data.imagenet_train(None, batch_size=4, seed=0, image_size=48)
+    train = data.train_stream(None, batch_size=4, seed=0, image_size=48)
     batches = _take(train, 3)  # 2 per epoch: crosses an epoch boundary.
-    evals = list(data.imagenet_eval(None, batch_size=4, image_size=48))
+    evals = list(data.eval_stream(None, batch_size=4, image_size=48))
   for b in batches:
     assert b["image"].shape == (4, 48, 48, 3) and b["image"].dtype == np.float32
     assert b["label"].dtype == np.int32 and 0 <= b["label"].min() <= b["label"].max() < 1000
@@ -328,9 +328,9 @@ def test_imagenet_mock_train_and_eval():
 
 def test_imagenet_train_values_and_determinism(fake_imagenet):
   kw = dict(batch_size=8, image_size=32, name="fake_imagenet")
-  a = _take(data.imagenet_train(fake_imagenet, seed=1, **kw), 6)
-  b = _take(data.imagenet_train(fake_imagenet, seed=1, **kw), 6)
-  c = _take(data.imagenet_train(fake_imagenet, seed=2, **kw), 6)
+  a = _take(data.train_stream(fake_imagenet, seed=1, **kw), 6)
+  b = _take(data.train_stream(fake_imagenet, seed=1, **kw), 6)
+  c = _take(data.train_stream(fake_imagenet, seed=2, **kw), 6)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
     np.testing.assert_array_equal(x["label"], y["label"])
@@ -344,9 +344,9 @@ def test_imagenet_train_values_and_determinism(fake_imagenet):
 
 def test_imagenet_train_resumable_across_epochs(fake_imagenet):
   kw = dict(batch_size=8, image_size=32, name="fake_imagenet", seed=5)
-  full = _take(data.imagenet_train(fake_imagenet, **kw), 10)  # 6 steps per epoch.
+  full = _take(data.train_stream(fake_imagenet, **kw), 10)  # 6 steps per epoch.
   for start in (4, 7):
-    resumed = _take(data.imagenet_train(fake_imagenet, start_step=start, **kw), 3)
+    resumed = _take(data.train_stream(fake_imagenet, start_step=start, **kw), 3)
     for x, y in zip(resumed, full[start:start + 3]):
       np.testing.assert_array_equal(x["label"], y["label"])
       np.testing.assert_array_equal(x["image"], y["image"])
@@ -358,17 +358,17 @@ def test_imagenet_train_resumable_across_epochs(fake_imagenet):
 def test_imagenet_train_process_shards_are_disjoint(fake_imagenet):
   kw = dict(batch_size=8, image_size=32, name="fake_imagenet", seed=0, process_count=2)
   shards = [np.concatenate([x["label"] for x in _take(
-      data.imagenet_train(fake_imagenet, process_index=p, **kw), 3)]) for p in range(2)]
+      data.train_stream(fake_imagenet, process_index=p, **kw), 3)]) for p in range(2)]
   assert len(set(shards[0])) == 24 and len(set(shards[1])) == 24
   assert not set(shards[0]) & set(shards[1])
   with pytest.raises(data.DataError, match="process_index=2 with process_count=2"):
-    data.imagenet_train(fake_imagenet, process_index=2, **kw)
+    data.train_stream(fake_imagenet, process_index=2, **kw)
   with pytest.raises(data.DataError, match="batch_size=32 exceeds the 24 examples"):
-    data.imagenet_train(fake_imagenet, **{**kw, "batch_size": 32})
+    data.train_stream(fake_imagenet, **{**kw, "batch_size": 32})
 
 
 def test_imagenet_eval_covers_all_once_across_processes(fake_imagenet):
-  per_process = [list(data.imagenet_eval(fake_imagenet, batch_size=4, image_size=24,
+  per_process = [list(data.eval_stream(fake_imagenet, batch_size=4, image_size=24,
                                          name="fake_imagenet", process_index=p,
                                          process_count=3)) for p in range(3)]
   assert {len(batches) for batches in per_process} == {2}  # ceil(ceil(20/3)/4): lockstep.
@@ -387,7 +387,7 @@ def test_imagenet_eval_covers_all_once_across_processes(fake_imagenet):
 def test_random_resized_crop_window_bounds():
   areas, ratios = [], []
   for i in range(150):
-    y, x, h, w = imagenet_lib.random_resized_crop_window(
+    y, x, h, w = streamed_lib.random_resized_crop_window(
         tf.constant([120, 200, 3]), tf.constant([3, i], tf.int64)).numpy()
     assert 0 <= y and y + h <= 120 and 0 <= x and x + w <= 200 and h > 0 and w > 0
     areas.append(h * w / (120 * 200))
@@ -395,7 +395,7 @@ def test_random_resized_crop_window_bounds():
   assert 0.07 <= min(areas) and max(areas) <= 1.0 and np.ptp(areas) > 0.5
   assert 0.7 <= min(ratios) and max(ratios) <= 1.4
   # No attempt can fit a 10x1000 strip: ratio-clamped centre crop 10 x round(10*4/3).
-  box = imagenet_lib.random_resized_crop_window(tf.constant([10, 1000, 3]),
+  box = streamed_lib.random_resized_crop_window(tf.constant([10, 1000, 3]),
                                                 tf.constant([0, 0], tf.int64)).numpy()
   np.testing.assert_array_equal(box, [0, (1000 - 13) // 2, 10, 13])
 
@@ -405,7 +405,7 @@ def test_random_resized_crop_window_takes_the_configured_ranges():
   area_range, aspect_range = (0.1, 1.0), (0.8, 1.25)
   areas, ratios = [], []
   for i in range(200):
-    y, x, h, w = imagenet_lib.random_resized_crop_window(
+    y, x, h, w = streamed_lib.random_resized_crop_window(
         tf.constant([300, 400, 3]), tf.constant([5, i], tf.int64), area_range=area_range,
         aspect_range=aspect_range).numpy()
     assert 0 <= y and y + h <= 300 and 0 <= x and x + w <= 400
@@ -417,11 +417,11 @@ def test_random_resized_crop_window_takes_the_configured_ranges():
   assert 0.8 / 1.01 <= min(ratios) and max(ratios) <= 1.25 * 1.01
   assert min(ratios) < 0.85 and max(ratios) > 1.2
   # The same seeds with the default ranges give ratios outside 0.8-1.25.
-  default = [imagenet_lib.random_resized_crop_window(
+  default = [streamed_lib.random_resized_crop_window(
       tf.constant([300, 400, 3]), tf.constant([5, i], tf.int64)).numpy() for i in range(200)]
   assert any(not 0.8 <= w / h <= 1.25 for _, _, h, w in default)
   # No attempt fits a 10x1000 strip: the fallback clamps to the configured aspect (1.25).
-  box = imagenet_lib.random_resized_crop_window(
+  box = streamed_lib.random_resized_crop_window(
       tf.constant([10, 1000, 3]), tf.constant([0, 0], tf.int64), area_range=area_range,
       aspect_range=aspect_range).numpy()
   np.testing.assert_array_equal(box, [0, (1000 - 12) // 2, 10, 12])  # round(10 * 1.25) = 12
@@ -433,18 +433,18 @@ def test_random_resized_crop_window_takes_the_configured_ranges():
                                                    ((0.1, 1.0), 1.25)])
 def test_imagenet_train_refuses_bad_crop_ranges(crop_area, crop_aspect, tmp_path):
   with pytest.raises(data.DataError, match="crop_a") as info:
-    data.imagenet_train(str(tmp_path), batch_size=8, seed=0, crop_area=crop_area,
+    data.train_stream(str(tmp_path), batch_size=8, seed=0, crop_area=crop_area,
                         crop_aspect=crop_aspect)
   assert "0 < lo <= hi" in str(info.value)
 
 
 def test_resize_shorter_center_crop():
   image = tf.constant(np.random.default_rng(0).integers(0, 256, (256, 300, 3)), tf.uint8)
-  out = imagenet_lib.resize_shorter_center_crop(image, resize_size=256, crop_size=224)
+  out = streamed_lib.resize_shorter_center_crop(image, resize_size=256, crop_size=224)
   assert out.shape == (224, 224, 3)
   # Shorter side already 256: no resampling, centre crop at (16, 38).
   np.testing.assert_allclose(out.numpy(), image.numpy()[16:240, 38:262], atol=1e-3)
-  tall = imagenet_lib.resize_shorter_center_crop(tf.zeros([400, 300, 3]), resize_size=37,
+  tall = streamed_lib.resize_shorter_center_crop(tf.zeros([400, 300, 3]), resize_size=37,
                                                  crop_size=32)
   assert tall.shape == (32, 32, 3)
 
@@ -452,8 +452,8 @@ def test_resize_shorter_center_crop():
 def test_imagenet_not_prepared_explains_manual_download(tmp_path):
   root = str(tmp_path / "tfds")
   manual = os.path.join(root, "downloads", "manual")
-  for call in (lambda: data.imagenet_train(root, batch_size=8, seed=0),
-               lambda: data.imagenet_eval(root, batch_size=8)):
+  for call in (lambda: data.train_stream(root, batch_size=8, seed=0),
+               lambda: data.eval_stream(root, batch_size=8)):
     start = time.monotonic()
     with pytest.raises(data.DataError) as info:
       call()
@@ -466,9 +466,9 @@ def test_imagenet_not_prepared_explains_manual_download(tmp_path):
   os.makedirs(manual)
   open(os.path.join(manual, "ILSVRC2012_img_val.tar"), "w").close()
   with pytest.raises(data.DataError, match="found.*ILSVRC2012_img_val.tar"):
-    data.imagenet_eval(root, batch_size=8)
+    data.eval_stream(root, batch_size=8)
   with pytest.raises(data.DataError, match="'no_such_dataset'"):
-    data.imagenet_eval(root, batch_size=8, name="no_such_dataset")
+    data.eval_stream(root, batch_size=8, name="no_such_dataset")
 
 
 def _add_to_tar(tar, name, payload):
@@ -497,14 +497,14 @@ def test_imagenet2012_built_from_manual_archives(tmp_path):
     for i in range(1, 6):
       _add_to_tar(val, f"ILSVRC2012_val_{i:08d}.JPEG", _jpeg(30 * i))
   with pytest.raises(data.DataError, match="found.*ILSVRC2012_img_train.tar"):
-    data.imagenet_eval(root, batch_size=4)
+    data.eval_stream(root, batch_size=4)
   # The command the DataError prints (without the tfds CLI, which needs apache-beam).
   tfds.builder("imagenet2012", data_dir=root).download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual))
-  train = _take(data.imagenet_train(root, batch_size=4, seed=0, image_size=32), 2)
+  train = _take(data.train_stream(root, batch_size=4, seed=0, image_size=32), 2)
   labels = np.concatenate([b["label"] for b in train])
   np.testing.assert_array_equal(np.sort(labels), [0, 0, 0, 0, 1, 1, 1, 1])
-  evals = list(data.imagenet_eval(root, batch_size=4, image_size=32))
+  evals = list(data.eval_stream(root, batch_size=4, image_size=32))
   assert len(evals) == 2 and sum(int(b["mask"].sum()) for b in evals) == 5
   names = tfds.builder("imagenet2012", data_dir=root).info.features["label"].names
   with open(os.path.join(os.path.dirname(tfds.__file__), "datasets", "imagenet2012",

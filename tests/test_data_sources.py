@@ -201,9 +201,9 @@ def test_num_classes_follows_the_dataset_unless_chosen(tmp_path, capsys):
   a chosen value that differs is one error naming the right value."""
   with tfds.testing.mock_data(num_examples=8):
     with pytest.raises(errors.ConfigError) as info:
-      loop._setup_data(_config(dataset="svhn_cropped", data_dir=str(tmp_path), num_classes=7),
+      loop.setup_data(_config(dataset="svhn_cropped", data_dir=str(tmp_path), num_classes=7),
                        _mesh())
-    followed = loop._setup_data(_config(dataset="svhn_cropped", data_dir=str(tmp_path),
+    followed = loop.setup_data(_config(dataset="svhn_cropped", data_dir=str(tmp_path),
                                         batch_size=8), _mesh())
   message = str(info.value)
   assert "config.num_classes=7" in message and "10 classes" in message
@@ -213,9 +213,9 @@ def test_num_classes_follows_the_dataset_unless_chosen(tmp_path, capsys):
   _write_folder(root, LAYOUT)
   with pytest.raises(errors.ConfigError, match=r"num_classes=2 .*3 classes.*"
                      r"--config.num_classes=3"):
-    loop._setup_data(_config(dataset=f"imagefolder:{root}", num_classes=2), _mesh())
+    loop.setup_data(_config(dataset=f"imagefolder:{root}", num_classes=2), _mesh())
   capsys.readouterr()
-  followed = loop._setup_data(_config(dataset=f"imagefolder:{root}", batch_size=4), _mesh())
+  followed = loop.setup_data(_config(dataset=f"imagefolder:{root}", batch_size=4), _mesh())
   assert followed.num_classes == 3
   assert "num_classes=3: the number of classes of dataset" in capsys.readouterr().out
 
@@ -242,16 +242,16 @@ def test_tfds_held_in_memory_within_budget_streamed_beyond(tmp_path):
   data_dir = _fixed_tfds(str(tmp_path / "tfds"))
   need_mb = 40 * 8 * 8 * 3 / 2 ** 20   # uint8 training split
   base = dict(dataset="tiny_fixed", data_dir=data_dir, num_classes=5)
-  fits = loop._in_memory_plan(_config(**base, in_memory_budget_mb=need_mb * 1.01), data_dir)
-  over = loop._in_memory_plan(_config(**base, in_memory_budget_mb=need_mb * 0.99), data_dir)
+  fits = data.run_data.in_memory_plan(_config(**base, in_memory_budget_mb=need_mb * 1.01), data_dir, schema_num_classes=100)
+  over = data.run_data.in_memory_plan(_config(**base, in_memory_budget_mb=need_mb * 0.99), data_dir, schema_num_classes=100)
   assert fits == (True, 0) and over == (False, 8)
-  setup = loop._setup_data(_config(**base, batch_size=8), _mesh())
+  setup = loop.setup_data(_config(**base, batch_size=8), _mesh())
   assert setup.in_memory and setup.steps_per_epoch == 5 and setup.image_size == 8
   assert setup.augment == "pad_crop_flip"
   images = np.asarray(setup.train[0])
   expected_mean = (images / 255.0).mean(axis=(0, 1, 2))
   np.testing.assert_allclose(setup.mean, expected_mean, rtol=1e-12)
-  streamed = loop._setup_data(_config(**base, batch_size=8, in_memory_budget_mb=0.0,
+  streamed = loop.setup_data(_config(**base, batch_size=8, in_memory_budget_mb=0.0,
                                       eval_batch_size=5), _mesh())
   assert not streamed.in_memory and streamed.augment == "random_resized_crop"
   assert streamed.steps_per_epoch == 5
@@ -266,10 +266,10 @@ def test_variable_size_tfds_dataset_is_streamed_with_its_metadata(tmp_path):
                                       num_validation=4, num_classes=7)
   config = _config(dataset="fake_imagenet", data_dir=data_dir, num_classes=7, batch_size=4,
                    eval_split="validation", image_size=16, eval_batch_size=4)
-  setup = loop._setup_data(config, _mesh())
+  setup = loop.setup_data(config, _mesh())
   assert not setup.in_memory and setup.steps_per_epoch == 4 and setup.image_size == 16
   with pytest.raises(errors.ConfigError, match=r"num_classes=5 .*7 classes"):
-    loop._setup_data(_config(dataset="fake_imagenet", data_dir=data_dir, num_classes=5),
+    loop.setup_data(_config(dataset="fake_imagenet", data_dir=data_dir, num_classes=5),
                      _mesh())
 
 
@@ -278,7 +278,7 @@ def test_offline_missing_tfds_dataset_says_how_to_prepare(tmp_path, monkeypatch)
   empty = str(tmp_path / "tfds")
   start = time.monotonic()
   with pytest.raises(errors.USER_ERRORS) as info:
-    loop._setup_data(_config(dataset="svhn_cropped", data_dir=empty, num_classes=10),
+    loop.setup_data(_config(dataset="svhn_cropped", data_dir=empty, num_classes=10),
                      _mesh())
   assert time.monotonic() - start < 30
   message = str(info.value)
@@ -359,7 +359,7 @@ def test_training_batch_with_augment_none_is_the_whole_split_normalised():
   labels = np.arange(16, dtype=np.int32)
   mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
   spec = types.SimpleNamespace(seed=0, batch_size=16, augment="none", mean=mean, std=std,
-                               crop_area=data.RRC_AREA, crop_aspect=data.RRC_ASPECT,
+                               crop_area=data.CROP_AREA, crop_aspect=data.CROP_ASPECT,
                                mesh=_mesh(), loss=types.SimpleNamespace(
                                    views=(methods.View(methods.DEFAULT_VIEW),)))
   expected = (images / 255.0 - np.array(mean)) / np.array(std)
@@ -380,18 +380,19 @@ def test_streamed_augment_none_equals_the_eval_transform(tmp_path):
                                       noise=30)
   kw = dict(batch_size=8, image_size=16, name="fake_imagenet")
   mean, std = (0.3, 0.4, 0.5), (0.2, 0.2, 0.2)
-  a = next(data.imagenet_train(data_dir, seed=0, augment="none", mean=mean, std=std, **kw))
-  b = next(data.imagenet_train(data_dir, seed=7, augment="none", mean=mean, std=std, **kw))
-  ev = next(data.imagenet_eval(data_dir, split="train", mean=mean, std=std, **kw))
+  a = next(data.train_stream(data_dir, seed=0, augment="none", mean=mean, std=std, **kw))
+  b = next(data.train_stream(data_dir, seed=7, augment="none", mean=mean, std=std, **kw))
+  ev = next(data.eval_stream(data_dir, split="train", mean=mean, std=std, **kw))
   by_label = lambda batch: batch["image"][np.argsort(batch["label"])]  # noqa: E731
   np.testing.assert_array_equal(by_label(a), by_label(b))
   np.testing.assert_array_equal(by_label(a), by_label(ev))
-  plain = next(data.imagenet_eval(data_dir, split="train", **kw))
+  plain = next(data.eval_stream(data_dir, split="train", **kw))
   np.testing.assert_allclose(by_label(ev) * np.array(std) + np.array(mean),
                              by_label(plain) * data.IMAGENET_STD + data.IMAGENET_MEAN,
                              atol=1e-5)
-  with pytest.raises(data.DataError, match="augment='auto'.*accepted: random_resized_crop"):
-    data.imagenet_train(data_dir, seed=0, augment="auto", **kw)
+  with pytest.raises(data.DataError, match="augment='auto' for streamed data; accepted: "
+                     "pad_crop_flip, random_resized_crop, none, randaugment"):
+    data.train_stream(data_dir, seed=0, augment="auto", **kw)
 
 
 def test_streamed_pad_crop_flip_shifts_and_mirrors_the_resized_image(tmp_path):
@@ -400,8 +401,8 @@ def test_streamed_pad_crop_flip_shifts_and_mirrors_the_resized_image(tmp_path):
   data_dir = _fixed_tfds(str(tmp_path / "tfds"), n_train=32, n_test=4)
   kw = dict(batch_size=32, image_size=8, name="tiny_fixed", augment="pad_crop_flip",
             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-  a = next(data.imagenet_train(data_dir, seed=3, **kw))
-  b = next(data.imagenet_train(data_dir, seed=3, **kw))
+  a = next(data.train_stream(data_dir, seed=3, **kw))
+  b = next(data.train_stream(data_dir, seed=3, **kw))
   np.testing.assert_array_equal(a["image"], b["image"])
   reference = {}
   builder = tfds.builder("tiny_fixed", data_dir=data_dir)

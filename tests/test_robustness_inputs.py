@@ -146,7 +146,7 @@ def test_one_class_folder_is_refused_before_training(tmp_path):
   from kd_jax.train import loop  # pylint: disable=g-import-not-at-top
   root = _folder(tmp_path, {"train": {"only": 4}, "test": {"only": 2}})
   with pytest.raises(errors.ConfigError, match=r"has 1 class .*at least 2 classes"):
-    loop._setup_data(_config(dataset=f"imagefolder:{root}", batch_size=2), _mesh())
+    loop.setup_data(_config(dataset=f"imagefolder:{root}", batch_size=2), _mesh())
 
 
 # --- Values the schema can range-check, before anything heavy ------------------------------

@@ -31,7 +31,7 @@ def tiny_config(method: str = "kd", num_devices: int = 1, steps: int = 8):
 
 def _setup(config):
   mesh = loop.make_mesh(config)
-  data = loop._setup_data(config, mesh)  # pylint: disable=protected-access
+  data = loop.setup_data(config, mesh)  # pylint: disable=protected-access
   trainer = loop.build_trainer(config, mesh, steps_per_epoch=data.steps_per_epoch,
                                total_steps=config.num_train_steps, in_memory=True,
                                mean=data.mean, std=data.std)
@@ -157,7 +157,8 @@ def test_view_numbers_cover_every_crop_and_flip_once():
   assert sorted(views.tolist()) == list(range(162))
   for v, o, f in zip(views, offsets, flips):
     assert data_lib.cifar_view_params(int(v)) == ((int(o[0]), int(o[1])), bool(f))
-  assert data_lib.cifar_num_views("none") == 1
+  assert data_lib.AUGMENTATION_REGISTRY["none"].num_views == 1
+  assert data_lib.AUGMENTATION_REGISTRY["pad_crop_flip"].num_views == 162
 
 
 def test_table_rows_are_the_teacher_on_each_augmented_view():
@@ -521,7 +522,7 @@ def _spread_sweep_step(num_devices: int, runs_per_device: int):
   config.image_size = 8   # the placement is under test, not the model: small, fast programs
   runs = sweep.Sweep(config, "unused")
   mesh = loop.make_mesh(config, num_runs=len(runs))
-  data = loop._setup_data(config, mesh)  # pylint: disable=protected-access
+  data = loop.setup_data(config, mesh)  # pylint: disable=protected-access
   trainer = loop.build_trainer(runs.configs[0], mesh, steps_per_epoch=data.steps_per_epoch,
                                total_steps=8, in_memory=True, mean=data.mean, std=data.std)
   state = runs.init_state(trainer, runs.configs)

@@ -6,6 +6,7 @@ Also the TFDS plumbing (lazy TensorFlow import, offline detection, "not prepared
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import threading
@@ -18,9 +19,19 @@ import numpy as np
 
 from kd_jax.errors import DataError
 
-# CIFAR's per-channel normalisation (mdistiller's), in [0, 1] pixel units.
+# CIFAR's per-channel normalisation (mdistiller's) and ImageNet's (torchvision's), in [0, 1]
+# pixel units.
 CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR_STD = (0.2675, 0.2565, 0.2761)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The augmentations' constants (kd_jax/data/augmentations.py). random_resized_crop: torchvision
+# RandomResizedCrop's default area fraction and width / height ranges (config.crop_area and
+# config.crop_aspect default to them); pad_crop_flip: RandomCrop(size, padding=PAD).
+CROP_AREA = (0.08, 1.0)
+CROP_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
+PAD = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +142,23 @@ def pad_batch(batch: dict, batch_size: int) -> dict:
   return out
 
 
+def check_crop_ranges(crop_area: Sequence[float], crop_aspect: Sequence[float]
+                      ) -> tuple[tuple[float, float], tuple[float, float]]:
+  """(lo, hi) pairs with 0 < area lo <= hi <= 1 and 0 < aspect lo <= hi, else DataError."""
+  out = []
+  for key, value, top in (("crop_area", crop_area, 1.0), ("crop_aspect", crop_aspect, None)):
+    try:
+      lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+      lo = hi = math.nan
+    if not (0 < lo <= hi and (top is None or hi <= top) and math.isfinite(hi)):
+      bound = " <= 1" if top else ""
+      raise DataError(f"{key}={value!r}; accepted: two numbers (lo, hi) with 0 < lo <= hi"
+                      f"{bound}.")
+    out.append((lo, hi))
+  return out[0], out[1]
+
+
 # ----------------------------------------------------------------------------- TFDS plumbing
 
 
@@ -209,20 +237,6 @@ def prepare_commands(name: str, root: str, manual_dir: str | None = None) -> str
           f"data_dir={root!r}).download_and_prepare({config.lstrip(', ')})\"\n"
           f"or, with apache-beam installed (the tfds CLI imports it):\n"
           f"  tfds build {name} --data_dir={root}{cli_manual}\n")
-
-
-def tfds_builder(name: str, data_dir: str | None):
-  """tfds.builder with unknown names turned into a DataError."""
-  tfds = import_tfds()
-  try:
-    return tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # DatasetNotFoundError and friends.
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise DataError(
-        f"No TFDS dataset named {name!r} is registered or found in data_dir "
-        f"{resolved_data_dir(data_dir)!r} ({first_line}); accepted: cifar100, cifar10, "
-        "synthetic, imagenet2012, imagefolder:PATH or a registered TFDS dataset name "
-        "(see docs/data.md).") from None
 
 
 def open_split(builder, split, **as_dataset_kwargs):

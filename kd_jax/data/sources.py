@@ -7,8 +7,9 @@
   names;
 - any other TFDS name whose examples have an `image` and a `label` (ClassLabel) feature.
 
-This module also owns the augmentation names and the rules that resolve `augment`, `mean` and
-`std` (see docs/data.md "Bring your own data"). TensorFlow is imported lazily.
+This module also owns the presets (`Preset`) and the rules that resolve `mean` and `std` (see
+docs/data.md "Bring your own data"); the augmentations are kd_jax/data/augmentations.py's.
+TensorFlow is imported lazily.
 """
 
 from __future__ import annotations
@@ -22,18 +23,31 @@ import numpy as np
 
 from kd_jax import console
 from kd_jax.data import common
-from kd_jax.data import imagenet
 from kd_jax.data.common import DataError, InMemoryData
 
-# Augmentations of the training images. 'auto': pad_crop_flip for data held in memory,
-# random_resized_crop for streamed data. 'none': no crop and no flip, only normalisation.
-# 'randaugment': pad_crop_flip, then MLKD's RandAugment(2, 10) and Cutout (data held in memory).
-AUGMENTATIONS = ("auto", "pad_crop_flip", "random_resized_crop", "none", "randaugment")
 IMAGEFOLDER_PREFIX = "imagefolder:"
-# Names with presets: (in memory, default image size, number of classes).
-KNOWN_DATASETS = {"cifar100": (True, 32, 100), "cifar10": (True, 32, 10),
-                  "synthetic": (True, 32, 100), "imagenet2012": (False, 224, 1000)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """What a known dataset name decides."""
+  in_memory: bool                 # held in device memory (else streamed)
+  image_size: int                 # the default config.image_size
+  num_classes: int
+  mean: tuple                     # the default normalisation, [0, 1] pixel units
+  std: tuple
+
+
+_CIFAR = (common.CIFAR_MEAN, common.CIFAR_STD)
+# The names with presets; 'synthetic' is generated offline (kd_jax/data/in_memory.py).
+KNOWN_DATASETS: dict[str, Preset] = {
+    "cifar100": Preset(True, 32, 100, *_CIFAR), "cifar10": Preset(True, 32, 10, *_CIFAR),
+    "synthetic": Preset(True, 32, 100, *_CIFAR),
+    "imagenet2012": Preset(False, 224, 1000, common.IMAGENET_MEAN, common.IMAGENET_STD)}
+# The presets held in memory (config.IN_MEMORY_DATASETS; other data: decided by its size).
+IN_MEMORY_PRESETS = tuple(n for n, p in KNOWN_DATASETS.items() if p.in_memory)
 STREAMED_IMAGE_SIZE = 224     # image_size=0 for a streamed dataset without a preset
+IN_MEMORY_IMAGE_SIZE = 32     # the models' input size when neither the config nor a preset says
 # A TFDS name: 'name', 'name/config', optionally ':version'.
 _TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
 _ACCEPTED = (f"{', '.join(KNOWN_DATASETS)}, imagefolder:PATH (PATH/train/<class>/*.png|jpg) "
@@ -59,18 +73,6 @@ def check_dataset_name(name: Any) -> None:
     return
   if name not in KNOWN_DATASETS and not _TFDS_NAME.match(name):
     raise DataError(f"dataset={name!r}; accepted: {_ACCEPTED}.")
-
-
-def resolve_augment(augment: str, in_memory: bool) -> str:
-  """The augmentation that runs: 'auto' becomes pad_crop_flip in memory, else random_resized_crop.
-
-  Every other name runs as given, in memory (JAX) and streamed (tf.data) alike.
-  """
-  if augment not in AUGMENTATIONS:
-    raise DataError(f"augment={augment!r}; accepted: {', '.join(AUGMENTATIONS)}.")
-  if augment == "auto":
-    return "pad_crop_flip" if in_memory else "random_resized_crop"
-  return augment
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -102,17 +104,18 @@ def resolve_mean_std(dataset: str, mean: Sequence[float], std: Sequence[float], 
                      train_images: np.ndarray | None) -> tuple[tuple, tuple]:
   """Normalisation constants: the configured ones, else the dataset's defaults.
 
-  Defaults: CIFAR's constants for cifar10/cifar100/synthetic, ImageNet's for imagenet2012 and
-  any streamed dataset (train_images None), the training split's own statistics
-  (channel_stats) for other data held in memory. mean and std resolve independently.
+  Defaults: a preset's (KNOWN_DATASETS: CIFAR's constants for cifar10/cifar100/synthetic,
+  ImageNet's for imagenet2012), ImageNet's for any other streamed dataset (train_images None),
+  the training split's own statistics (channel_stats) for other data held in memory. mean and
+  std resolve independently.
   """
   mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
   if mean and std:
     return mean, std
-  if dataset in ("cifar100", "cifar10", "synthetic"):
-    default = (common.CIFAR_MEAN, common.CIFAR_STD)
-  elif dataset == "imagenet2012" or train_images is None:
-    default = (imagenet.IMAGENET_MEAN, imagenet.IMAGENET_STD)
+  if dataset in KNOWN_DATASETS:
+    default = (KNOWN_DATASETS[dataset].mean, KNOWN_DATASETS[dataset].std)
+  elif train_images is None:
+    default = (common.IMAGENET_MEAN, common.IMAGENET_STD)
   else:
     default = channel_stats(train_images)
   return mean or tuple(default[0]), std or tuple(default[1])
@@ -225,9 +228,9 @@ def dataset_fingerprint(name: str, splits: Sequence[str], data_dir: str | None =
   root = imagefolder_root(name)
   if root is not None:
     return folder_fingerprint(list_imagefolder(root), splits)
-  if name == "synthetic":
+  if name == "synthetic":   # this text is part of the identity that config.json records
     return "synthetic (generated by kd_jax.data.cifar)"
-  builder = common.tfds_builder(name, data_dir)
+  builder = tfds_builder(name, data_dir)
   info = builder.info
   sizes = ", ".join(f"{s} {int(info.splits[s].num_examples)}" for s in sorted(info.splits))
   return f"tfds {info.full_name}: {sizes}"
@@ -346,6 +349,21 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- any TFDS dataset
 
 
+def tfds_builder(name: str, data_dir: str | None):
+  """tfds.builder with unknown names turned into a DataError."""
+  tfds = common.import_tfds()
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError and friends.
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(
+        f"No TFDS dataset named {name!r} is registered or found in data_dir "
+        f"{common.resolved_data_dir(data_dir)!r} ({first_line}); accepted: {', '.join(KNOWN_DATASETS)}, "
+        "imagefolder:PATH or a registered TFDS dataset name (see docs/data.md).") from None
+
+
+
+
 @dataclasses.dataclass(frozen=True)
 class TfdsLayout:
   """What a TFDS image-classification dataset's metadata says."""
@@ -356,7 +374,7 @@ class TfdsLayout:
 
 def tfds_layout(name: str, data_dir: str | None, split: str = "train") -> TfdsLayout:
   """Checks that `name` has 'image' and 'label' (ClassLabel) features and reads its sizes."""
-  builder = common.tfds_builder(name, data_dir)
+  builder = tfds_builder(name, data_dir)
   features = builder.info.features
   keys = sorted(getattr(features, "keys", lambda: [])())
   if "image" not in keys or "label" not in keys:

@@ -85,20 +85,11 @@ def make_mesh(config, num_runs: int = 1) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A global array from a host value that every process holds in full (multi-host safe)."""
-  x = np.asarray(x)
-  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
 def _image_size(config) -> int:
   """config.image_size, else the preset's (224 ImageNet / streamed, 32 otherwise).
 
   train_and_evaluate resolves image_size from the data first (resolved_config)."""
-  if config.image_size:
-    return config.image_size
-  preset = data_lib.KNOWN_DATASETS.get(config.dataset)
-  return preset[1] if preset else 32
+  return data_lib.default_image_size(config)
 
 
 def load_teacher(config) -> tuple[Any, PyTree]:
@@ -131,143 +122,13 @@ def load_student_init(config) -> PyTree:
 # Data.
 
 
-@dataclasses.dataclass
-class _Data:
-  in_memory: bool
-  steps_per_epoch: int
-  train: Any                       # (images, labels) global arrays, or a host iterator factory
-  eval_iter: Callable[[], Any]     # fresh iterator of padded host batches
-  mean: tuple
-  std: tuple
-  image_size: int = 32             # the models' input height = width
-  augment: str = "pad_crop_flip"   # resolved: pad_crop_flip | random_resized_crop | none
-  eval_batches: Any = None         # batches per evaluation, if known (progress display)
-  num_classes: int = 0             # the dataset's (config.num_classes follows it, _num_classes)
-  fingerprint: str = ""            # what identifies the data (sources.dataset_fingerprint)
+def setup_data(config, mesh) -> data_lib.Pipeline:
+  """The run's data (kd_jax.data.pipeline) for config.dataset and the views of config's methods."""
+  return data_lib.pipeline(config, mesh, views=methods.LossSpec.from_config(config).views,
+                           schema_num_classes=config_lib.base_config().num_classes)
 
 
-def _num_classes(config, found: int, where: str) -> int:
-  """The run's class count: config.num_classes, or the dataset's `found` when num_classes is
-  the schema's default (not chosen for this data); a chosen value that differs is refused."""
-  if found < 2:
-    raise ConfigError(f"dataset {config.dataset!r} has {found} class ({where}); accepted: at "
-                      f"least 2 classes to train a classifier (one sub-folder per class)")
-  if found == config.num_classes:
-    return found
-  if config.num_classes == config_lib.base_config().num_classes:
-    console.info(f"num_classes={found}: the number of classes of dataset {config.dataset!r} "
-                 f"({where})")
-    return found
-  raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
-                    f"{config.dataset!r}, which has {found} classes ({where}); set "
-                    f"--config.num_classes={found}")
-
-
-def _in_memory_plan(config, data_dir) -> tuple[bool, int]:
-  """(held in memory?, image size or 0 = the images' own) for config.dataset."""
-  name = config.dataset
-  preset = data_lib.KNOWN_DATASETS.get(name)
-  if preset is not None:
-    return preset[0], config.image_size or preset[1]
-  if data_lib.imagefolder_root(name) is not None:
-    return True, config.image_size
-  layout = data_lib.tfds_layout(config.tfds_name or name, data_dir)
-  _num_classes(config, layout.num_classes, "TFDS metadata")
-  if layout.image_shape is None:
-    return False, config.image_size or data_lib.STREAMED_IMAGE_SIZE
-  if layout.train_examples is None:  # not prepared yet: download it (if possible) to know N
-    data_lib.prepare_tfds(config.tfds_name or name, data_dir=data_dir)
-    layout = data_lib.tfds_layout(config.tfds_name or name, data_dir)
-  size = config.image_size or layout.image_shape[0]
-  need = data_lib.in_memory_bytes(layout.train_examples or 0, size)
-  if config.train_examples:
-    need = data_lib.in_memory_bytes(min(config.train_examples, layout.train_examples or
-                                        config.train_examples), size)
-  fits = need <= config.in_memory_budget_mb * 2 ** 20 and config.in_memory_budget_mb > 0
-  return fits, config.image_size if fits else config.image_size or size
-
-
-def _check_in_memory_split(config, train, test) -> int:
-  """The common square image size of the loaded splits, or a ConfigError asking to set it."""
-  name = config.dataset
-  shapes = {"train": train.images.shape[1:3], config.eval_split: test.images.shape[1:3]}
-  if len(set(shapes.values())) > 1 or shapes["train"][0] != shapes["train"][1]:
-    sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in shapes.items())
-    raise ConfigError(f"config.image_size=0 but dataset {name!r} has images of {sizes}; "
-                      f"accepted: one square size in every split, or set --config.image_size=S "
-                      f"to resize all images to SxS")
-  budget = config.in_memory_budget_mb * 2 ** 20
-  need = train.images.nbytes
-  if need > budget and name not in data_lib.KNOWN_DATASETS:
-    raise ConfigError(f"dataset {name!r}: its training split takes {need / 2 ** 20:.1f} MB "
-                      f"as uint8, more than config.in_memory_budget_mb="
-                      f"{config.in_memory_budget_mb}; image folders are held in memory, so "
-                      f"raise the budget or set a smaller --config.image_size")
-  return int(shapes["train"][0])
-
-
-def _setup_data(config, mesh) -> _Data:
-  """The training and eval data of config.dataset, in memory or streamed (docs/data.md)."""
-  data_dir = config.data_dir or None
-  in_memory, size = _in_memory_plan(config, data_dir)
-  augment = data_lib.resolve_augment(config.augment, in_memory)
-  if in_memory:
-    source = config.dataset
-    if source not in data_lib.KNOWN_DATASETS and data_lib.imagefolder_root(source) is None:
-      source = config.tfds_name or source
-    skip = bool(config.get("skip_unreadable_images", False))
-    train = data_lib.load_in_memory(source, "train", data_dir=data_dir,
-                                    num_examples=config.train_examples or None,
-                                    image_size=size, skip_unreadable=skip)
-    num_classes = _num_classes(config, train.num_classes, "its class folders" if
-                               data_lib.imagefolder_root(source) is not None else "its labels")
-    test = data_lib.load_in_memory(source, config.eval_split, data_dir=data_dir,
-                                   num_examples=config.eval_examples or None,
-                                   image_size=size or int(train.images.shape[1]),
-                                   skip_unreadable=skip)
-    size = _check_in_memory_split(config, train, test)
-    n = len(train.labels)
-    if n < config.batch_size:
-      raise ConfigError(f"config.batch_size={config.batch_size} exceeds the "
-                                   f"{n} training examples")
-    mean, std = data_lib.resolve_mean_std(config.dataset, config.mean, config.std,
-                                          train_images=train.images)
-    repl = NamedSharding(mesh, P())
-    arrays = (_global_array(train.images, repl), _global_array(train.labels, repl))
-    return _Data(True, n // config.batch_size, arrays,
-                 lambda: data_lib.eval_batches(test, config.eval_batch_size),
-                 mean, std, size, augment,
-                 eval_batches=-(-len(test.labels) // config.eval_batch_size),
-                 num_classes=num_classes, fingerprint=data_lib.dataset_fingerprint(
-                     source, ("train", config.eval_split), data_dir))
-  # Streaming (ImageNet and large TFDS datasets): each process reads its own shard.
-  pc, pi = jax.process_count(), jax.process_index()
-  name = config.tfds_name or config.dataset
-  mean, std = data_lib.resolve_mean_std(config.dataset, config.mean, config.std,
-                                        train_images=None)
-  spe = data_lib.imagenet_steps_per_epoch(data_dir, global_batch_size=config.batch_size,
-                                          process_count=pc, name=name)
-
-  def train_iter(start_step):
-    return data_lib.imagenet_train(
-        data_dir, batch_size=config.batch_size // pc, seed=config.seed, start_step=start_step,
-        image_size=size, process_index=pi, process_count=pc, name=name,
-        crop_area=tuple(config.crop_area), crop_aspect=tuple(config.crop_aspect),
-        augment=augment, mean=mean, std=std)
-
-  def eval_iter():
-    return data_lib.imagenet_eval(
-        data_dir, batch_size=config.eval_batch_size // pc, image_size=size, process_index=pi,
-        process_count=pc, name=name, split=config.eval_split, mean=mean, std=std)
-
-  num_classes = _num_classes(config, data_lib.tfds_layout(name, data_dir).num_classes,
-                             "TFDS metadata")
-  return _Data(False, spe, train_iter, eval_iter, mean, std, size, augment,
-               num_classes=num_classes, fingerprint=data_lib.dataset_fingerprint(
-                   name, ("train", config.eval_split), data_dir))
-
-
-def resolved_config(config, data: _Data) -> ml_collections.ConfigDict:
+def resolved_config(config, data: data_lib.Pipeline) -> ml_collections.ConfigDict:
   """A copy of config with the data-dependent defaults filled in: image_size, augment, mean, std,
   num_classes, the logging cadence of a short run, and the data's fingerprint.
 
@@ -291,15 +152,7 @@ def resolved_config(config, data: _Data) -> ml_collections.ConfigDict:
   return out
 
 
-def _to_global_batch(batch: dict, mesh, axis: int = 0) -> dict:
-  """Host batch (this process's part) -> global array sharded on the data axis."""
-  spec = P(*([None] * axis + ["data"]))
-  sharding = NamedSharding(mesh, spec)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
-
-
-def evaluate(eval_fn, variables, data: _Data, mesh, num_classes: int,
+def evaluate(eval_fn, variables, data: data_lib.Pipeline, mesh, num_classes: int,
              on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
   """Exact top-1/top-5/loss over every example of the eval split (padded, masked batches).
 
@@ -312,7 +165,7 @@ def evaluate(eval_fn, variables, data: _Data, mesh, num_classes: int,
       data_lib.validate_batch(batch, num_classes=num_classes,
                               image_shape=tuple(np.shape(batch["image"])[1:]))
       first = False
-    out = eval_fn(variables, _to_global_batch(batch, mesh))
+    out = eval_fn(variables, data_lib.to_global_batch(batch, mesh))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     if on_batch is not None:
       on_batch(i + 1)
@@ -350,7 +203,7 @@ def build_trainer(config, mesh, *, steps_per_epoch: int, total_steps: int, in_me
   fingerprints = {"teacher_fingerprint": weights_fingerprint(teacher_vars,  # host arrays
                                                              config.teacher_checkpoint)
                   if loss_spec.needs_teacher else ""}
-  teacher_vars = jax.tree.map(lambda x: _global_array(x, repl), teacher_vars)
+  teacher_vars = jax.tree.map(lambda x: data_lib.global_array(x, repl), teacher_vars)
   student = models.create(config.student, config.num_classes,
                           aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
   schedule = state_lib.learning_rate_schedule(config, steps_per_epoch, total_steps)
@@ -483,7 +336,7 @@ class _RunFiles:
 LOW_PRECISION_TEACHER_TOLERANCE = 1e-2
 
 
-def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars, data: _Data,
+def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars, data: data_lib.Pipeline,
                                    mesh) -> tuple[step_lib.StepSpec, float]:
   """(spec, dev): the teacher of config.teacher_dtype if its logits on the first eval batch
   are within LOW_PRECISION_TEACHER_TOLERANCE of float32's, else spec with a float32 teacher."""
@@ -491,7 +344,7 @@ def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars
   dev_fn = step_lib.make_logit_deviation_fn(spec.teacher, reference, spec.mean, spec.std, mesh,
                                             data.in_memory)
   batch = next(iter(data.eval_iter()))
-  dev = float(jax.device_get(dev_fn(teacher_vars, _to_global_batch(batch, mesh))))
+  dev = float(jax.device_get(dev_fn(teacher_vars, data_lib.to_global_batch(batch, mesh))))
   if dev <= LOW_PRECISION_TEACHER_TOLERANCE:
     console.info(f"teacher {config.teacher} in {config.teacher_dtype}: logits within {dev:.2g} "
                  f"of float32 (relative to their scale) on the first eval batch")
@@ -502,24 +355,36 @@ def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars
   return dataclasses.replace(spec, teacher=reference), dev
 
 
-def _teacher_table(config, spec: step_lib.StepSpec, teacher_vars, data: _Data, mesh):
-  """The teacher-logit table of config.teacher_cache for this teacher and training split."""
-  images, labels = (np.asarray(jax.device_get(a)) for a in data.train)
-  table, _ = teacher_cache.load_or_build(
-      config.teacher_cache, teacher=spec.teacher, teacher_vars=teacher_vars,
-      teacher_name=config.teacher,
-      teacher_dtype=str(jnp.dtype(getattr(spec.teacher, "dtype", None) or jnp.float32)),
-      dataset=config.dataset, split="train", images=images, labels=labels,
-      augment=data.augment, mean=spec.mean, std=spec.std,
-      num_classes=config.num_classes, mesh=mesh)
-  return table
+def _teacher_tables(config, spec: step_lib.StepSpec, teacher_vars, data: data_lib.Pipeline,
+                    mesh) -> dict:
+  """What the step reads for the teacher with config.teacher_cache: {'tables': {augmentation:
+  table}} for each augmentation of the run's views with a finite view set, and 'variables' (the
+  teacher's, {} when every view has a table) for the views that run the teacher online."""
+  split = data.train_split
+  tables = {}
+  for augment in dict.fromkeys(a for _, a in data.views):
+    if data_lib.AUGMENTATION_REGISTRY[augment].num_views is None:
+      continue
+    tables[augment], _ = teacher_cache.load_or_build(
+        config.teacher_cache, teacher=spec.teacher, teacher_vars=teacher_vars,
+        teacher_name=config.teacher,
+        teacher_dtype=str(jnp.dtype(getattr(spec.teacher, "dtype", None) or jnp.float32)),
+        dataset=config.dataset, split="train", images=split.images, labels=split.labels,
+        augment=augment, mean=spec.mean, std=spec.std,
+        num_classes=config.num_classes, mesh=mesh)
+  online = [n for n, a in data.views if a not in tables]
+  if online:
+    console.info(f"teacher table: view{'s' if len(online) > 1 else ''} {', '.join(online)} "
+                 f"run{'' if len(online) > 1 else 's'} the teacher online (an augmentation "
+                 f"without a finite set of views)")
+  return {"variables": teacher_vars if online else {}, "tables": tables}
 
 
-def check_teacher_logits(teacher_eval_fn, teacher_vars, data: _Data, mesh, teacher: str) -> None:
+def check_teacher_logits(teacher_eval_fn, teacher_vars, data: data_lib.Pipeline, mesh, teacher: str) -> None:
   """TeacherError unless the teacher's logits on the first eval batch are finite (its loss
   there is finite): a NaN/inf teacher would silently poison every step."""
   batch = next(iter(data.eval_iter()))
-  out = jax.device_get(teacher_eval_fn(teacher_vars, _to_global_batch(batch, mesh)))
+  out = jax.device_get(teacher_eval_fn(teacher_vars, data_lib.to_global_batch(batch, mesh)))
   if not np.isfinite(float(out["loss"])):
     raise TeacherError(f"teacher {teacher} gives non-finite logits on the first eval batch "
                        f"(its parameters or the checkpoint are broken); check "
@@ -552,7 +417,7 @@ class Runs:
   def announce(self) -> None:
     """A line saying what runs this program trains (a run alone needs none)."""
 
-  def check_data(self, data: _Data) -> None:
+  def check_data(self, data: data_lib.Pipeline) -> None:
     """ConfigError unless these runs can train on `data`."""
 
   def init_state(self, trainer: Trainer, configs: Sequence[ml_collections.ConfigDict]
@@ -658,7 +523,7 @@ def _train_runs(runs: Runs, workdir: str, files: _RunFiles) -> list[RunResult]:
     workdir_lib.probe_writable([d for d in runs.dirs if d != os.fspath(workdir)])
   runs.announce()
   prog.start(f"loading data ({config.dataset})")
-  data = _setup_data(config, mesh)
+  data = setup_data(config, mesh)
   prog.finish()
   runs.check_data(data)
   resolved = resolved_config(config, data)
@@ -751,11 +616,11 @@ def _train_runs(runs: Runs, workdir: str, files: _RunFiles) -> list[RunResult]:
   # What the train step reads for the teacher: its variables, or the teacher-logit table.
   step_teacher = teacher_vars
   if teacher is not None and config.teacher_cache:
-    step_teacher = _teacher_table(config, spec, teacher_vars, data, mesh)
+    step_teacher = _teacher_tables(config, spec, teacher_vars, data, mesh)
     spec = dataclasses.replace(spec, teacher_table=True)
 
   schedules = [state_lib.learning_rate_schedule(c, spe, total_steps) for c in run_configs]
-  host_iter = None if data.in_memory else data.train(step)
+  batches = data.train_batches(step, mesh)
   window_start, window_step = time.time(), step
   run_start, run_start_step = time.time(), step
   compile_s = 0.0                  # left out of the ETA
@@ -785,18 +650,7 @@ def _train_runs(runs: Runs, workdir: str, files: _RunFiles) -> list[RunResult]:
         prog.message(f"compiling the train step ({n} step{'s' if n > 1 else ''} per "
                      f"dispatch)...")
         t_compile = time.time()
-      if data.in_memory:
-        batch_data = data.train
-      else:
-        stacked = [next(host_iter) for _ in range(n)]
-        if step == 0:
-          data_lib.validate_batch(stacked[0], num_classes=config.num_classes,
-                                  image_shape=(image_size, image_size, 3))
-        for i, b in enumerate(stacked):  # every streamed label, before it reaches the step
-          data_lib.common.check_labels(b["label"], config.num_classes,
-                                       where=f"training batch of step {step + i + 1}")
-        batch_data = _to_global_batch(
-            {k: np.stack([b[k] for b in stacked]) for k in ("image", "label")}, mesh, axis=1)
+      batch_data = batches.take(n)
       state = train_fn(state, *step_args, step_teacher, batch_data)
       step += n
       if compiling:

@@ -2,8 +2,10 @@
 
 `make_train_fn` returns a function of (state, teacher_vars, data) that runs `n` steps (one
 `lax.scan` on accelerators, `n` calls of the compiled step on CPU); the batch comes from
-device-resident data (CIFAR: gather + augmentation on device, one augmented copy per view the
-run's methods declare) or from host batches stacked on a leading axis (ImageNet, one view).
+device-resident data (data held in memory: gather + augmentation on device, one augmented copy
+per view the run's methods declare, each with its own augmentation from the registry of
+kd_jax/data/augmentations.py) or from host batches stacked on a leading axis (streamed data,
+every view augmented by tf.data).
 The step names no method: the records give the terms, views, learnable loss parameters and
 gradient transform (kd_jax/methods.py). Non-finite steps are skipped. On CPU the steps compile
 with `compiler_options`.
@@ -22,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import console
 from kd_jax import data as data_lib
+from kd_jax.data import augmentations
 from kd_jax import losses
 from kd_jax import methods
 from kd_jax.errors import ConfigError
@@ -77,11 +80,14 @@ class StepSpec:
   std: tuple[float, float, float]
   max_bad_steps: int
   mesh: jax.sharding.Mesh
-  augment: str = "pad_crop_flip"   # in-memory transform: pad_crop_flip | random_resized_crop | none
-  crop_area: tuple[float, float] = data_lib.RRC_AREA      # random_resized_crop ranges
-  crop_aspect: tuple[float, float] = data_lib.RRC_ASPECT
-  # teacher_vars is a table of teacher logits float32 [N, views, classes] for every view of every
-  # training image (train/teacher_cache.py), gathered instead of running the teacher.
+  augment: str = "pad_crop_flip"   # the run's resolved augmentation (kd_jax.data.AUGMENTATIONS)
+  crop_area: tuple[float, float] = data_lib.CROP_AREA      # random_resized_crop ranges
+  crop_aspect: tuple[float, float] = data_lib.CROP_ASPECT
+  # The teacher argument is {'tables': {augmentation: float32 [N, views, classes]}, 'variables':
+  # the teacher's or {}}: the teacher's logits on every view of every training image for the
+  # augmentations with a finite view set (train/teacher_cache.py), gathered instead of running
+  # the teacher; the views of other augmentations run it online. A bare table is the table of
+  # spec.augment.
   teacher_table: bool = False
 
 
@@ -153,8 +159,9 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: A
   if spec.teacher is not None:
     for name in views:
       if teacher_logits.get(name) is None:
-        if spec.teacher_table:
-          raise ConfigError(f"the teacher table holds no logits for view {name!r}; set "
+        if spec.teacher_table and not jax.tree.leaves(teacher_vars):
+          raise ConfigError(f"the teacher table holds no logits for view {name!r} and the "
+                            f"step has no teacher variables to run it online; set "
                             f"config.teacher_cache=''")
         t = jax.lax.stop_gradient(spec.teacher.apply(teacher_vars, images[name], train=False))
         teacher_logits[name] = t.astype(jnp.promote_types(t.dtype, jnp.float32))
@@ -213,44 +220,43 @@ def _one_step(spec: StepSpec, state: TrainState, teacher_vars: PyTree, images: A
       skipped=state.skipped + (~finite).astype(jnp.int32))
 
 
-def _augment_view(spec: StepSpec, rng: jax.Array, images_u8: jax.Array,
-                  augment: str) -> tuple[jax.Array, jax.Array]:
-  """(normalized augmented images, view index in the teacher table's view set)."""
-  if augment == "pad_crop_flip":
-    # = data_lib.augment_cifar(rng, images), with the draws kept for the table's view index.
-    offsets, flips = data_lib.cifar_augment_params(rng, images_u8.shape[0])
-    images = data_lib.normalize(data_lib.crop_and_flip(images_u8, offsets, flips), spec.mean,
-                                spec.std)
-    return images, data_lib.cifar_view_index(offsets, flips)
-  images = data_lib.augment_batch(rng, images_u8, augment=augment, mean=spec.mean,
-                                  std=spec.std, crop_area=spec.crop_area,
-                                  crop_aspect=spec.crop_aspect)
-  return images, jnp.zeros((images_u8.shape[0],), jnp.int32)   # 'none': one view per image
+def teacher_parts(spec: StepSpec, teacher: PyTree) -> tuple[PyTree, Mapping[str, Any]]:
+  """(teacher variables, {augmentation: teacher-logit table}) of the step's teacher argument."""
+  if not spec.teacher_table:
+    return teacher, {}
+  if isinstance(teacher, Mapping) and "tables" in teacher:
+    return teacher.get("variables", {}), teacher["tables"]
+  return {}, {spec.augment: teacher}
 
 
-def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all, table=None):
+def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all, tables=None):
   """In memory: the step's batch from the device-resident split, augmented on device.
 
   Returns (images, labels, teacher logits or None). With one view, images is an array; with
   several, {view name: array}, each view augmented with its own augmentation and RNG stream
-  (every view un-augmented under augment='none'). With a teacher table [N, views, C], the
-  logits of each example's drawn view (the same crop offsets and flip as its image) for the
-  views of the run's own augmentation.
+  (every view un-augmented under augment='none'). `tables` ({augmentation: [N, views, C]}, a
+  bare array: spec.augment's) gives each view whose augmentation has a table the logits of each
+  example's drawn view (the same crop offsets and flip as its image).
   """
+  if tables is not None and not isinstance(tables, Mapping):
+    tables = {spec.augment: tables}
+  tables = tables or {}
   idx = data_lib.cifar_batch_indices(images_u8.shape[0], seed=spec.seed, step=state.step,
                                      batch_size=spec.batch_size)
   raw, labels = jnp.take(images_u8, idx, axis=0), jnp.take(labels_all, idx, axis=0)
   aug_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
   sharding = _batch_sharding(spec.mesh)
   images, teacher_logits = {}, {}
-  for i, view in enumerate(spec.loss.views):
-    own = data_lib.resolve_augment(view.augment, True) if view.augment else spec.augment
-    augment = "none" if spec.augment == "none" else own
-    x, index = _augment_view(spec, jax.random.fold_in(aug_rng, i) if i else aug_rng, raw,
-                             augment)
+  views = spec.loss.views
+  augments = data_lib.view_augments(spec.augment, [v.augment for v in views], True)
+  for i, (view, augment) in enumerate(zip(views, augments)):
+    x, index = augmentations.augment_with_views(
+        jax.random.fold_in(aug_rng, i) if i else aug_rng, raw, augment=augment, mean=spec.mean,
+        std=spec.std, crop_area=spec.crop_area, crop_aspect=spec.crop_aspect)
     images[view.name] = jax.lax.with_sharding_constraint(x, sharding)
-    if table is not None and augment == spec.augment:
-      teacher_logits[view.name] = jax.lax.with_sharding_constraint(table[idx, index], sharding)
+    if augment in tables:
+      teacher_logits[view.name] = jax.lax.with_sharding_constraint(
+          tables[augment][idx, index], sharding)
   labels = jax.lax.with_sharding_constraint(labels, sharding)
   if len(images) == 1:
     (name,) = images
@@ -314,13 +320,9 @@ def make_train_fn(spec: StepSpec, num_steps: int, *, force_scan: bool = False,
   slower than outside a loop (BENCHMARKS.md), and unrolling would multiply the compile time.
   `force_scan=True` takes the accelerator path (one `lax.scan`) on CPU too, for tests;
   `one_step` is the one-step function to call there (shared, see TrainFns).
-  With `spec.teacher_table`, teacher_vars is the teacher-logit table.
+  With `spec.teacher_table`, teacher_vars holds the teacher-logit tables (StepSpec).
+  With several views, a streamed 'image' is {view name: [num_steps, B, H, W, 3]}.
   """
-  views = spec.loss.views
-  if not spec.in_memory and len(views) > 1:
-    raise ConfigError(f"method {spec.loss.method!r} reads {len(views)} views of each example "
-                      f"({', '.join(v.name for v in views)}); streamed datasets give one view "
-                      f"for now: use a dataset held in memory (docs/data.md)")
   if steps_as_calls(spec, num_steps, force_scan):
     return repeat_calls(one_step or make_train_fn(spec, 1), num_steps,
                         slice_data=not spec.in_memory)
@@ -328,13 +330,13 @@ def make_train_fn(spec: StepSpec, num_steps: int, *, force_scan: bool = False,
   def body(carry, xs, teacher_vars, data):
     state = carry
     teacher_logits = None
+    variables, tables = teacher_parts(spec, teacher_vars)
     if spec.in_memory:
-      images, labels, teacher_logits = _in_memory_batch(
-          spec, state, *data, table=teacher_vars if spec.teacher_table else None)
+      images, labels, teacher_logits = _in_memory_batch(spec, state, *data, tables=tables)
     else:
       images, labels = xs["image"], xs["label"]
     stopped = state.bad_streak >= spec.max_bad_steps
-    new_state = _one_step(spec, state, teacher_vars, images, labels, teacher_logits)
+    new_state = _one_step(spec, state, variables, images, labels, teacher_logits)
     return _tree_where(stopped, state, new_state), None
 
   def run(state, teacher_vars, data):

@@ -140,10 +140,11 @@ def make_sweep_train_fn(spec: step_lib.StepSpec, config, total_steps: int, num_s
 
   def per_run(state, hp, teacher, data):
     rs = run_spec(spec, config, hp, total_steps)
+    variables, tables = step_lib.teacher_parts(spec, teacher)
     images, labels, teacher_logits = step_lib._in_memory_batch(  # pylint: disable=protected-access
-        rs, state, *data, table=teacher if spec.teacher_table else None)
+        rs, state, *data, tables=tables)
     stopped = state.bad_streak >= spec.max_bad_steps
-    new = step_lib._one_step(rs, state, teacher, images, labels, teacher_logits)  # pylint: disable=protected-access
+    new = step_lib._one_step(rs, state, variables, images, labels, teacher_logits)  # pylint: disable=protected-access
     return step_lib._tree_where(stopped, state, new)  # pylint: disable=protected-access
 
   # On a mesh with a `runs` axis each device group steps its own runs; the batch constraints of

@@ -1,10 +1,12 @@
 """The exact teacher-logit table: the frozen teacher's logits for every view of every training image.
 
-CIFAR's training augmentation (zero-pad 4, random 32x32 crop, random horizontal flip) makes
-exactly 9 x 9 x 2 = 162 views of each image, so the teacher's logits on every image the step can
-ever see form a finite table [N, views, classes]. Built once (large eval batches, no gradient),
-the table replaces the teacher forward in every step of every run with that teacher and data:
-the step draws the crop and flip exactly as without the table and gathers the row of that view.
+An augmentation with a finite set of views (its `num_views` in kd_jax/data/augmentations.py;
+CIFAR's pad-crop-flip: zero-pad 4, random 32x32 crop, random horizontal flip, 9 x 9 x 2 = 162
+views; 'none': 1) makes the teacher's logits on every image the step can ever see a finite
+table [N, views, classes]. Built once (large eval batches, no gradient), the table replaces the
+teacher forward in every step of every run with that teacher and data: the step draws the view
+exactly as without the table and gathers its row. A run's views of other augmentations run the
+teacher online.
 
 Tables live under `config.teacher_cache` in a directory named by a fingerprint of everything
 that decides their contents (teacher architecture, weights and compute dtype; dataset, split and
@@ -32,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import console
 from kd_jax import data as data_lib
+from kd_jax.data import augmentations
 from kd_jax.errors import ConfigError
 from kd_jax.train import step as step_lib
 
@@ -78,7 +81,7 @@ def manifest_fields(*, teacher_name: str, teacher_dtype: str, teacher_vars: PyTr
       "num_examples": int(len(labels)),
       "data_sha256": _sha256_arrays([("images", images), ("labels", labels)]),
       "augment": augment,
-      "num_views": data_lib.cifar_num_views(augment),
+      "num_views": augmentations.num_views(augment),
       "mean": [float(m) for m in mean],
       "std": [float(s) for s in std],
       "num_classes": int(num_classes),
@@ -169,14 +172,17 @@ def check_fits(nbytes: int, mesh) -> None:
         f"use fewer config.train_examples")
 
 
-def _make_view_fn(teacher: nn.Module, mean, std, mesh):
-  """jit fn(vars, images_u8 [B,H,W,3], offsets [B,2], flips [B]) -> float32 logits [B, C]."""
-  def run(variables, images, offsets, flips):
-    x = data_lib.normalize(data_lib.crop_and_flip(images, offsets, flips), mean, std)
+def _make_view_fn(teacher: nn.Module, mean, std, mesh, augment: str):
+  """jit fn(vars, images_u8 [B,H,W,3], view int32 []) -> float32 logits [B, C] of view number
+  `view` of augmentation `augment` (the registry's `view`) of every image."""
+  view_of = augmentations.get(augment).view
+
+  def run(variables, images, view):
+    x = data_lib.normalize(view_of(images, view), mean, std)
     out = teacher.apply(variables, x, train=False)
     return (out[0] if isinstance(out, tuple) else out).astype(jnp.float32)
   repl, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return jax.jit(run, in_shardings=(repl, batch, batch, batch), out_shardings=repl,
+  return jax.jit(run, in_shardings=(repl, batch, repl), out_shardings=repl,
                  compiler_options=step_lib.compiler_options(mesh))
 
 
@@ -186,19 +192,23 @@ def build_table(teacher: nn.Module, teacher_vars: PyTree, images: np.ndarray, *,
   """The float32 table [N, views, C] of `teacher`'s logits on every view of every image.
 
   Prints an estimate of time and memory after timing the first chunk, then a progress line
-  about every 10%. Every view is the image zero-padded by 4 (raw pixels), cropped at the
-  view's offsets, mirrored if the view flips, then normalized, as in the training step.
+  about every 10%. View v is the registry's view v of `augment` (pad_crop_flip: the image
+  zero-padded by 4 in raw pixels, cropped at the view's offsets, mirrored if the view flips),
+  then normalized, as in the training step.
   With `partial_dir` the table is written there as it is built (a memory-mapped
   logits.npy, and views.json listing the finished views), and the views it already lists
   are not computed again: a build stopped by a signal resumes from its finished views.
   """
   n = len(images)
-  views = data_lib.cifar_num_views(augment)
+  views = augmentations.num_views(augment)
+  if views is None:
+    raise ConfigError(f"config.teacher_cache: augmentation {augment!r} has no finite set of "
+                      f"views; accepted: {', '.join(augmentations.finite_names())}")
   ndev = mesh.devices.size
   if not chunk:
     chunk = 256 if mesh.devices.flat[0].platform == "cpu" else 2048
   chunk = max(ndev, min(chunk, n) // ndev * ndev)
-  fn = _make_view_fn(teacher, mean, std, mesh)
+  fn = _make_view_fn(teacher, mean, std, mesh, augment)
   finished: list = []
   if partial_dir is None:
     table = np.empty((n, views, num_classes), np.float32)
@@ -217,15 +227,13 @@ def build_table(teacher: nn.Module, teacher_vars: PyTree, images: np.ndarray, *,
   for v in range(views):
     if v in finished:
       continue
-    (dy, dx), flip = data_lib.cifar_view_params(v) if views > 1 else ((4, 4), False)
-    offsets = np.tile(np.array([[dy, dx]], np.int32), (chunk, 1))
-    flips = np.full((chunk,), flip)
+    view = np.int32(v)
     for s in starts:
       part = images[s:s + chunk]
       m = len(part)
       if m < chunk:  # pad the last chunk to the compiled shape
         part = np.concatenate([part, np.zeros((chunk - m,) + part.shape[1:], part.dtype)])
-      logits = np.asarray(jax.device_get(fn(teacher_vars, part, offsets, flips)))
+      logits = np.asarray(jax.device_get(fn(teacher_vars, part, view)))
       table[s:s + m, v] = logits[:m]
       done += 1
       if done == 1:
@@ -318,9 +326,9 @@ def load_or_build(path: str, *, teacher: nn.Module, teacher_vars: PyTree, teache
 
   Returns (table, info) with info = {'dir', 'built', 'build_s'}.
   """
-  if augment not in ("pad_crop_flip", "none"):
-    raise ConfigError(f"config.teacher_cache works with the augmentations 'pad_crop_flip' and "
-                      f"'none' (a finite set of views); got {augment!r}")
+  if augmentations.num_views(augment) is None:
+    raise ConfigError(f"config.teacher_cache works with the augmentations with a finite set of "
+                      f"views ({', '.join(augmentations.finite_names())}); got {augment!r}")
   fields = manifest_fields(teacher_name=teacher_name, teacher_dtype=teacher_dtype,
                            teacher_vars=teacher_vars, dataset=dataset, split=split,
                            images=images, labels=labels, augment=augment, mean=mean, std=std,

@@ -1,4 +1,5 @@
-"""CIFAR inputs: whole splits in memory, batch selection and augmentation in JAX.
+"""Data held in memory: whole splits (CIFAR, synthetic, image folders, small TFDS datasets) as
+uint8 arrays, batch selection and the augmentations' JAX transforms.
 
 Batches are a pure function of (seed, step), so training resumes exactly; no host work per step.
 """
@@ -12,12 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.data import common
-from kd_jax.data import randaugment
 from kd_jax.data import sources
-from kd_jax.data.common import CIFAR_MEAN, CIFAR_STD, DataError, InMemoryData
-
-# The in-memory presets; load_in_memory also reads image folders and other TFDS datasets.
-ACCEPTED_NAMES = ("cifar100", "cifar10", "synthetic")
+from kd_jax.data.common import CIFAR_MEAN, CIFAR_STD, CROP_AREA, CROP_ASPECT, DataError
+from kd_jax.data.common import InMemoryData, PAD
 
 # Synthetic stand-in: split -> (default size, seed); 100 classes of 32x32x3.
 _SYNTH_SPLITS = {"train": (50_000, 1), "test": (10_000, 2)}
@@ -99,7 +97,7 @@ def _load_tfds(name: str, split: str, *, data_dir: str | None,
   """Reads a TFDS image-classification split fully into numpy arrays."""
   tfds = common.import_tfds()
   tf = common.import_tf()
-  builder = common.tfds_builder(name, data_dir)
+  builder = sources.tfds_builder(name, data_dir)
   ds = common.open_split(builder, split)
   if ds is None:
     _prepare(builder, name, data_dir=data_dir, download=download)
@@ -135,7 +133,7 @@ def _load_tfds(name: str, split: str, *, data_dir: str | None,
 def prepare_tfds(name: str, *, data_dir: str | None, download: bool = True) -> None:
   """Makes sure TFDS dataset `name` is prepared: downloads it if allowed and reachable,
   else raises DataError saying how to prepare it."""
-  builder = common.tfds_builder(name, data_dir)
+  builder = sources.tfds_builder(name, data_dir)
   if common.open_split(builder, "train") is None:
     _prepare(builder, name, data_dir=data_dir, download=download)
 
@@ -201,7 +199,7 @@ def cifar_train_batch(images: Any, labels: Any, *, seed: Any, step: Any,
   return jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
 
 
-def cifar_augment_params(rng: Any, batch_size: int, *, padding: int = 4):
+def cifar_augment_params(rng: Any, batch_size: int, *, padding: int = PAD):
   """Per-example crop offsets int32 [B, 2] in [0, 2*padding] and flips bool [B]."""
   k_off, k_flip = jax.random.split(rng)
   offsets = jax.random.randint(k_off, (batch_size, 2), 0, 2 * padding + 1, jnp.int32)
@@ -209,18 +207,8 @@ def cifar_augment_params(rng: Any, batch_size: int, *, padding: int = 4):
   return offsets, flips
 
 
-def cifar_num_views(augment: str, *, padding: int = 4) -> int:
-  """How many distinct views `augment` makes of one image: (2p+1)^2 crops x 2 flips, or 1."""
-  if augment == "none":
-    return 1
-  if augment == "pad_crop_flip":
-    return (2 * padding + 1) ** 2 * 2
-  raise DataError(f"augmentation {augment!r} has no finite set of views; accepted: "
-                  "'pad_crop_flip', 'none'.")
-
-
-def cifar_view_index(offsets: Any, flips: Any, *, padding: int = 4) -> jnp.ndarray:
-  """The view number int32 [B] in [0, cifar_num_views) of crop offsets [B, 2] and flips [B].
+def cifar_view_index(offsets: Any, flips: Any, *, padding: int = PAD) -> jnp.ndarray:
+  """The view number int32 [B] in [0, (2p+1)^2 * 2) of crop offsets [B, 2] and flips [B].
 
   view = (dy * (2p+1) + dx) * 2 + flip; `cifar_view_params` is its inverse.
   """
@@ -229,7 +217,7 @@ def cifar_view_index(offsets: Any, flips: Any, *, padding: int = 4) -> jnp.ndarr
   return (offsets[:, 0] * side + offsets[:, 1]) * 2 + jnp.asarray(flips).astype(jnp.int32)
 
 
-def cifar_view_params(view: int, *, padding: int = 4) -> tuple[tuple[int, int], bool]:
+def cifar_view_params(view: int, *, padding: int = PAD) -> tuple[tuple[int, int], bool]:
   """((dy, dx), flip) of view number `view` (the inverse of `cifar_view_index`)."""
   side = 2 * padding + 1
   crop, flip = divmod(int(view), 2)
@@ -237,7 +225,7 @@ def cifar_view_params(view: int, *, padding: int = 4) -> tuple[tuple[int, int], 
 
 
 def crop_and_flip(images_uint8: Any, offsets: Any, flips: Any, *,
-                  padding: int = 4) -> jnp.ndarray:
+                  padding: int = PAD) -> jnp.ndarray:
   """Zero-pads raw pixels (black), crops HxW at (dy, dx) per example, mirrors where flips."""
   images = jnp.asarray(images_uint8)
   _, h, w, c = images.shape
@@ -252,7 +240,7 @@ def crop_and_flip(images_uint8: Any, offsets: Any, flips: Any, *,
 
 
 def augment_cifar(rng: Any, images_uint8: Any, *, mean: Sequence[float] = CIFAR_MEAN,
-                  std: Sequence[float] = CIFAR_STD, padding: int = 4) -> jnp.ndarray:
+                  std: Sequence[float] = CIFAR_STD, padding: int = PAD) -> jnp.ndarray:
   """RandomCrop(32, padding=4) + RandomHorizontalFlip(0.5) + Normalize, in JAX.
 
   Padding is applied to the raw uint8 image (black), before normalising, so the
@@ -264,13 +252,11 @@ def augment_cifar(rng: Any, images_uint8: Any, *, mean: Sequence[float] = CIFAR_
 
 
 _RRC_ATTEMPTS = 10
-RRC_AREA = (0.08, 1.0)             # torchvision RandomResizedCrop defaults
-RRC_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
 
 
 def random_resized_crop_boxes(rng: Any, batch_size: int, height: int, width: int, *,
-                              area_range: Sequence[float] = RRC_AREA,
-                              aspect_range: Sequence[float] = RRC_ASPECT) -> jnp.ndarray:
+                              area_range: Sequence[float] = CROP_AREA,
+                              aspect_range: Sequence[float] = CROP_ASPECT) -> jnp.ndarray:
   """torchvision RandomResizedCrop boxes, float32 [B, 4] = (y, x, h, w), in JAX.
 
   Per example: 10 tries of area ~ U(area_range) * H * W and log(w / h) ~ U(log aspect_range);
@@ -321,36 +307,16 @@ def resized_crop(images: Any, boxes: Any) -> jnp.ndarray:
   return jax.vmap(one)(images, jnp.asarray(boxes, jnp.float32))
 
 
-def augment_batch(rng: Any, images_uint8: Any, *, augment: str,
-                  mean: Sequence[float] = CIFAR_MEAN,
-                  std: Sequence[float] = CIFAR_STD,
-                  crop_area: Sequence[float] = RRC_AREA,
-                  crop_aspect: Sequence[float] = RRC_ASPECT) -> jnp.ndarray:
-  """The in-memory training transform, then (x / 255 - mean) / std; float32 [B,H,W,3].
-
-  'pad_crop_flip': augment_cifar. 'random_resized_crop': RandomResizedCrop(crop_area,
-  crop_aspect) back to the image size + flip p=0.5. 'randaugment': pad-crop-flip, then
-  RandAugment(2, 10) and Cutout on the uint8 pixels (kd_jax.data.randaugment, MLKD's strong
-  view). 'none': normalisation only (rng unused).
-  """
-  if augment == "none":
-    return common.normalize(images_uint8, mean, std)
-  if augment == "pad_crop_flip":
-    return augment_cifar(rng, images_uint8, mean=mean, std=std)
-  if augment == "randaugment":
-    k_crop, k_policy = jax.random.split(rng)
-    offsets, flips = cifar_augment_params(k_crop, images_uint8.shape[0])
-    cropped = crop_and_flip(images_uint8, offsets, flips)
-    return common.normalize(randaugment.rand_augment_batch(k_policy, cropped), mean, std)
-  if augment == "random_resized_crop":
-    images = jnp.asarray(images_uint8)
-    b, h, w, _ = images.shape
-    k_box, k_flip = jax.random.split(rng)
-    boxes = random_resized_crop_boxes(k_box, b, h, w, area_range=crop_area,
-                                      aspect_range=crop_aspect)
-    out = resized_crop(images, boxes)
-    flips = jax.random.bernoulli(k_flip, 0.5, (b,))
-    out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
-    return common.normalize(out, mean, std)
-  raise DataError(f"augment={augment!r} for data held in memory; accepted: "
-                  f"{', '.join(a for a in sources.AUGMENTATIONS if a != 'auto')}.")
+def random_resized_crop_flip(rng: Any, images_uint8: Any, *,
+                             crop_area: Sequence[float] = CROP_AREA,
+                             crop_aspect: Sequence[float] = CROP_ASPECT) -> jnp.ndarray:
+  """RandomResizedCrop(crop_area, crop_aspect) back to the image size + flip p=0.5, in JAX;
+  float32 pixel values [B,H,W,3]."""
+  images = jnp.asarray(images_uint8)
+  b, h, w, _ = images.shape
+  k_box, k_flip = jax.random.split(rng)
+  boxes = random_resized_crop_boxes(k_box, b, h, w, area_range=crop_area,
+                                    aspect_range=crop_aspect)
+  out = resized_crop(images, boxes)
+  flips = jax.random.bernoulli(k_flip, 0.5, (b,))
+  return jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)

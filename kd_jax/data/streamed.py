@@ -1,6 +1,8 @@
-"""ImageNet inputs: streaming tf.data pipelines over TFDS, one shard per process.
+"""Streamed inputs (ImageNet, large TFDS datasets): tf.data pipelines over TFDS, one shard per
+process. Training batches are deterministic in (seed, step) and resumable; eval batches are padded.
 
-Training batches are deterministic in (seed, step) and resumable; eval batches are padded.
+The per-example training transforms are the `streamed` functions of the augmentation registry
+(kd_jax/data/augmentations.py); `train_stream` takes one per view.
 """
 
 from __future__ import annotations
@@ -8,54 +10,45 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from kd_jax.data import common
-from kd_jax.data.common import DataError
+from kd_jax.data import sources
+from kd_jax.data.common import CROP_AREA, CROP_ASPECT, DataError, IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-CROP_AREA = (0.08, 1.0)    # torchvision RandomResizedCrop defaults: area fraction,
-CROP_ASPECT = (3.0 / 4.0, 4.0 / 3.0)   # and width / height.
 _ATTEMPTS = 10
 _CROP_FRACTION = 0.875     # Resize(256) + CenterCrop(224).
-_PAD = 4                   # augment='pad_crop_flip': RandomCrop(size, padding=4)
 _MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
-def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
-                   start_step: int = 0, image_size: int = 224,
-                   process_index: int = 0, process_count: int = 1,
-                   name: str = "imagenet2012", split: str = "train",
-                   shuffle_buffer: int = 10_000,
-                   crop_area: Sequence[float] = CROP_AREA,
-                   crop_aspect: Sequence[float] = CROP_ASPECT,
-                   augment: str = "random_resized_crop",
-                   mean: Sequence[float] = IMAGENET_MEAN,
-                   std: Sequence[float] = IMAGENET_STD) -> Iterator[dict]:
+def train_stream(data_dir: str | None, *, transforms: Sequence[tuple[str, Callable]],
+                 batch_size: int, seed: int, start_step: int = 0, image_size: int = 224,
+                 process_index: int = 0, process_count: int = 1,
+                 name: str = "imagenet2012", split: str = "train",
+                 shuffle_buffer: int = 10_000,
+                 crop_area: Sequence[float] = CROP_AREA,
+                 crop_aspect: Sequence[float] = CROP_ASPECT,
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> Iterator[dict]:
   """Endless per-process stream {'image': float32 [b,s,s,3] normalised, 'label': int32 [b]}.
 
-  RandomResizedCrop (area fraction ~ U(crop_area), default 0.08-1; log-uniform aspect
-  ratio in crop_aspect, default 3/4-4/3; 10 tries then a centre crop; bilinear) + flip
-  p=0.5. Each epoch reads this process's shard
-  (tfds.split_for_jax_process, remainder dropped) with a (seed, epoch)-seeded file
-  and buffer shuffle and keeps N // batch_size full batches; per-example crops use
-  stateless seeds (seed, epoch, process, position). So the stream from start_step
-  equals the unbroken stream with start_step batches skipped. augment='none' replaces the
-  crop and flip by the eval transform (resize the shorter side, centre crop);
-  augment='pad_crop_flip' resizes to image_size x image_size (if needed), pads 4 black pixels,
-  crops image_size at random and flips with p=0.5. Pixels are normalised as
-  (x / 255 - mean) / std.
+  transforms: (view name, fn) per view, fn(image_bytes, seed, *, image_size, crop_area,
+  crop_aspect) -> float32 pixels [s,s,3] in [0, 255] (the registry's `streamed` functions,
+  kd_jax/data/augmentations.py). With one view 'image' is its array; with several it is
+  {view name: array}, every view of the same examples, each with its own transform and seeds.
+  Each epoch reads this process's shard (tfds.split_for_jax_process, remainder dropped) with a
+  (seed, epoch)-seeded file and buffer shuffle and keeps N // batch_size full batches;
+  per-example transforms use stateless seeds (seed, epoch, process, position[, view]). So the
+  stream from start_step equals the unbroken stream with start_step batches skipped. Pixels are
+  normalised as (x / 255 - mean) / std.
   """
   _check_positive(batch_size=batch_size, image_size=image_size,
                   process_count=process_count, shuffle_buffer=shuffle_buffer)
-  if augment not in ("random_resized_crop", "pad_crop_flip", "none"):
-    raise DataError(f"augment={augment!r} for streamed data; accepted: random_resized_crop, "
-                    "pad_crop_flip, none.")
-  crop_area, crop_aspect = check_crop_ranges(crop_area, crop_aspect)
+  if not transforms:
+    raise DataError("transforms=(); accepted: one (view name, transform) per view.")
+  crop_area, crop_aspect = common.check_crop_ranges(crop_area, crop_aspect)
   if start_step < 0:
     raise DataError(f"start_step={start_step}; accepted: a non-negative integer.")
   tfds = common.import_tfds()
@@ -80,7 +73,7 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
                               steps=spe, skip_batches=skip_batches,
                               batch_size=batch_size, image_size=image_size,
                               shuffle_buffer=shuffle_buffer, crop_area=crop_area,
-                              crop_aspect=crop_aspect, augment=augment,
+                              crop_aspect=crop_aspect, transforms=tuple(transforms),
                               mean=tuple(mean), std=tuple(std))
       yield from epoch_ds.as_numpy_iterator()
       epoch, skip_batches = epoch + 1, 0
@@ -88,7 +81,7 @@ def imagenet_train(data_dir: str | None, *, batch_size: int, seed: int,
   return stream()
 
 
-def imagenet_eval(data_dir: str | None, *, batch_size: int, image_size: int = 224,
+def eval_stream(data_dir: str | None, *, batch_size: int, image_size: int = 224,
                   process_index: int = 0, process_count: int = 1,
                   name: str = "imagenet2012",
                   split: str = "validation",
@@ -139,23 +132,6 @@ def imagenet_eval(data_dir: str | None, *, batch_size: int, image_size: int = 22
 # ----------------------------------------------------------------------------- reading
 
 
-def check_crop_ranges(crop_area: Sequence[float], crop_aspect: Sequence[float]
-                      ) -> tuple[tuple[float, float], tuple[float, float]]:
-  """(lo, hi) pairs with 0 < area lo <= hi <= 1 and 0 < aspect lo <= hi, else DataError."""
-  out = []
-  for key, value, top in (("crop_area", crop_area, 1.0), ("crop_aspect", crop_aspect, None)):
-    try:
-      lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-      lo = hi = math.nan
-    if not (0 < lo <= hi and (top is None or hi <= top) and math.isfinite(hi)):
-      bound = " <= 1" if top else ""
-      raise DataError(f"{key}={value!r}; accepted: two numbers (lo, hi) with 0 < lo <= hi"
-                      f"{bound}.")
-    out.append((lo, hi))
-  return out[0], out[1]
-
-
 def _check_positive(**values: int) -> None:
   for key, value in values.items():
     if not isinstance(value, (int, np.integer)) or value <= 0:
@@ -168,7 +144,7 @@ def _open_builder(name: str, data_dir: str | None, process_index: int,
   if not 0 <= process_index < process_count:
     raise DataError(f"process_index={process_index} with process_count="
                     f"{process_count}; accepted: 0 <= process_index < process_count.")
-  return common.tfds_builder(name, data_dir)
+  return sources.tfds_builder(name, data_dir)
 
 
 def _read(builder, split, *, data_dir: str | None, shuffle_seed: int | None):
@@ -216,58 +192,78 @@ def _seed_int(*parts: int) -> int:
 def _train_epoch(builder, subsplit, *, data_dir, seed: int, epoch: int,
                  process_index: int, steps: int, skip_batches: int, batch_size: int,
                  image_size: int, shuffle_buffer: int, crop_area: Sequence[float],
-                 crop_aspect: Sequence[float], augment: str = "random_resized_crop",
+                 crop_aspect: Sequence[float], transforms: Sequence[tuple[str, Callable]],
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
   """One epoch of augmented batches, with the first skip_batches skipped undecoded."""
   tf = common.import_tf()
   shuffle_seed = _seed_int(seed, epoch, 0)
-  aug_seed = _seed_int(seed, epoch, process_index, 1)
+  # The first view's seeds are those of a run with one view; view i > 0 has its own stream.
+  view_seeds = [_seed_int(seed, epoch, process_index, 1, *([i] if i else []))
+                for i in range(len(transforms))]
   ds = _read(builder, subsplit, data_dir=data_dir, shuffle_seed=shuffle_seed)
   ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
   ds = ds.take(steps * batch_size).enumerate()
   ds = ds.skip(skip_batches * batch_size)
 
-  def plain(index, ex):  # augment='none': the eval transform
-    del index
-    image = resize_shorter_center_crop(_decode_full(ex["image"]),
-                                       resize_size=int(round(image_size / _CROP_FRACTION)),
-                                       crop_size=image_size)
-    return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
-
-  def pad_crop_flip(index, ex):
-    example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
-    crop_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(example_seed, num=2))
-    image = tf.cast(_decode_full(ex["image"]), tf.float32)
-    same = tf.reduce_all(tf.shape(image)[:2] == image_size)
-    image = tf.cond(same, lambda: image, lambda: tf.round(tf.image.resize(
-        image, [image_size, image_size], method="bilinear", antialias=True)))
-    image = tf.pad(image, [[_PAD, _PAD], [_PAD, _PAD], [0, 0]])
-    offset = tf.random.stateless_uniform([2], seed=crop_seed, minval=0, maxval=2 * _PAD + 1,
-                                         dtype=tf.int32)
-    image = image[offset[0]:offset[0] + image_size, offset[1]:offset[1] + image_size]
-    image.set_shape([image_size, image_size, 3])
-    flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
-    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
-
   def preprocess(index, ex):
-    example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
-    crop_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(example_seed, num=2))
-    image = _decode_random_crop(ex["image"], crop_seed, crop_area, crop_aspect)
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear",
-                            antialias=True)
-    flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
-    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    return {"image": _normalize_tf(image, mean, std), "label": tf.cast(ex["label"], tf.int32)}
+    images = {}
+    for (view, transform), view_seed in zip(transforms, view_seeds):
+      example_seed = tf.stack([tf.constant(view_seed, tf.int64), index])
+      image = transform(ex["image"], example_seed, image_size=image_size,
+                        crop_area=crop_area, crop_aspect=crop_aspect)
+      images[view] = _normalize_tf(image, mean, std)
+    (first,) = images.values() if len(images) == 1 else (images,)
+    return {"image": first, "label": tf.cast(ex["label"], tf.int32)}
 
-  transform = {"none": plain, "pad_crop_flip": pad_crop_flip}.get(augment, preprocess)
-  ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------- transforms
+# fn(image_bytes, seed int64 [2], *, image_size, crop_area, crop_aspect) -> float32 [S, S, 3]
+# pixels in [0, 255]: the `streamed` functions of the augmentation registry.
+
+
+def plain(image_bytes, seed, *, image_size: int, crop_area, crop_aspect):
+  """augment='none': the eval transform (resize the shorter side, centre crop); seed unused."""
+  del seed, crop_area, crop_aspect
+  return resize_shorter_center_crop(_decode_full(image_bytes),
+                                    resize_size=int(round(image_size / _CROP_FRACTION)),
+                                    crop_size=image_size)
+
+
+def pad_crop_flip(image_bytes, seed, *, image_size: int, crop_area, crop_aspect):
+  """Resize to image_size x image_size (if needed), pad PAD black pixels, random crop of
+  image_size, horizontal flip p=0.5."""
+  del crop_area, crop_aspect
+  tf = common.import_tf()
+  pad = common.PAD
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  image = tf.cast(_decode_full(image_bytes), tf.float32)
+  same = tf.reduce_all(tf.shape(image)[:2] == image_size)
+  image = tf.cond(same, lambda: image, lambda: tf.round(tf.image.resize(
+      image, [image_size, image_size], method="bilinear", antialias=True)))
+  image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+  offset = tf.random.stateless_uniform([2], seed=crop_seed, minval=0, maxval=2 * pad + 1,
+                                       dtype=tf.int32)
+  image = image[offset[0]:offset[0] + image_size, offset[1]:offset[1] + image_size]
+  image.set_shape([image_size, image_size, 3])
+  flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def random_resized_crop(image_bytes, seed, *, image_size: int, crop_area, crop_aspect):
+  """RandomResizedCrop (area fraction ~ U(crop_area), log-uniform aspect ratio in crop_aspect;
+  10 tries then a centre crop; only the window is decoded) to image_size, bilinear, + flip p=0.5."""
+  tf = common.import_tf()
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  image = _decode_random_crop(image_bytes, crop_seed, crop_area, crop_aspect)
+  image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+  flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 # ----------------------------------------------------------------------------- image ops
@@ -414,10 +410,10 @@ def build_fake_imagenet(data_dir: str, *, name: str = "fake_imagenet",
   return data_dir
 
 
-def imagenet_steps_per_epoch(data_dir: str | None, *, global_batch_size: int,
+def stream_steps_per_epoch(data_dir: str | None, *, global_batch_size: int,
                              process_count: int = 1, name: str = "imagenet2012",
                              split: str = "train") -> int:
-  """Training steps per epoch of `imagenet_train` streams: shard size // per-process batch.
+  """Training steps per epoch of `train_stream` streams: shard size // per-process batch.
 
   Raises DataError (with the preparation instructions) when the dataset is not prepared.
   """
