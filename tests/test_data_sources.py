@@ -3,6 +3,7 @@
 Image folders are generated in tmp_path (tiny PNG/JPEG files, read back with PIL as the
 reference); TFDS datasets are mocked (tfds.testing.mock_data) or written tiny on disk.
 """
+import functools
 import json
 import os
 import socket
@@ -242,8 +243,9 @@ def test_tfds_held_in_memory_within_budget_streamed_beyond(tmp_path):
   data_dir = _fixed_tfds(str(tmp_path / "tfds"))
   need_mb = 40 * 8 * 8 * 3 / 2 ** 20   # uint8 training split
   base = dict(dataset="tiny_fixed", data_dir=data_dir, num_classes=5)
-  fits = data.run_data.in_memory_plan(_config(**base, in_memory_budget_mb=need_mb * 1.01), data_dir, schema_num_classes=100)
-  over = data.run_data.in_memory_plan(_config(**base, in_memory_budget_mb=need_mb * 0.99), data_dir, schema_num_classes=100)
+  plan = functools.partial(data.run_data.in_memory_plan, schema_num_classes=100)
+  fits = plan(_config(**base, in_memory_budget_mb=need_mb * 1.01), data_dir)
+  over = plan(_config(**base, in_memory_budget_mb=need_mb * 0.99), data_dir)
   assert fits == (True, 0) and over == (False, 8)
   setup = loop.setup_data(_config(**base, batch_size=8), _mesh())
   assert setup.in_memory and setup.steps_per_epoch == 5 and setup.image_size == 8

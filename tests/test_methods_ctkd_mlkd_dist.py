@@ -214,16 +214,6 @@ def test_mlkd_views_strong_is_its_own_and_none_is_identical():
   np.testing.assert_array_equal(none["weak"], plain)
 
 
-def test_mlkd_teacher_table_is_refused_in_one_line():
-  config = config_file("mlkd")
-  config.teacher_checkpoint = "random:0"
-  config.teacher_cache = "/tmp/table"
-  with pytest.raises(errors.ConfigError) as e:
-    kdc.validate(config, model_names=models.names(), num_devices=1)
-  assert "['strong']" in str(e.value) and "teacher_cache=''" in str(e.value)
-  assert "\n" not in str(e.value)
-
-
 @pytest.mark.parametrize("name,arg,expect", [
     ("mlkd", "vgg13,MobileNetV2", {"num_epochs": 480, "learning_rate": 0.01}),
     ("mlkd", "resnet32x4,ShuffleV1", {"num_epochs": 960, "learning_rate": 0.01}),

@@ -40,6 +40,8 @@ class Augmentation:
   streamed: Optional[Callable[..., Any]]
   num_views: Optional[int]
   view: Optional[Callable[[Any, Any], Any]] = None
+  # '' when the streamed transform can run here, else why not (checked before a batch is read)
+  streamed_missing: Callable[[], str] = lambda: ""
 
 
 def _pad_crop_flip(rng, images, *, crop_area, crop_aspect):
@@ -78,18 +80,23 @@ def _randaugment(rng, images, *, crop_area, crop_aspect):
 def _streamed_randaugment(image_bytes, seed, *, image_size, crop_area, crop_aspect):
   """Streamed pad-crop-flip, then RandAugment(2, 10) and Cutout on its uint8 pixels."""
   tf = common.import_tf()
-  strong_view = getattr(randaugment, "tf_strong_view", None)
-  if strong_view is None:
-    raise DataError("augment='randaugment' for streamed data needs "
-                    "kd_jax.data.randaugment.tf_strong_view, which this version lacks; "
-                    "accepted: a dataset held in memory (docs/data.md)")
+  missing = _no_tf_strong_view()
+  if missing:
+    raise DataError(missing)
   crop_seed, policy_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   image = streamed.pad_crop_flip(image_bytes, crop_seed, image_size=image_size,
                                  crop_area=crop_area, crop_aspect=crop_aspect)
   image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
-  out = strong_view(image, policy_seed)
+  out = randaugment.tf_strong_view(image, policy_seed)
   out.set_shape([image_size, image_size, 3])
   return tf.cast(out, tf.float32)
+
+
+def _no_tf_strong_view() -> str:
+  if getattr(randaugment, "tf_strong_view", None) is not None:
+    return ""
+  return ("augment='randaugment' for streamed data needs kd_jax.data.randaugment.tf_strong_view, "
+          "which this version lacks; accepted: a dataset held in memory (docs/data.md)")
 
 
 REGISTRY: dict[str, Augmentation] = {a.name: a for a in (
@@ -109,7 +116,7 @@ REGISTRY: dict[str, Augmentation] = {a.name: a for a in (
     Augmentation(
         "randaugment", "pad_crop_flip, then MLKD's RandAugment(2, 10) with random magnitudes "
         "and Cutout (kd_jax.data.randaugment)",
-        _randaugment, _streamed_randaugment, None),
+        _randaugment, _streamed_randaugment, None, streamed_missing=_no_tf_strong_view),
 )}
 
 # What config.augment accepts: 'auto' (pad_crop_flip in memory, random_resized_crop streamed),
@@ -136,6 +143,8 @@ def get(name: str, *, streamed_data: bool = False) -> Augmentation:
     where = "streamed data" if streamed_data else "data held in memory"
     accepted = [n for n, a in REGISTRY.items() if not streamed_data or a.streamed is not None]
     raise DataError(f"augment={name!r} for {where}; accepted: {', '.join(accepted)}.")
+  if streamed_data and record.streamed_missing():
+    raise DataError(record.streamed_missing())
   return record
 
 
