@@ -2,6 +2,7 @@
 is, in memory and streamed, and which views the teacher table serves."""
 import dataclasses
 import importlib.util
+import json
 import os
 import types
 
@@ -192,3 +193,38 @@ def test_streamed_strong_view_without_its_tf_function_is_one_line(tmp_path, monk
     next(data.train_stream(data_dir, augment="randaugment", batch_size=8, image_size=8,
                            name="tiny_views", seed=0))
   assert "tf_strong_view" in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+@pytest.mark.slow
+def test_image_folder_sweeps_with_the_teacher_table(tmp_path):
+  """An image folder is data held in memory like any other: a sweep of two seeds runs on it
+  with the teacher table, built once for the folder's training split."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "folder"
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 2), ("test", 1)):
+    for c in range(4):
+      os.makedirs(root / split / f"c{c}")
+      for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
+            root / split / f"c{c}" / f"{i}.png")
+  config = _config_file("smoke", "kd")
+  for key, value in dict(dataset=f"imagefolder:{root}", num_classes=4, train_examples=0,
+                         eval_examples=0, batch_size=8, eval_batch_size=4, num_train_steps=2,
+                         steps_per_dispatch=1, log_every_steps=1, checkpoint_every_steps=2,
+                         num_devices=1, teacher_cache=str(tmp_path / "cache"),
+                         sweep="seed=0,1").items():
+    config[key] = value
+  results = sweep.train_sweep(config, str(tmp_path / "run"))
+  assert [r.step for r in results] == [2, 2] and all(r.final["count"] == 4 for r in results)
+  (table_dir,) = os.listdir(tmp_path / "cache")
+  with open(tmp_path / "cache" / table_dir / "manifest.json") as f:
+    manifest = json.load(f)
+  assert (manifest["dataset"], manifest["num_examples"], manifest["num_views"]) == (
+      config.dataset, 8, 162)
+  for r in results:
+    assert os.path.exists(os.path.join(r.workdir, "metrics.jsonl"))
