@@ -81,7 +81,8 @@ _SCHEMA: tuple[tuple[str, Any, str], ...] = (
     ("image_size", 0, "input height/width (0 = the dataset's: 32 CIFAR, 224 streamed, else the "
      "images' own)"),
     ("tfds_name", "", "TFDS name read instead of `dataset` (not for CIFAR/synthetic)"),
-    ("crop_area", data_lib.CROP_AREA, "augment='random_resized_crop': area fraction range (lo, hi)"),
+    ("crop_area", data_lib.CROP_AREA,
+     "augment='random_resized_crop': area fraction range (lo, hi)"),
     ("crop_aspect", data_lib.CROP_ASPECT,
      "augment='random_resized_crop': width/height range (lo, hi)"),
     ("augment", "auto", "training augmentation: " + " | ".join(data_lib.AUGMENTATIONS)),

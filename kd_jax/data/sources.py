@@ -358,10 +358,9 @@ def tfds_builder(name: str, data_dir: str | None):
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise DataError(
         f"No TFDS dataset named {name!r} is registered or found in data_dir "
-        f"{common.resolved_data_dir(data_dir)!r} ({first_line}); accepted: {', '.join(KNOWN_DATASETS)}, "
+        f"{common.resolved_data_dir(data_dir)!r} ({first_line}); accepted: "
+        f"{', '.join(KNOWN_DATASETS)}, "
         "imagefolder:PATH or a registered TFDS dataset name (see docs/data.md).") from None
-
-
 
 
 @dataclasses.dataclass(frozen=True)

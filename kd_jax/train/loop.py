@@ -336,7 +336,8 @@ class _RunFiles:
 LOW_PRECISION_TEACHER_TOLERANCE = 1e-2
 
 
-def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars, data: data_lib.Pipeline,
+def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars,
+                                   data: data_lib.Pipeline,
                                    mesh) -> tuple[step_lib.StepSpec, float]:
   """(spec, dev): the teacher of config.teacher_dtype if its logits on the first eval batch
   are within LOW_PRECISION_TEACHER_TOLERANCE of float32's, else spec with a float32 teacher."""
@@ -380,7 +381,8 @@ def _teacher_tables(config, spec: step_lib.StepSpec, teacher_vars, data: data_li
   return {"variables": teacher_vars if online else {}, "tables": tables}
 
 
-def check_teacher_logits(teacher_eval_fn, teacher_vars, data: data_lib.Pipeline, mesh, teacher: str) -> None:
+def check_teacher_logits(teacher_eval_fn, teacher_vars, data: data_lib.Pipeline, mesh,
+                         teacher: str) -> None:
   """TeacherError unless the teacher's logits on the first eval batch are finite (its loss
   there is finite): a NaN/inf teacher would silently poison every step."""
   batch = next(iter(data.eval_iter()))
