@@ -36,6 +36,7 @@ from kd_jax.data.in_memory import random_resized_crop_boxes
 from kd_jax.data.in_memory import resized_crop
 from kd_jax.data.in_memory import steps_per_epoch
 from kd_jax.data.run_data import default_image_size
+from kd_jax.data.run_data import device_batch
 from kd_jax.data.run_data import global_array
 from kd_jax.data.run_data import pipeline
 from kd_jax.data.run_data import Pipeline
@@ -62,7 +63,8 @@ __all__ = [
     "build_fake_imagenet", "channel_stats", "check_crop_ranges", "cifar_augment_params",
     "cifar_batch_indices", "CIFAR_MEAN", "CIFAR_STD", "cifar_train_batch", "cifar_view_index",
     "cifar_view_params", "crop_and_flip", "CROP_AREA", "CROP_ASPECT", "DataError",
-    "dataset_fingerprint", "default_image_size", "eval_batches", "eval_stream", "global_array",
+    "dataset_fingerprint", "default_image_size", "device_batch",
+    "eval_batches", "eval_stream", "global_array",
     "imagefolder_root", "IMAGENET_MEAN", "IMAGENET_STD", "in_memory_bytes", "IN_MEMORY_PRESETS",
     "InMemoryData", "KNOWN_DATASETS", "load_imagefolder", "load_in_memory", "normalize",
     "Pipeline", "pipeline", "prepare_tfds", "Preset", "random_resized_crop_boxes",

@@ -4,14 +4,16 @@ In memory (the presets held in memory, image folders, TFDS data within
 config.in_memory_budget_mb): the uint8 training split lies replicated on the devices and the step
 draws and augments its batch there (kd_jax/train/step.py). Streamed (ImageNet, larger TFDS
 data): each process reads its shard through tf.data, one augmented array per view of the run.
-Evaluation batches are padded and masked either way. See docs/data.md.
+Evaluation batches are padded and masked either way; `device_batch` is the in-memory batch
+of every view that the step draws on device. See docs/data.md.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -74,6 +76,38 @@ class TrainBatches:
     batch = jax.tree.map(lambda *xs: np.stack(xs), *[{"image": b["image"], "label": b["label"]}
                                                      for b in stacked])
     return to_global_batch(batch, self._mesh, axis=1)
+
+
+def device_batch(images_u8: Any, labels_all: Any, *, seed: Any, step: Any, rng: Any,
+                 batch_size: int, views: Sequence[tuple[str, str]], mean: Sequence[float],
+                 std: Sequence[float], crop_area: Sequence[float] = common.CROP_AREA,
+                 crop_aspect: Sequence[float] = common.CROP_ASPECT,
+                 tables: Optional[Mapping[str, Any]] = None, sharding: Any = None
+                 ) -> tuple[dict, Any, dict]:
+  """In memory, on device: the batch of `step` from the split, once per view.
+
+  ({view name: normalized float32 [B,H,W,3]}, labels [B], {view name: teacher logits [B, C]}).
+  The examples are in_memory.cifar_batch_indices'; view i is augmented with its own
+  augmentation (`views`: (name, resolved registry name)) and the RNG stream fold_in(rng, i)
+  (view 0: rng itself). A view whose augmentation has a table in `tables` ({augmentation:
+  float32 [N, views, C]}) gets each example's row of its drawn view. jit-able with traced
+  seed, step and rng; `sharding` constrains the outputs (the batch's data axis).
+  """
+  tables = tables or {}
+  idx = in_memory_lib.cifar_batch_indices(images_u8.shape[0], seed=seed, step=step,
+                                          batch_size=batch_size)
+  raw, labels = jnp.take(images_u8, idx, axis=0), jnp.take(labels_all, idx, axis=0)
+  place = ((lambda x: x) if sharding is None
+           else (lambda x: jax.lax.with_sharding_constraint(x, sharding)))
+  images, teacher_logits = {}, {}
+  for i, (name, augment) in enumerate(views):
+    x, index = augmentations.augment_with_views(
+        jax.random.fold_in(rng, i) if i else rng, raw, augment=augment, mean=mean, std=std,
+        crop_area=crop_area, crop_aspect=crop_aspect)
+    images[name] = place(x)
+    if augment in tables:
+      teacher_logits[name] = place(tables[augment][idx, index])
+  return images, place(labels), teacher_logits
 
 
 def global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:

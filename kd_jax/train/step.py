@@ -24,7 +24,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import console
 from kd_jax import data as data_lib
-from kd_jax.data import augmentations
 from kd_jax import losses
 from kd_jax import methods
 from kd_jax.errors import ConfigError
@@ -230,34 +229,22 @@ def teacher_parts(spec: StepSpec, teacher: PyTree) -> tuple[PyTree, Mapping[str,
 
 
 def _in_memory_batch(spec: StepSpec, state: TrainState, images_u8, labels_all, tables=None):
-  """In memory: the step's batch from the device-resident split, augmented on device.
+  """In memory: the step's batch of every view (kd_jax.data.device_batch) for spec's views.
 
-  Returns (images, labels, teacher logits or None). With one view, images is an array; with
-  several, {view name: array}, each view augmented with its own augmentation and RNG stream
-  (every view un-augmented under augment='none'). `tables` ({augmentation: [N, views, C]}, a
-  bare array: spec.augment's) gives each view whose augmentation has a table the logits of each
-  example's drawn view (the same crop offsets and flip as its image).
+  Returns (images, labels, teacher logits or None): with one view, images is an array; with
+  several, {view name: array}. `tables`: {augmentation: [N, views, C]} (a bare array is
+  spec.augment's table).
   """
   if tables is not None and not isinstance(tables, Mapping):
     tables = {spec.augment: tables}
-  tables = tables or {}
-  idx = data_lib.cifar_batch_indices(images_u8.shape[0], seed=spec.seed, step=state.step,
-                                     batch_size=spec.batch_size)
-  raw, labels = jnp.take(images_u8, idx, axis=0), jnp.take(labels_all, idx, axis=0)
-  aug_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
-  sharding = _batch_sharding(spec.mesh)
-  images, teacher_logits = {}, {}
   views = spec.loss.views
   augments = data_lib.view_augments(spec.augment, [v.augment for v in views], True)
-  for i, (view, augment) in enumerate(zip(views, augments)):
-    x, index = augmentations.augment_with_views(
-        jax.random.fold_in(aug_rng, i) if i else aug_rng, raw, augment=augment, mean=spec.mean,
-        std=spec.std, crop_area=spec.crop_area, crop_aspect=spec.crop_aspect)
-    images[view.name] = jax.lax.with_sharding_constraint(x, sharding)
-    if augment in tables:
-      teacher_logits[view.name] = jax.lax.with_sharding_constraint(
-          tables[augment][idx, index], sharding)
-  labels = jax.lax.with_sharding_constraint(labels, sharding)
+  images, labels, teacher_logits = data_lib.device_batch(
+      images_u8, labels_all, seed=spec.seed, step=state.step,
+      rng=jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2),
+      batch_size=spec.batch_size, views=tuple(zip([v.name for v in views], augments)),
+      mean=spec.mean, std=spec.std, crop_area=spec.crop_area, crop_aspect=spec.crop_aspect,
+      tables=tables, sharding=_batch_sharding(spec.mesh))
   if len(images) == 1:
     (name,) = images
     return images[name], labels, teacher_logits.get(name)
