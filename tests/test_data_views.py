@@ -200,9 +200,10 @@ def test_streamed_strong_view_without_its_tf_function_is_one_line(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_image_folder_sweeps_with_the_teacher_table(tmp_path):
-  """An image folder is data held in memory like any other: a sweep of two seeds runs on it
-  with the teacher table, built once for the folder's training split."""
+def test_image_folder_sweeps_with_the_teacher_table(tmp_path, capsys):
+  """An image folder is data held in memory like any other: a sweep of two MLKD seeds runs on
+  it with the teacher table of the weak view (pad_crop_flip), built once for the folder's
+  training split, and the teacher online on the strong view."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from kd_jax.train import sweep  # pylint: disable=g-import-not-at-top
   root = tmp_path / "folder"
@@ -213,7 +214,7 @@ def test_image_folder_sweeps_with_the_teacher_table(tmp_path):
       for i in range(count):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
             root / split / f"c{c}" / f"{i}.png")
-  config = _config_file("smoke", "kd")
+  config = _config_file("smoke", "mlkd")
   for key, value in dict(dataset=f"imagefolder:{root}", num_classes=4, train_examples=0,
                          eval_examples=0, batch_size=8, eval_batch_size=4, num_train_steps=2,
                          steps_per_dispatch=1, log_every_steps=1, checkpoint_every_steps=2,
@@ -227,8 +228,12 @@ def test_image_folder_sweeps_with_the_teacher_table(tmp_path):
     manifest = json.load(f)
   assert (manifest["dataset"], manifest["num_examples"], manifest["num_views"]) == (
       config.dataset, 8, 162)
+  assert "teacher table: view strong runs the teacher online" in capsys.readouterr().out
   for r in results:
-    assert os.path.exists(os.path.join(r.workdir, "metrics.jsonl"))
+    with open(os.path.join(r.workdir, "metrics.jsonl")) as f:
+      logged = [json.loads(line) for line in f]
+    assert all(np.isfinite(v) for rec in logged for k, v in rec.items() if k.startswith("train/"))
+    assert any("train/kd" in rec for rec in logged)
 
 
 @pytest.mark.slow
