@@ -43,7 +43,6 @@ class Pipeline:
   num_classes: int = 0             # the dataset's (config.num_classes follows it)
   fingerprint: str = ""            # what identifies the data (sources.dataset_fingerprint)
   views: tuple = ()                # (view name, resolved augmentation) of each view
-  train_split: Any = None          # in memory: the host copy of the training split
 
   def train_batches(self, start_step: int, mesh) -> "TrainBatches":
     """What the train function takes for the steps from `start_step` (TrainBatches.take)."""
@@ -274,7 +273,7 @@ def _in_memory(config, mesh, data_dir, size, augment, plan, schema) -> Pipeline:
                   eval_batches=-(-len(test.labels) // config.eval_batch_size),
                   num_classes=num_classes, fingerprint=sources.dataset_fingerprint(
                       source, ("train", config.eval_split), data_dir),
-                  views=plan, train_split=train)
+                  views=plan)
 
 
 def _streamed(config, data_dir, size, augment, plan, schema) -> Pipeline:

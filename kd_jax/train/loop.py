@@ -361,7 +361,7 @@ def _teacher_tables(config, spec: step_lib.StepSpec, teacher_vars, data: data_li
   """What the step reads for the teacher with config.teacher_cache: {'tables': {augmentation:
   table}} for each augmentation of the run's views with a finite view set, and 'variables' (the
   teacher's, {} when every view has a table) for the views that run the teacher online."""
-  split = data.train_split
+  images, labels = (np.asarray(jax.device_get(a)) for a in data.train)
   tables = {}
   for augment in dict.fromkeys(a for _, a in data.views):
     if data_lib.AUGMENTATION_REGISTRY[augment].num_views is None:
@@ -370,7 +370,7 @@ def _teacher_tables(config, spec: step_lib.StepSpec, teacher_vars, data: data_li
         config.teacher_cache, teacher=spec.teacher, teacher_vars=teacher_vars,
         teacher_name=config.teacher,
         teacher_dtype=str(jnp.dtype(getattr(spec.teacher, "dtype", None) or jnp.float32)),
-        dataset=config.dataset, split="train", images=split.images, labels=split.labels,
+        dataset=config.dataset, split="train", images=images, labels=labels,
         augment=augment, mean=spec.mean, std=spec.std,
         num_classes=config.num_classes, mesh=mesh)
   online = [n for n, a in data.views if a not in tables]
