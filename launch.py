@@ -6,8 +6,8 @@ Flags:
   --config.KEY=VALUE            overrides any key (e.g. --config.loss.temperature=2)
   --workdir=DIR                 outputs; running the same command again resumes (or, for a
                                 finished run, prints its summary)
-  --print_config                prints the fully resolved config, one key a line with a short
-                                description, and exits (no --workdir needed)
+  --print_config                prints the fully resolved config, one key a line with its
+                                source and a short description, and exits (no --workdir needed)
 
 Several hosts: each runs the same command. On a Cloud TPU pod or under Slurm, JAX finds its
 peers by itself; elsewhere give each process --coordinator_address=HOST:PORT (process 0's),
@@ -271,20 +271,6 @@ def _parse(argv: list[str]) -> list[str]:
           f"--workdir=, --print_config, --coordinator_address=, --num_processes=, "
           f"--process_id= (--help)")
   return rest
-
-
-def format_config(config: ml_collections.ConfigDict) -> str:
-  """One `key = value  # description` line per key of the resolved config."""
-  from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  descriptions = config_lib.key_descriptions()
-  flat = _flat(config)
-  width = max(len(f"{k} = {v!r}") for k, v in flat.items())
-  lines = []
-  for key, value in flat.items():
-    text = f"{key} = {value!r}"
-    desc = descriptions.get(key, "")
-    lines.append(f"{text:<{width}}  # {desc}" if desc else text)
-  return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from kd_jax import models
 from kd_jax import data as data_lib
 from kd_jax import errors
 from kd_jax.errors import ConfigError, DataError
+from kd_jax.methods import Choice, Flag, Range
 
 # Datasets with presets (more: 'imagefolder:PATH' and TFDS names, kd_jax/data/sources.py).
 DATASETS = tuple(data_lib.KNOWN_DATASETS)
@@ -64,105 +65,125 @@ def imagenet_protocol() -> dict[str, Any]:
   """The ImageNet protocol's values, the loss keys' from their declarations."""
   return {**IMAGENET_PROTOCOL, **methods.imagenet_protocol_values()}
 
-# Every key but the loss block: (dotted name, default, description). The defaults are the
-# CIFAR-100 protocol of mdistiller.
-_SCHEMA: tuple[tuple[str, Any, str], ...] = (
-    ("method", "kd", "the method (kd_jax.methods.names())"),
-    ("base_method", "", "for a plug-in method (rkkd): the method its term is added to"),
+# Seeds go through jax.random.key (32 bits without x64) and a sweep holds them as int32.
+SEED_RANGE = (0, 2 ** 31 - 1)
+
+_POSITIVE, _NON_NEGATIVE = Range(0.0, lo_open=True), Range(0.0)
+_COUNT, _COUNT_OR_0 = Range(1, integer=True), Range(0, integer=True)
+
+# Every key but the loss block: (dotted name, default, description, accepted values or None).
+# The defaults are the CIFAR-100 protocol of mdistiller. `validate()` checks every key that
+# declares its accepted values here (and the loss keys against their records' declarations);
+# the keys without (None) take checks across keys or the data, further down.
+_SCHEMA: tuple[tuple[str, Any, str, Optional[methods.Check]], ...] = (
+    ("method", "kd", "the method (kd_jax.methods.names())", None),
+    ("base_method", "", "for a plug-in method (rkkd): the method its term is added to", None),
     # Data.
     ("dataset", "cifar100", "a preset (" + ", ".join(DATASETS) + "), 'imagefolder:PATH' or a "
-     "TFDS image dataset name (docs/data.md)"),
-    ("data_dir", "", "TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)"),
-    ("num_classes", 100, "number of classes (a preset's; other datasets: 100 = the dataset's own, "
-     "any other value must match it)"),
-    ("train_examples", 0, "use the first N training examples (0 = the whole split)"),
-    ("eval_examples", 0, "use the first N eval examples (0 = the whole split)"),
-    ("eval_split", "test", "the split evaluated after each epoch"),
+     "TFDS image dataset name (docs/data.md)", None),
+    ("data_dir", "", "TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)", None),
+    ("num_classes", 100, "number of classes (a preset's; other datasets: the dataset's own "
+     "unless set in the config file or on the command line, when it must match)", _COUNT),
+    ("train_examples", 0, "use the first N training examples (0 = the whole split)",
+     _COUNT_OR_0),
+    ("eval_examples", 0, "use the first N eval examples (0 = the whole split)", _COUNT_OR_0),
+    ("eval_split", "test", "the split evaluated after each epoch", None),
     ("image_size", 0, "input height/width (0 = the dataset's: 32 CIFAR, 224 streamed, else the "
-     "images' own)"),
-    ("tfds_name", "", "TFDS name read instead of `dataset` (not for CIFAR/synthetic)"),
+     "images' own)", _COUNT_OR_0),
+    ("tfds_name", "", "TFDS name read instead of `dataset` (not for CIFAR/synthetic)", None),
     ("crop_area", data_lib.CROP_AREA,
-     "augment='random_resized_crop': area fraction range (lo, hi)"),
+     "augment='random_resized_crop': area fraction range (lo, hi)", None),
     ("crop_aspect", data_lib.CROP_ASPECT,
-     "augment='random_resized_crop': width/height range (lo, hi)"),
-    ("augment", "auto", "training augmentation: " + " | ".join(data_lib.AUGMENTATIONS)),
-    ("mean", (), "per-channel mean in [0, 1] pixel units; () = the dataset's default"),
-    ("std", (), "per-channel std in [0, 1] pixel units; () = the dataset's default"),
+     "augment='random_resized_crop': width/height range (lo, hi)", None),
+    ("augment", "auto", "training augmentation: " + " | ".join(data_lib.AUGMENTATIONS),
+     Choice(tuple(data_lib.AUGMENTATIONS))),
+    ("mean", (), "per-channel mean in [0, 1] pixel units; () = the dataset's default", None),
+    ("std", (), "per-channel std in [0, 1] pixel units; () = the dataset's default", None),
     ("skip_unreadable_images", False, "image folders: leave out files that cannot be decoded "
-     "(one line says how many) instead of stopping"),
+     "(one line says how many) instead of stopping", Flag()),
     ("in_memory_budget_mb", 4096.0,
-     "MB: TFDS data whose uint8 training split fits is held in device memory"),
+     "MB: TFDS data whose uint8 training split fits is held in device memory", _NON_NEGATIVE),
     # Models.
-    ("student", "resnet8x4", "student model (kd_jax.models.names())"),
-    ("aux_head", "", "student auxiliary head: '' | 'linear' | 'nonlinear' (DHKD)"),
-    ("teacher", "resnet32x4", "teacher model ('' for methods without a teacher)"),
+    ("student", "resnet8x4", "student model (kd_jax.models.names())", None),
+    ("aux_head", "", "student auxiliary head: '' | 'linear' | 'nonlinear' (DHKD)",
+     Choice(("",) + tuple(models.AUX_HEADS))),
+    ("teacher", "resnet32x4", "teacher model ('' for methods without a teacher)", None),
     ("teacher_checkpoint", "",
-     "teacher weights: .pth, .msgpack, kd_jax workdir (WORKDIR[:best|:latest]) or 'random:SEED'"),
+     "teacher weights: .pth, .msgpack, kd_jax workdir (WORKDIR[:best|:latest]) or 'random:SEED'",
+     None),
     ("student_init", "",
-     "student start: '' (random init) | .pth | .msgpack | kd_jax workdir (last state; WORKDIR:best)"),
-    ("dtype", "float32", "student compute dtype (parameters stay float32)"),
-    ("teacher_dtype", "float32", "teacher compute dtype (bfloat16 only within tolerance)"),
+     "student start: '' (random init) | .pth | .msgpack | kd_jax workdir (last state; WORKDIR:best)",
+     None),
+    ("dtype", "float32", "student compute dtype (parameters stay float32)",
+     Choice(tuple(models.DTYPES))),
+    ("teacher_dtype", "float32", "teacher compute dtype (bfloat16 only within tolerance)",
+     Choice(tuple(models.DTYPES))),
     ("teacher_cache", "",
-     "dir of exact teacher-logit tables for every augmented view (in-memory data); '' = off"),
+     "dir of exact teacher-logit tables for every augmented view (in-memory data); '' = off",
+     None),
     # The loss block, loss.*, is derived from the method records (_loss_schema).
     # Optimisation.
-    ("optimizer", "sgd", "optimizer: " + ", ".join(OPTIMIZERS)),
-    ("learning_rate", 0.05, "base learning rate"),
-    ("momentum", 0.9, "SGD momentum"),
-    ("nesterov", False, "Nesterov momentum"),
-    ("weight_decay", 5e-4, "coupled L2 weight decay on every parameter (torch SGD)"),
-    ("schedule", "multistep", "LR schedule: " + ", ".join(SCHEDULES)),
-    ("lr_milestones", (150, 180, 210), "epochs after which the LR is multiplied by lr_decay"),
-    ("lr_decay", 0.1, "multistep LR factor"),
-    ("lr_warmup_epochs", 0, "linear LR warm-up epochs"),
-    ("num_epochs", 240, "training epochs"),
-    ("num_train_steps", -1, "training steps (-1: num_epochs * steps per epoch)"),
-    ("batch_size", 64, "global batch size for training"),
-    ("eval_batch_size", 64, "global eval batch"),
-    ("seed", 0, "seed of initialisation, data order and augmentation"),
+    ("optimizer", "sgd", "optimizer: " + ", ".join(OPTIMIZERS), Choice(OPTIMIZERS)),
+    ("learning_rate", 0.05, "base learning rate", _POSITIVE),
+    ("momentum", 0.9, "SGD momentum", Range(0.0, 1.0, hi_open=True)),
+    ("nesterov", False, "Nesterov momentum", Flag()),
+    ("weight_decay", 5e-4, "coupled L2 weight decay on every parameter (torch SGD)",
+     _NON_NEGATIVE),
+    ("schedule", "multistep", "LR schedule: " + ", ".join(SCHEDULES), Choice(SCHEDULES)),
+    ("lr_milestones", (150, 180, 210), "epochs after which the LR is multiplied by lr_decay",
+     None),
+    ("lr_decay", 0.1, "multistep LR factor", _POSITIVE),
+    ("lr_warmup_epochs", 0, "linear LR warm-up epochs", _NON_NEGATIVE),
+    ("num_epochs", 240, "training epochs", None),
+    ("num_train_steps", -1, "training steps (-1: num_epochs * steps per epoch)", None),
+    ("batch_size", 64, "global batch size for training", _COUNT),
+    ("eval_batch_size", 64, "global eval batch", _COUNT),
+    ("seed", 0, "seed of initialisation, data order and augmentation",
+     Range(*SEED_RANGE, integer=True)),
     # Loop.
-    ("steps_per_dispatch", 1, "training steps per dispatch (one lax.scan on accelerators)"),
-    ("log_every_steps", 100, "train metrics every N steps (100 on a run under 1000 steps: "
-     "every tenth of the run)"),
-    ("eval_every_epochs", 1, "evaluate every N epochs (may be a fraction; 1 on a run shorter "
-     "than an epoch: about 5 times in the run)"),
-    ("checkpoint_every_steps", 1000, "checkpoint every N steps"),
-    ("keep_checkpoints", 3, "checkpoints kept"),
-    ("max_bad_steps", 20, "consecutive non-finite steps before the run stops"),
-    ("num_devices", 0, "devices used (0 = all local devices of every host)"),
-    ("sweep", "", "'KEY=V1,V2;KEY2=V3' trains the product as runs of one program ('' = one run)"),
+    ("steps_per_dispatch", 1, "training steps per dispatch (one lax.scan on accelerators)",
+     _COUNT),
+    ("log_every_steps", 100, "train metrics every N steps (unless set in the config file or on "
+     "the command line, a run under 1000 steps logs every tenth of the run)", _COUNT),
+    ("eval_every_epochs", 1, "evaluate every N epochs (may be a fraction; unless set, a run "
+     "shorter than an epoch evaluates about 5 times)", _POSITIVE),
+    ("checkpoint_every_steps", 1000, "checkpoint every N steps", _COUNT),
+    ("keep_checkpoints", 3, "checkpoints kept", _COUNT),
+    ("max_bad_steps", 20, "consecutive non-finite steps before the run stops", _COUNT),
+    ("num_devices", 0, "devices used (0 = all local devices of every host)", _COUNT_OR_0),
+    ("sweep", "", "'KEY=V1,V2;KEY2=V3' trains the product as runs of one program ('' = one run)",
+     None),
     ("runs_per_device", 0, "a sweep's runs held by each device, the rest of the mesh splitting "
-     "the batch (0 = as many devices per run as the runs and devices allow)"),
-    ("wandb_project", "", "Weights & Biases project to log to ('' = off; needs wandb)"),
+     "the batch (0 = as many devices per run as the runs and devices allow)", None),
+    ("wandb_project", "", "Weights & Biases project to log to ('' = off; needs wandb)", None),
     ("allow_changed", "", "resume: identity keys allowed to differ from the checkpoint's, "
-     "comma-separated (e.g. 'num_epochs' to extend a run); '' = refuse any change"),
+     "comma-separated (e.g. 'num_epochs' to extend a run); '' = refuse any change", None),
 )
 
 
-
-
-def _loss_schema() -> tuple[tuple[str, Any, str], ...]:
+def _loss_schema() -> tuple[tuple[str, Any, str, methods.Check], ...]:
   """The loss block: every hyperparameter the registered methods declare."""
-  return tuple((f"loss.{h.key}", h.default, h.doc) for h in methods.hyperparameters())
+  return tuple((f"loss.{h.key}", h.default, h.doc, h.accepts) for h in methods.hyperparameters())
 
 
-def schema() -> tuple[tuple[str, Any, str], ...]:
-  """Every key of a run: (dotted name, default, one-line description)."""
-  method = (("method", "kd", "the method: " + ", ".join(methods.names())),)
+def schema() -> tuple[tuple[str, Any, str, Optional[methods.Check]], ...]:
+  """Every key of a run: (dotted name, default, one-line description, accepted values or None
+  where a check across keys or the data decides)."""
+  method = (("method", "kd", "the method: " + ", ".join(methods.names()), None),)
   return method + _SCHEMA[1:] + _loss_schema()
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Every key of a run, with the CIFAR-100 protocol of mdistiller (docs/recipes.md)."""
   c = ml_collections.ConfigDict()
-  for key, default, _ in schema():
+  for key, default, _, _ in schema():
     _set(c, key, default, create=True)
   return c
 
 
 def key_descriptions() -> dict[str, str]:
   """Dotted key -> one-line description, for every key of the schema."""
-  return {key: doc for key, _, doc in schema()}
+  return {key: doc for key, _, doc, _ in schema()}
 
 
 def _set(config, key: str, value: Any, create: bool = False) -> None:
@@ -228,6 +249,14 @@ def layers(config: ml_collections.ConfigDict) -> tuple[Layer, ...]:
 
 def _set_layers(config, stack: Sequence[Layer]) -> None:
   object.__setattr__(config, _LAYERS_ATTR, tuple(stack))
+
+
+def copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` (references resolved) that keeps its layers, so `sources()` of the
+  copy still tell preset values from chosen ones."""
+  out = config.copy_and_resolve_references()
+  _set_layers(out, layers(config))
+  return out
 
 
 def _fold(stack: Sequence[Layer]) -> ml_collections.ConfigDict:
@@ -468,21 +497,22 @@ def _plugin_files() -> list[str]:
 
 
 def _choice(config, key: str, accepted: Sequence[Any]) -> None:
-  value = _get(config, key)
-  if value not in accepted:
-    close = errors.suggest(str(value), [str(a) for a in accepted])
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    raise ConfigError(f"config.{key}={value!r} is not accepted; {hint}accepted: "
-                      f"{', '.join(repr(a) for a in accepted)}")
+  """A key whose accepted values are known only at run time (models, methods)."""
+  _check(config, key, methods.Choice(tuple(accepted)))
 
 
-def _positive(config, key: str, allow_zero: bool = False) -> None:
+def _check(config, key: str, accepts: methods.Check) -> None:
   value = _get(config, key)
-  ok = isinstance(value, (int, float)) and math.isfinite(value) and (
-      value >= 0 if allow_zero else value > 0)
-  if not ok:
-    what = "a finite number >= 0" if allow_zero else "a finite number > 0"
-    raise ConfigError(f"config.{key}={value!r} is not accepted; expected {what}")
+  expected = accepts.expected(value)
+  if expected is not None:
+    raise ConfigError(f"config.{key}={value!r} is not accepted; {expected}")
+
+
+def _declared_values(config) -> None:
+  """Every key against the accepted values its schema entry (or loss record) declares."""
+  for key, _, _, accepts in schema():
+    if accepts is not None:
+      _check(config, key, accepts)
 
 
 def _crop_ranges(config) -> None:
@@ -510,8 +540,7 @@ def _dataset(config) -> None:
 
 
 def _augment_and_normalization(config) -> None:
-  """augment in AUGMENTATIONS (and fitting a preset's pipeline); mean/std () or 3 numbers."""
-  _choice(config, "augment", data_lib.AUGMENTATIONS)
+  """mean/std: () or 3 numbers (augment's names: its schema entry)."""
   for key, lo, what in (("mean", 0.0, "0 <= m <= 1"), ("std", None, "0 < s <= 1")):
     value = config[key]
     try:
@@ -525,15 +554,6 @@ def _augment_and_normalization(config) -> None:
       raise ConfigError(f"config.{key}={value!r} is not accepted; accepted: () for the "
                         f"dataset's default or three per-channel numbers in [0, 1] pixel units "
                         f"with {what}, e.g. --config.{key}=(0.5071,0.4867,0.4408)")
-
-
-def _loss_values(config) -> None:
-  """Every declared loss key against its declaration's accepted values."""
-  for h in methods.hyperparameters():
-    value = config.loss[h.key]
-    expected = h.expected(value)
-    if expected is not None:
-      raise ConfigError(f"config.loss.{h.key}={value!r} is not accepted; {expected}")
 
 
 def _views(config) -> None:
@@ -590,44 +610,36 @@ def _method_keys(config) -> None:
                       f"{', '.join(methods.ls_names())}; got {base!r}")
 
 
+def chosen(config: ml_collections.ConfigDict, key: str) -> bool:
+  """Whether the value of `key` was chosen for this run (in the config file or on the command
+  line, even if equal to the default) rather than left to the schema or a preset layer.
+
+  A config file's value equal to the layers' is indistinguishable from theirs (not chosen);
+  a command-line value always counts (`record_command_line` keeps every override given).
+  """
+  return sources(config)[key] in (CONFIG_FILE, COMMAND_LINE)
+
+
 def short_run_log_every(config, total_steps: int) -> int:
-  """log_every_steps, or on a run of fewer than 10 x the default, a tenth of the run (>= 1)
-  when log_every_steps is the schema's default: a short run logs about 10 times."""
-  default = base_config().log_every_steps
-  if config.log_every_steps != default or total_steps >= 10 * default:
-    return int(config.log_every_steps)
+  """log_every_steps, or, when it is not `chosen`, on a run of fewer than 10 x it, a tenth of
+  the run (>= 1): a short run logs about 10 times."""
+  every = int(config.log_every_steps)
+  if chosen(config, "log_every_steps") or total_steps >= 10 * every:
+    return every
   return max(1, int(total_steps) // 10)
 
 
 def short_run_eval_every(config, total_steps: int, steps_per_epoch: int) -> float:
-  """eval_every_epochs, or on a run shorter than one epoch (eval_every_epochs the schema's
-  default), the fraction of an epoch that evaluates about 5 times in the run."""
-  if config.eval_every_epochs != base_config().eval_every_epochs or (
-      total_steps >= steps_per_epoch):
+  """eval_every_epochs, or, when it is not `chosen`, on a run shorter than one epoch, the
+  fraction of an epoch that evaluates about 5 times in the run."""
+  if chosen(config, "eval_every_epochs") or total_steps >= steps_per_epoch:
     return config.eval_every_epochs
   return math.ceil(total_steps / 5) / steps_per_epoch
 
 
-# Seeds go through jax.random.key (32 bits without x64) and a sweep holds them as int32.
-SEED_RANGE = (0, 2 ** 31 - 1)
-
-
-def _ranges(config) -> None:
-  """The ranges of the optimiser and data keys that the schema can state (the loss keys'
-  ranges are declared in the method registry)."""
-  if not isinstance(config.lr_decay, (int, float)) or not (
-      math.isfinite(config.lr_decay) and config.lr_decay > 0):
-    raise ConfigError(f"config.lr_decay={config.lr_decay!r} is not accepted; expected a "
-                      f"finite number > 0 (the multistep LR factor, e.g. 0.1)")
-  m = config.momentum
-  if not isinstance(m, (int, float)) or not (0.0 <= m < 1.0):
-    raise ConfigError(f"config.momentum={m!r} is not accepted; expected a number in [0, 1) "
-                      f"(SGD momentum, e.g. 0.9)")
+def _random_teacher_seed(config) -> None:
+  """teacher_checkpoint='random:SEED': SEED in the seed's range."""
   lo, hi = SEED_RANGE
-  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
-      lo <= config.seed <= hi):
-    raise ConfigError(f"config.seed={config.seed!r} is not accepted; expected an integer in "
-                      f"[{lo}, {hi}] (JAX seeds are 32-bit)")
   source = config.teacher_checkpoint
   if isinstance(source, str) and source.startswith("random:"):
     seed = source.split(":", 1)[1]
@@ -658,27 +670,12 @@ def validate(config: ml_collections.ConfigDict, *, model_names: Sequence[str],
   _choice(config, "student", sorted(model_names))
   if methods.needs_teacher(config):
     _choice(config, "teacher", sorted(model_names))
-  _choice(config, "aux_head", ("",) + models.AUX_HEADS)
-  _choice(config, "dtype", tuple(models.DTYPES))
-  _choice(config, "teacher_dtype", tuple(models.DTYPES))
-  _choice(config, "schedule", SCHEDULES)
-  _choice(config, "optimizer", OPTIMIZERS)
+  _declared_values(config)
   if config.dataset in NUM_CLASSES and config.num_classes != NUM_CLASSES[config.dataset]:
     raise ConfigError(f"config.num_classes={config.num_classes} does not match dataset "
                       f"{config.dataset!r}, which has {NUM_CLASSES[config.dataset]} classes")
-  for key in ("learning_rate", "batch_size", "eval_batch_size", "steps_per_dispatch",
-              "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-              "max_bad_steps", "eval_every_epochs"):
-    _positive(config, key)
-  for key in ("image_size", "weight_decay", "momentum", "lr_warmup_epochs",
-              "train_examples", "eval_examples", "num_devices", "in_memory_budget_mb"):
-    _positive(config, key, allow_zero=True)
-  _loss_values(config)
-  if not isinstance(config.num_classes, int) or config.num_classes < 1:
-    raise ConfigError(f"config.num_classes={config.num_classes!r} is not accepted; expected a "
-                      f"positive integer")
   _augment_and_normalization(config)
-  _ranges(config)
+  _random_teacher_seed(config)
   if config.wandb_project:
     import importlib.util  # pylint: disable=g-import-not-at-top
     if importlib.util.find_spec("wandb") is None:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from kd_jax import losses
-from kd_jax.errors import ConfigError
+from kd_jax.errors import ConfigError, suggest
 from kd_jax.losses import kendall
 
 Pair = tuple[str, str]
@@ -36,6 +36,11 @@ PyTree = Any
 
 def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _num(x: float) -> str:
+  """A bound as written: 0, 0.5, 2147483647 (never 2.14748e+09)."""
+  return str(int(x)) if float(x).is_integer() and abs(x) < 2 ** 53 else f"{x:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +64,14 @@ class Range:
   def bounds(self) -> str:
     """'> 0', '>= 0', 'in [0, 1)' or '' (any finite number)."""
     if math.isinf(self.hi):
-      return "" if math.isinf(self.lo) else f"{'>' if self.lo_open else '>='} {self.lo:g}"
-    return (f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+      return "" if math.isinf(self.lo) else f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+    return (f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}"
             f"{')' if self.hi_open else ']'}")
 
   def describe(self) -> str:
-    what = "an integer" if self.integer else "a finite number"
+    """'a finite number > 0', 'a number in [0, 1)', 'an integer in [0, 9]', ..."""
+    bounded = not (math.isinf(self.lo) or math.isinf(self.hi))
+    what = "an integer" if self.integer else "a number" if bounded else "a finite number"
     return f"{what} {self.bounds()}".rstrip()
 
   def expected(self, value: Any) -> Optional[str]:
@@ -79,7 +86,9 @@ class Choice:
   def expected(self, value: Any) -> Optional[str]:
     if value in self.options and type(value) in {type(o) for o in self.options}:
       return None
-    return "accepted: " + ", ".join(repr(o) for o in self.options)
+    close = suggest(str(value), [str(o) for o in self.options])
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}accepted: " + ", ".join(repr(o) for o in self.options)
 
 
 @dataclasses.dataclass(frozen=True)

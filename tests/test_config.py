@@ -195,3 +195,111 @@ def test_no_list_of_loss_keys_outside_the_records():
       f"loss.{h.key}" for h in methods.hyperparameters() if h.sweepable}
   assert methods.get("dhkd").own_keys == ("grad_align",)
   assert methods.get("rkkd").own_keys == ("rank_weight",)
+
+
+def test_every_declared_range_and_choice_is_enforced_by_validate():
+  """validate() checks each key against the accepted values of its schema entry: a value just
+  outside a declared range (or not among declared choices) is refused in one line naming it."""
+  from kd_jax import methods  # pylint: disable=import-outside-toplevel
+  checked = []
+  for key, default, _, accepts in kdc.schema():
+    if isinstance(accepts, methods.Range):
+      bad = (accepts.lo if accepts.lo_open else accepts.lo - 1) if accepts.lo > -float("inf") \
+          else accepts.hi + 1
+      bad = int(bad) if isinstance(default, int) else float(bad)
+    elif isinstance(accepts, methods.Choice) and isinstance(default, str):
+      bad = "no_such_value"
+    else:
+      continue
+    c = kd.get_config()
+    kdc._set(c, key, bad)  # pylint: disable=protected-access
+    with pytest.raises(errors.ConfigError) as e:
+      _validate(c)
+    assert str(e.value).startswith(f"config.{key}={bad!r} "), (key, e.value)
+    assert "\n" not in str(e.value)
+    checked.append(key)
+  # The optimiser, data and loop keys that have a range are among them (and the loss keys).
+  assert {"momentum", "lr_decay", "seed", "batch_size", "num_classes", "log_every_steps",
+          "schedule", "augment", "loss.temperature", "loss.rank_form"} <= set(checked)
+  assert kdc.schema()[0][3] is None   # the method: checked against the registry at run time
+
+
+def _kd_jax_imports() -> dict:
+  """{module: the kd_jax modules it imports}, read with `ast` from every file of kd_jax, the
+  imports inside functions included. `from P import m` names module P.m where P.m is a module;
+  an import of a package the module lies in is left out (Python initialises it first anyway)."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  files = {}
+  for folder, _, names in os.walk(os.path.join(root, "kd_jax")):
+    for name in names:
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+        files[module[:-len(".__init__")] if module.endswith(".__init__") else module] = path
+  graph = {}
+  for module, path in files.items():
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    named = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        named.update(a.name for a in node.names)
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+          parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+          base = ".".join(parts + ([base] if base else []))
+        named.update(f"{base}.{a.name}" if f"{base}.{a.name}" in files else base
+                     for a in node.names)
+    graph[module] = {n for n in named if n in files and n != module
+                     and not module.startswith(n + ".")}
+  return graph
+
+
+def _cycle(graph: dict) -> list:
+  """An import cycle of `graph` as [a, b, ..., a], or [] if it has none (depth-first search)."""
+  done, path = set(), []
+
+  def visit(module):
+    if module in path:
+      return path[path.index(module):] + [module]
+    if module in done:
+      return []
+    path.append(module)
+    for dep in sorted(graph[module]):
+      found = visit(dep)
+      if found:
+        return found
+    path.pop()
+    done.add(module)
+    return []
+  for module in sorted(graph):
+    found = visit(module)
+    if found:
+      return found
+  return []
+
+
+def test_kd_jax_imports_form_no_cycle_and_point_down_the_layers():
+  """docs/architecture.md "Who may import whom": no import cycle, and the lower layers never
+  import the ones above them."""
+  graph = _kd_jax_imports()
+  assert {"kd_jax.config", "kd_jax.methods", "kd_jax.train.loop", "kd_jax.data.sources"} <= set(
+      graph) and "kd_jax.methods" in graph["kd_jax.config"]   # the walk sees the imports
+  assert _cycle(graph) == [], " -> ".join(_cycle(graph))
+  # The check catches a cycle: methods importing config (which imports methods) makes one.
+  assert "kd_jax.config" in _cycle({**graph, "kd_jax.methods": graph["kd_jax.methods"] | {
+      "kd_jax.config"}})
+  layer = {"kd_jax.errors": 0, "kd_jax.console": 0, "kd_jax.losses": 1, "kd_jax.models": 2,
+           "kd_jax.data": 2, "kd_jax.methods": 3, "kd_jax.config": 4, "kd_jax.train": 5}
+
+  def rank(module):
+    return next((r for p, r in layer.items() if module == p or module.startswith(p + ".")), None)
+  for module, deps in graph.items():
+    for dep in deps:
+      if rank(module) is not None and rank(dep) is not None:
+        assert rank(dep) < rank(module) or module.split(".")[1] == dep.split(".")[1], (
+            f"{module} imports {dep}, a layer above it")

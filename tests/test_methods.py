@@ -179,10 +179,11 @@ def test_a_methods_hyperparameters_are_declared_once(toy):
     ("toy_temps", (1.0, 0.0), "config.loss.toy_temps=(1.0, 0.0) is not accepted; expected a "
      "list of at least 1 finite numbers, each > 0"),
     ("toy_temps", (), "config.loss.toy_temps=() is not accepted"),
-    ("toy_mode", "median", "config.loss.toy_mode='median' is not accepted; accepted: 'mean', "
-     "'max'"),
-    ("label_smoothing", 1.0, "config.loss.label_smoothing=1.0 is not accepted; expected a finite "
+    ("toy_mode", "median", "config.loss.toy_mode='median' is not accepted; did you mean "
+     "'mean'? accepted: 'mean', 'max'"),
+    ("label_smoothing", 1.0, "config.loss.label_smoothing=1.0 is not accepted; expected a "
      "number in [0, 1)"),
+    ("toy_mode", "maxx", "config.loss.toy_mode='maxx' is not accepted; did you mean 'max'?"),
 ])
 def test_bad_values_of_declared_keys_are_one_line(toy, key, value, needle):
   config = toy.get_config()

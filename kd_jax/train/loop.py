@@ -125,7 +125,13 @@ def load_student_init(config) -> PyTree:
 def setup_data(config, mesh) -> data_lib.Pipeline:
   """The run's data (kd_jax.data.pipeline) for config.dataset and the views of config's methods."""
   return data_lib.pipeline(config, mesh, views=methods.LossSpec.from_config(config).views,
-                           schema_num_classes=config_lib.base_config().num_classes)
+                           schema_num_classes=num_classes_that_follow_the_data(config))
+
+
+def num_classes_that_follow_the_data(config) -> int:
+  """The config.num_classes at which the run takes the dataset's class count: its own value
+  unless chosen in the config file or on the command line (config.chosen), else none (0)."""
+  return 0 if config_lib.chosen(config, "num_classes") else int(config.num_classes)
 
 
 def resolved_config(config, data: data_lib.Pipeline) -> ml_collections.ConfigDict:

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from kd_jax import config as config_lib
 from kd_jax import console
 from kd_jax import methods
 from kd_jax.errors import ConfigError, suggest
@@ -92,7 +93,7 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
   axes = parse_sweep(config.sweep)
   runs = []
   for combo in itertools.product(*[vals for _, vals in axes]):
-    run = ml_collections.ConfigDict(config.to_dict())
+    run = config_lib.copy(config)   # its layers too: sources() and chosen() still tell
     run.sweep = ""
     for (key, _), v in zip(axes, combo):
       _set(run, key, int(v) if key == "seed" else float(v))
