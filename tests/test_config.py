@@ -224,6 +224,34 @@ def test_every_declared_range_and_choice_is_enforced_by_validate():
   assert kdc.schema()[0][3] is None   # the method: checked against the registry at run time
 
 
+def test_a_value_given_on_the_command_line_wins_even_when_it_equals_the_default():
+  """num_classes follows the data and a short run logs every tenth of it, unless the value
+  was chosen: a --config.KEY equal to the schema's default counts as chosen."""
+  from kd_jax.train import loop  # pylint: disable=import-outside-toplevel
+  left = kd.get_config()
+  assert not kdc.chosen(left, "num_classes") and not kdc.chosen(left, "log_every_steps")
+  assert loop._num_classes(left, 4, "its class folders") == 4  # pylint: disable=protected-access
+  assert kdc.short_run_log_every(left, 150) == 15
+  assert kdc.short_run_eval_every(left, 150, 300) == 30 / 300
+  given = kdc.record_command_line(kd.get_config(), {"num_classes": 100, "log_every_steps": 100,
+                                                    "eval_every_epochs": 1})
+  assert kdc.chosen(given, "num_classes") and kdc.chosen(given, "log_every_steps")
+  with pytest.raises(errors.ConfigError) as e:
+    loop._num_classes(given, 4, "its class folders")  # pylint: disable=protected-access
+  assert str(e.value).startswith("config.num_classes=100 does not match dataset 'cifar100', "
+                                 "which has 4 classes") and "--config.num_classes=4" in str(e.value)
+  assert kdc.short_run_log_every(given, 150) == 100
+  assert kdc.short_run_eval_every(given, 150, 300) == 1
+  # A config file's own value that differs from the layers' is chosen too; a sweep's runs keep
+  # the layers, so they decide as the launch does.
+  own = kd.get_config()
+  own.log_every_steps = 5
+  assert kdc.chosen(own, "log_every_steps") and kdc.short_run_log_every(own, 150) == 5
+  from kd_jax.train import sweep  # pylint: disable=import-outside-toplevel
+  given.sweep = "seed=0,1"
+  assert [kdc.short_run_log_every(c, 150) for _, c in sweep.expand(given)] == [100, 100]
+
+
 def _kd_jax_imports() -> dict:
   """{module: the kd_jax modules it imports}, read with `ast` from every file of kd_jax, the
   imports inside functions included. `from P import m` names module P.m where P.m is a module;

@@ -23,6 +23,7 @@ from kd_jax.train import sweep
 
 import view_batches
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, C = 4, 10
 S = jax.random.normal(jax.random.PRNGKey(0), (B, C)) * 2
 T = jax.random.normal(jax.random.PRNGKey(1), (B, C)) * 2
@@ -333,15 +334,60 @@ def test_a_new_method_trains_checkpoints_and_resumes(toy, tmp_path):
                [resumed[k] for k in keys])
 
 
+def _launch_toy(workdir, *flags):
+  import testenv  # pylint: disable=import-outside-toplevel
+  return subprocess.run(
+      [sys.executable, os.path.join(_ROOT, "launch.py"), "--config=tests/toy_method.py",
+       f"--workdir={workdir}", *flags],
+      cwd=_ROOT, env=testenv.subprocess_env(1), capture_output=True, text=True, timeout=600)
+
+
+def test_a_new_method_sweeps_through_the_launcher(tmp_path):
+  """`--config.sweep=loss.toy_weight=0.1,0.3`: two runs of the toy in one program, each with
+  its own weight and its own learned tau (in its metrics, config.json and the checkpoint's
+  stacked loss parameters); the same sweep relaunched with another batch size is refused in
+  one line, exit 2, before anything is written."""
+  workdir = tmp_path / "sweep"
+  sweep_flag = "--config.sweep=loss.toy_weight=0.1,0.3"
+  res = _launch_toy(workdir, sweep_flag, "--config.log_every_steps=1")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "Done: a sweep of 2 runs" in res.stdout, res.stdout[-2000:]
+  names = ["loss.toy_weight=0.1", "loss.toy_weight=0.3"]
+  logged = {}
+  for name, weight in zip(names, (0.1, 0.3)):
+    with open(workdir / "runs" / name / "config.json") as f:
+      assert json.load(f)["loss"]["toy_weight"] == weight
+    with open(workdir / "runs" / name / "metrics.jsonl") as f:
+      logged[name] = {l["step"]: l for l in map(json.loads, f) if "train/toy" in l}
+    assert sorted(logged[name]) == [1, 2, 3, 4]
+  first = [logged[n][1] for n in names]
+  # Step 1: both runs start from the same parameters, data and tau = 1, so their terms are
+  # weight * the same KD: a ratio of 3 up to float32 rounding (a few 2^-24 relative).
+  assert [f["train/toy_tau"] for f in first] == [1.0, 1.0]
+  assert first[1]["train/toy"] / first[0]["train/toy"] == pytest.approx(3.0, rel=1e-5)
+  # Then each run's tau follows its own gradient.
+  taus = [[logged[n][s]["train/toy_tau"] for s in (2, 3, 4)] for n in names]
+  assert taus[0] != taus[1] and all(t != 1.0 for t in taus[0] + taus[1])
+  stacked = _restore(str(workdir))[4]["loss_params"]["toy"]["tau"]
+  assert stacked.shape == (2,) and stacked[0] != stacked[1]
+
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+  res = _launch_toy(workdir, sweep_flag, "--config.log_every_steps=1",
+                    "--config.batch_size=8")
+  assert res.returncode == 2, res.stderr[-3000:]
+  err = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "batch_size 16 -> 8" in err[0] and "Traceback" not in res.stderr
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == before
+
+
 def test_print_config_shows_each_values_source(toy):
   """--print_config of the toy's config file with list and string overrides."""
   del toy
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=os.path.join(root, "tests"), JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=os.path.join(_ROOT, "tests"), JAX_PLATFORMS="cpu")
   res = subprocess.run(
       [sys.executable, "launch.py", "--config=tests/toy_method.py", "--print_config",
        "--config.loss.toy_temps=(1.5,3.0)", "--config.loss.toy_mode=max"],
-      cwd=root, env=env, capture_output=True, text=True, timeout=300)
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr
   lines = {line.split(" = ")[0]: line for line in res.stdout.splitlines()}
   source = {k: line.split("  # ")[0].rstrip().rsplit("  ", 1)[-1].strip()
