@@ -241,7 +241,7 @@ def test_student_init_from_pth_msgpack_and_workdir(tmp_path):
   config.student_init = str(pth)
   got = _init_state_params(config)
   jax.tree.map(np.testing.assert_array_equal, got, want)
-  # The converter's .msgpack (issue 13 item 8): as a student init and as a teacher.
+  # The converter's .msgpack: as a student init and as a teacher.
   mp = tmp_path / "s.msgpack"
   torch_import._main([str(pth), "--model", "resnet8", "--num-classes", "100", "--out", str(mp)])
   config.student_init = str(mp)

@@ -1,4 +1,4 @@
-"""Where kd_jax used to differ from the PyTorch reference trainers (issue 15, item 5).
+"""Where kd_jax and the PyTorch reference trainers could differ, checked to agree.
 
 BatchNorm running variance (unbiased, as torch), DHKD auxiliary-head init per family, and an LR
 that follows the run's step even when a non-finite step was skipped.

@@ -85,9 +85,9 @@ def test_kill_after_best_save_or_before_any_checkpoint_resumes_to_the_unbroken_r
   loop.train_and_evaluate(config(), unbroken)
   assert len(read_metrics(unbroken)) > 0
 
-  # (a) Killed after the best model of step 8 was saved, before checkpoint 8 (the window
-  # that used to end every relaunch in StepAlreadyExistsError): best/ and metrics.jsonl are
-  # ahead of the newest checkpoint (4).
+  # (a) Killed after the best model of step 8 was saved, before checkpoint 8 (a relaunch must
+  # not stop on StepAlreadyExistsError): best/ and metrics.jsonl are ahead of the newest
+  # checkpoint (4).
   a = str(tmp_path / "a")
   shutil.copytree(unbroken, a)
   for s in saved_steps(a):

@@ -1,4 +1,4 @@
-"""The accelerator path on CPU (forced lax.scan) and the exact teacher-logit table (issue 14)."""
+"""The accelerator path on CPU (forced lax.scan), the exact teacher-logit table, sweeps."""
 import os
 import sys
 
@@ -369,7 +369,7 @@ def test_sweep_step_forced_scan_equals_per_step_and_lone_runs():
 
 @pytest.mark.slow
 def test_sweep_equals_the_runs_launched_alone(tmp_path):
-  """Done-when of issue 14: seed=0,1 x loss.beta=2,8 on smoke dkd == the four lone runs."""
+  """A sweep of seed=0,1 x loss.beta=2,8 on smoke dkd logs what the four runs alone log."""
   config = tiny_config("dkd")
   config.sweep = "seed=0,1;loss.beta=2,8"
   sweep.train_sweep(config, str(tmp_path / "sweep"))
