@@ -230,14 +230,20 @@ def test_a_value_given_on_the_command_line_wins_even_when_it_equals_the_default(
   from kd_jax.train import loop  # pylint: disable=import-outside-toplevel
   left = kd.get_config()
   assert not kdc.chosen(left, "num_classes") and not kdc.chosen(left, "log_every_steps")
-  assert loop._num_classes(left, 4, "its class folders") == 4  # pylint: disable=protected-access
+  from kd_jax.data import run_data  # pylint: disable=import-outside-toplevel
+
+  def num_classes(config, found):
+    return run_data.resolve_num_classes(
+        config, found, "its class folders",
+        schema_default=loop.num_classes_that_follow_the_data(config))
+  assert num_classes(left, 4) == 4
   assert kdc.short_run_log_every(left, 150) == 15
   assert kdc.short_run_eval_every(left, 150, 300) == 30 / 300
   given = kdc.record_command_line(kd.get_config(), {"num_classes": 100, "log_every_steps": 100,
                                                     "eval_every_epochs": 1})
   assert kdc.chosen(given, "num_classes") and kdc.chosen(given, "log_every_steps")
   with pytest.raises(errors.ConfigError) as e:
-    loop._num_classes(given, 4, "its class folders")  # pylint: disable=protected-access
+    num_classes(given, 4)
   assert str(e.value).startswith("config.num_classes=100 does not match dataset 'cifar100', "
                                  "which has 4 classes") and "--config.num_classes=4" in str(e.value)
   assert kdc.short_run_log_every(given, 150) == 100
