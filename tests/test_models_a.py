@@ -204,7 +204,15 @@ def test_linear_layer_uses_real_fan_in_for_bias():
   b = np.asarray(v["params"]["bias"])
   assert np.abs(b).max() <= 0.01  # 1/sqrt(10000), not 1/sqrt(7)
   y = lin.apply(v, jnp.ones((2, 10_000)))
-  np.testing.assert_allclose(y, np.ones((2, 10_000)) @ v["params"]["kernel"] + b, rtol=1e-5)
+  # A float32 sum of 10000 terms: its round-off depends on the order. Yardstick: the same layer
+  # with its inputs (the kernel's rows) in another order, against the float64 sum.
+  kernel = np.asarray(v["params"]["kernel"])
+  want64 = kernel.astype(np.float64).sum(0) + b.astype(np.float64)
+  rows = np.random.default_rng(0).permutation(10_000)
+  moved = lin.apply({"params": {"kernel": kernel[rows], "bias": b}}, jnp.ones((2, 10_000)))
+  err, bound = yardstick.near_reference(y, moved, np.broadcast_to(want64, (2, 7)))
+  assert err <= bound, (err, bound)
+  assert np.abs(b).max() > 10 * bound   # the bias is far above it: a lost bias would show
 
 
 @pytest.mark.parametrize("name", ["resnet8x4", "wrn_16_1"])
