@@ -351,12 +351,13 @@ def test_sweep_step_forced_scan_equals_per_step_and_lone_runs():
       stacked(), hp, trainer0.teacher_vars, data.train)
   # XLA:CPU rounds the vmapped and looped convolutions differently at every step, and the
   # BatchNorm gradients of this 16-example batch cancel to small sums that magnify it. Bound:
-  # the yardstick (the calls once more from parameters 4 ulps away) x 4 yardstick.FACTOR: a start
-  # 4 ulps away moves less than round-off in every convolution of every step (measured: scan vs
-  # calls up to 37 yardsticks, on BatchNorm variances, 2026-12-04).
+  # the yardstick (the calls once more from parameters 4 ulps away) x 16 yardstick.FACTOR: a
+  # start 4 ulps away moves less than round-off in every convolution of every step (measured:
+  # scan vs calls up to 37 yardsticks with XLA's AVX-512 code, about 200 with its AVX2 code, on
+  # BatchNorm variances, 2026-12-05).
   bounds = _state_bounds(calls, calls_fn(_wobbled(stacked()), hp, trainer0.teacher_vars,
                                          data.train), config.batch_size,
-                         factor=4 * yardstick.FACTOR)
+                         factor=16 * yardstick.FACTOR)
   np.testing.assert_array_equal(jax.device_get(calls.step), jax.device_get(scanned.step))
   yardstick.assert_within(_compared(calls), _compared(scanned), bounds, "sweep scan vs calls")
   # A defect is far outside it: the learning rates of the two runs swapped.
