@@ -548,10 +548,9 @@ def _update_distance(init, a, b, run_a, run_b) -> float:
 
 @pytest.mark.slow
 def test_sweep_spread_over_a_runs_axis_equals_the_sweep_on_one_device():
-  """8 runs on 8 devices as 4 runs x 2 data shards and 8 x 1 take the steps of the same sweep
-  on one device, to within float rounding: the yardstick is the same sweep with every run on all
-  8 devices (only the batch split), and a swapped run is far outside it. (2 x 4 takes the code
-  path of 4 x 2: a runs axis and a data axis, both longer than 1.)"""
+  """8 runs on 8 devices as 4 runs x 2 data shards, 2 x 4 and 8 x 1 take the steps of the same
+  sweep on one device, to within float rounding: the yardstick is the same sweep with every run
+  on all 8 devices (only the batch split), and a swapped run is far outside it."""
   _, _, init, one = _spread_sweep_step(1, 0)
   shape, _, _, split = _spread_sweep_step(8, 8)
   assert shape == {"data": 8}
@@ -561,7 +560,8 @@ def test_sweep_spread_over_a_runs_axis_equals_the_sweep_on_one_device():
   loss_one = np.asarray(one.metric_sums["loss"], np.float64)
   loss_yard = float(np.max(np.abs(np.asarray(split.metric_sums["loss"]) - loss_one)))
   loss_bound = 10 * loss_yard + yardstick.ulps(64) * float(np.max(np.abs(loss_one)))
-  for per_device, want in ((2, {"runs": 4, "data": 2}), (1, {"runs": 8, "data": 1})):
+  for per_device, want in ((2, {"runs": 4, "data": 2}), (4, {"runs": 2, "data": 4}),
+                           (1, {"runs": 8, "data": 1})):
     shape, held, _, spread = _spread_sweep_step(8, per_device)
     assert shape == want and held == {per_device}, (shape, held)
     for r in range(8):
