@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import testenv  # pylint: disable=g-import-not-at-top
+import yardstick  # pylint: disable=g-import-not-at-top
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -31,8 +32,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, SIZE, N_TRAIN, N_TEST, EPOCHS = 10, 32, 32, 20, 20
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 # kd_jax's error may be this many times PyTorch's own float32-vs-float64 drift, plus a floor
-# for round-off in a run that barely drifts.
-FACTOR, FLOOR = 10.0, 1e-5
+# that matters only where that drift is near zero (a value that barely moves): the worst-case
+# round-off of a float32 sum of 168 terms (yardstick.gamma(168) = 1.0e-5), about the chain a
+# reported value passes through after the last update (the classifier's 64-term dot products,
+# the loss's means over the 32 examples and 10 classes, the metric window's sum).
+FACTOR, FLOOR = 10.0, yardstick.gamma(168)
 
 # method id -> (config file[:arg], extra config overrides, aux head of the student)
 METHODS = {
@@ -230,7 +234,9 @@ def test_kd_jax_step_in_float64_equals_torch_double(setup, tmp_path, method):
         f"reordered batch {loss_sens:.2e}); weights {w_err:.2e} (reordered batch "
         f"{w_sens:.2e}; the weights moved by {moved:.2e})")
   assert moved > 1e-3
-  # The logged loss is a float32 sum (~1e-7); the weights are float64 throughout, so they agree
-  # to float64 round-off as the problem amplifies it (RKKD: ~1e-10, the others ~1e-14).
-  assert loss_err < max(1e-6, 100 * loss_sens)
-  assert w_err < max(1e-12, 100 * w_sens)
+  # The logged loss is a float32 value (a window mean: yardstick.gamma(16), 9.5e-7, bounds its
+  # round-off); the weights are float64 throughout, so they agree to float64 round-off as the
+  # problem amplifies it (the reordered batch measures that), with a floor of the float64
+  # round-off of a 9000-term sum (1.0e-12; the model's longest reductions are ~600 terms).
+  assert loss_err < max(yardstick.gamma(16), 100 * loss_sens)
+  assert w_err < max(yardstick.gamma(9000, u=2.0 ** -53), 100 * w_sens)
