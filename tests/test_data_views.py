@@ -185,14 +185,20 @@ def test_streamed_views_each_have_their_own_augmentation(tmp_path, monkeypatch):
   np.testing.assert_array_equal(plain["image"]["weak"], plain["image"]["strong"])
 
 
-def test_streamed_strong_view_without_its_tf_function_is_one_line(tmp_path, monkeypatch):
+def test_streamed_strong_view_runs_and_without_its_tf_function_is_one_line(tmp_path,
+                                                                           monkeypatch):
+  """The real tf_strong_view in the stream: its images, pixel values unchanged by a unit
+  normalisation, are whole grey levels; a version without it is refused in one line."""
   pytest.importorskip("tensorflow")
-  monkeypatch.delattr(randaugment, "tf_strong_view", raising=False)
   data_dir = str(tmp_path / "tfds")
   _tiny_tfds(data_dir, n=8)
+  kw = dict(augment="randaugment", batch_size=8, image_size=8, name="tiny_views", seed=0)
+  pixels = next(data.train_stream(data_dir, mean=(0.0,) * 3, std=(1 / 255,) * 3, **kw))["image"]
+  assert pixels.shape == (8, 8, 8, 3)
+  assert np.abs(pixels - np.round(pixels)).max() < 1e-3 and 0 <= pixels.min() <= pixels.max() <= 255
+  monkeypatch.delattr(randaugment, "tf_strong_view")
   with pytest.raises(data.DataError) as e:
-    next(data.train_stream(data_dir, augment="randaugment", batch_size=8, image_size=8,
-                           name="tiny_views", seed=0))
+    next(data.train_stream(data_dir, **kw))
   assert "tf_strong_view" in str(e.value) and "\n" not in str(e.value)
 
 

@@ -1,4 +1,5 @@
-"""kd_jax.data.randaugment against PIL, the library MLKD's reference augmentation calls.
+"""kd_jax.data.randaugment against PIL, the library MLKD's reference augmentation calls: the JAX
+ops and their TensorFlow twins (tf_strong_view, the streamed pipeline's) alike.
 
 Bounds, derived rather than measured:
 - LUT ops (autocontrast, equalize, posterize, solarize, identity) are integer functions of the
@@ -7,12 +8,14 @@ Bounds, derived rather than measured:
 - Blends (brightness, color, contrast, sharpness) are trunc(d + f (i - d)) in float32 on both
   sides, with d computed exactly in integers; XLA may fuse the multiply-add (one rounding instead
   of two), which moves the value by at most one float32 ulp (< 2^-16 below 256) and so changes
-  the truncation by at most 1 grey level.
+  the truncation by at most 1 grey level. TF runs the multiply and the add as two ops.
 - Geometric ops take the pixel containing a source point. PIL computes that point in 16.16 fixed
   point (coefficients rounded to 2^-17, accumulated over x + y steps) or in float64; kd_jax in
-  float32 (about 1e-5 here). A pixel may therefore differ only where its exact source point lies
-  within delta = 2^-17 (1 + x + y) + 1e-4 of a pixel boundary; every other pixel must be equal.
+  float32 (about 1e-5 here; JAX through dm-pix's index-space matrix, TF from PIL's formula). A
+  pixel may therefore differ only where its exact source point lies within
+  delta = 2^-17 (1 + x + y) + 1e-4 of a pixel boundary; every other pixel must be equal.
 """
+import functools
 import math
 
 import jax
@@ -21,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from kd_jax.data import common
 from kd_jax.data import randaugment as ra
 
 H, W = 32, 40  # not square, so that a swapped width/height shows
@@ -76,20 +80,43 @@ def test_op_table_is_the_references():
 
 
 def _magnitudes(op, n=4, seed=1):
+  """The range's ends, then n uniform draws in it (float32, the dtype both backends draw)."""
   rng = np.random.default_rng(seed)
-  return [op.low] + list(op.low + (op.high - op.low) * rng.random(n))
+  draws = op.low + (op.high - op.low) * rng.random(n)
+  return [float(np.float32(v)) for v in [op.low, op.high, *draws]]
 
 
-def _ours(name, v):
+def _tf():
+  pytest.importorskip("tensorflow")
+  return common.import_tf()
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_op(name):
+  """The TF op as the tf.data map traces it: a graph, with the image's size unknown."""
+  tf = _tf()
+  fn = ra._tf_ops()[[op.name for op in ra.OPS].index(name)]  # pylint: disable=protected-access
+  return tf.function(fn, input_signature=[tf.TensorSpec([None, None, 3], tf.float32),
+                                          tf.TensorSpec([], tf.float32)])
+
+
+def _ours(name, v, backend="jax"):
+  if backend == "tf":
+    fn = _tf_op(name)
+    return np.stack([fn(im.astype(np.float32), v).numpy() for im in IMAGES]).astype(int)
   fn = jax.jit(jax.vmap(OP_BY_NAME[name].fn, in_axes=(0, None)))
   return np.asarray(fn(jnp.asarray(IMAGES, jnp.float32), v)).astype(int)
 
 
+BACKENDS = ("jax", "tf")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", sorted(EXACT))
-def test_point_op_matches_pil(name):
+def test_point_op_matches_pil(name, backend):
   op = OP_BY_NAME[name]
   for v in _magnitudes(op):
-    ours = _ours(name, v)
+    ours = _ours(name, v, backend)
     for i, img in enumerate(IMAGES):
       ref = np.asarray(PIL_OPS[name](Image.fromarray(img), float(v))).astype(int)
       diff = np.abs(ours[i] - ref)
@@ -130,11 +157,12 @@ def _off_boundary_mismatches(ours, name, v):
   return bad, checked
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", GEOMETRIC)
-def test_geometric_op_matches_pil_off_boundary(name):
+def test_geometric_op_matches_pil_off_boundary(name, backend):
   op = OP_BY_NAME[name]
-  for v in _magnitudes(op, n=5, seed=2)[1:]:
-    bad, checked = _off_boundary_mismatches(_ours(name, v), name, v)
+  for v in _magnitudes(op, n=3, seed=2):
+    bad, checked = _off_boundary_mismatches(_ours(name, v, backend), name, v)
     assert bad == 0, (name, v, bad)
     assert checked >= 0.9 * len(IMAGES) * H * W  # the criterion leaves most pixels checked
 
@@ -161,10 +189,15 @@ def _pil_cutout(img, v, cx, cy):
   return np.asarray(im)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("v,cx,cy", [(0.5, 20.3, 16.7), (0.01, 1.2, 31.9), (0.3, 40.0, 32.0),
                                      (0.25, 1.0001, 1.0001), (0.49, 33.5, 2.5), (0.0, 9.0, 9.0)])
-def test_cutout_matches_pil(v, cx, cy):
-  ours = jax.jit(ra.cutout)(jnp.asarray(IMAGES[0], jnp.float32), v, cx, cy)
+def test_cutout_matches_pil(v, cx, cy, backend):
+  if backend == "tf":
+    ours = ra._tf_cutout(  # pylint: disable=protected-access
+        _tf().constant(IMAGES[0], "float32"), np.float32(v), np.float32(cx), np.float32(cy))
+  else:
+    ours = jax.jit(ra.cutout)(jnp.asarray(IMAGES[0], jnp.float32), v, cx, cy)
   np.testing.assert_array_equal(np.asarray(ours).astype(np.uint8),
                                 _pil_cutout(IMAGES[0], v, cx, cy))
 
@@ -220,3 +253,46 @@ def test_rand_augment_bad_input():
     ra.rand_augment(jax.random.key(0), jnp.asarray(IMAGES[0][..., 0]))
   with pytest.raises(ValueError, match=r"num_ops.*-1"):
     ra.rand_augment(jax.random.key(0), jnp.asarray(IMAGES[0]), num_ops=-1)
+
+
+def _tf_policy(seed, image):
+  """The policy tf_strong_view(image, seed) draws."""
+  shape = _tf().shape(image)
+  return ra._tf_sample_policy(seed, shape[0], shape[1])  # pylint: disable=protected-access
+
+
+def test_tf_policy_draws_follow_the_reference():
+  tf = _tf()
+  seeds = tf.random.experimental.stateless_split(tf.constant([3, 4], tf.int64), 512)
+  ds = tf.data.Dataset.from_tensor_slices(tf.cast(seeds, tf.int32))  # int32 seeds too
+  pol = ra.Policy(*next(ds.map(lambda s: _tf_policy(s, IMAGES[0])).batch(512)
+                        .as_numpy_iterator()))
+  ops, mags = pol.ops, pol.magnitudes
+  assert ops.shape == (512, 2) and set(np.unique(ops)) == set(range(len(ra.OPS)))
+  assert np.any(ops[:, 0] == ops[:, 1])  # drawn with replacement
+  low = np.array([op.low for op in ra.OPS], np.float32)[ops]
+  high = np.array([op.high for op in ra.OPS], np.float32)[ops]
+  assert np.all((mags >= low) & (mags <= high))
+  assert np.all((pol.cutout_v >= 0) & (pol.cutout_v < 0.5))
+  assert np.all((pol.centre_x > 1) & (pol.centre_x <= W))
+  assert np.all((pol.centre_y > 1) & (pol.centre_y <= H))
+
+
+def test_tf_strong_view_in_tf_data_is_the_jax_policy():
+  """In a tf.data map: uint8, shape kept, a function of the seed, and the image JAX's
+  apply_policy makes with the policy the TF side drew (every op is PIL's on both sides, so the
+  two agree unless a source point or a blend lands within float32 round-off of a pixel or
+  grey-level boundary: 0 of 3000 draws here)."""
+  tf = _tf()
+  images = np.repeat(IMAGES, 4, axis=0)  # each image under 4 seeds
+  seeds = tf.random.experimental.stateless_split(tf.constant([7, 8], tf.int64), len(images))
+  ds = tf.data.Dataset.from_tensor_slices((images, seeds)).map(
+      lambda im, s: (ra.tf_strong_view(im, s), _tf_policy(s, im))).batch(len(images))
+  out, pol = next(ds.as_numpy_iterator())
+  assert out.dtype == np.uint8 and out.shape == images.shape
+  np.testing.assert_array_equal(out, next(ds.as_numpy_iterator())[0])
+  for i in range(len(IMAGES)):  # another seed, another image
+    assert len({out[j].tobytes() for j in range(4 * i, 4 * i + 4)}) == 4, i
+  jax_out = jax.jit(jax.vmap(ra.apply_policy))(jnp.asarray(images),
+                                               ra.Policy(*map(jnp.asarray, pol)))
+  np.testing.assert_array_equal(np.asarray(jax_out), out)

@@ -7,9 +7,12 @@ with replacement from the 14 below, each with a magnitude drawn uniformly from i
 U(0, 0.5) * width filled with (125, 123, 114). Each op reproduces its PIL counterpart on uint8
 RGB images; tests/test_randaugment.py checks every op against PIL.
 
-Wiring: the strong view is `rand_augment_batch(key, crop_and_flip(images, ...))` on the uint8
-batch, before `common.normalize`, i.e. pad-crop-flip (drawn independently of the weak view's),
-then this, then the mean/std normalisation. Pure functions with explicit keys; jit and vmap safe.
+Wiring: in memory, the strong view is `rand_augment_batch(key, crop_and_flip(images, ...))` on
+the uint8 batch, before `common.normalize`, i.e. pad-crop-flip (drawn independently of the weak
+view's), then this, then the mean/std normalisation; pure functions with explicit keys, jit and
+vmap safe. Streamed, `augmentations._streamed_randaugment` calls `tf_strong_view(image, seed)` in
+the tf.data map on each pad-crop-flipped uint8 image: the same draws from a stateless seed, the
+ranges read from `OPS`, and each op written again in TensorFlow (imported on first use only).
 
 Geometric ops (rotate, shear, translate) use dm-pix's nearest-neighbour `affine_transform` with
 PIL's inverse matrices and pixel-centre convention. dm-pix's colour ops are not PIL's (additive
@@ -18,12 +21,16 @@ autocontrast, equalize, posterize and the smoothing filter are written here afte
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import dm_pix
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from kd_jax.data import common
 
 Array = jax.Array
 
@@ -301,6 +308,189 @@ def rand_augment_batch(key: Array, images: Array, num_ops: int = 2,
   return jax.vmap(lambda k, im: rand_augment(k, im, num_ops, magnitude))(keys, images)
 
 
+# ----------------------------------------------------------------------------- TensorFlow
+# The same policy for the streamed (tf.data) pipeline: each op below is the JAX op above written
+# with TF ops on a float32 [H, W, 3] image holding integers (shapes may be dynamic); tensorflow
+# is imported on first use only.
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_ops() -> tuple[Callable[[Any, Any], Any], ...]:
+  """The TF version of each op, in OPS order: fn(float32 [H, W, 3] image, float32 v)."""
+  tf = common.import_tf()
+
+  def blend(degenerate, image, factor):  # `Image.blend`, as _blend
+    return tf.floor(degenerate + factor * (image - degenerate))
+
+  def grey(image):  # RGB -> L, as _grey
+    x = tf.cast(image, tf.int32)
+    lum = x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000
+    return tf.cast(tf.bitwise.right_shift(lum, 16), tf.float32)
+
+  def affine(image, a, b, c, d, e, f):
+    """PIL `transform(AFFINE, (a, b, c, d, e, f), NEAREST)`, fill 0: output pixel (x, y) takes
+    the source pixel (floor(a (x+.5) + b (y+.5) + c), floor(d (x+.5) + e (y+.5) + f))."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    y, x = tf.meshgrid(tf.range(h), tf.range(w), indexing="ij")
+    x, y = tf.cast(x, tf.float32) + 0.5, tf.cast(y, tf.float32) + 0.5
+    sx = tf.cast(tf.floor(a * x + b * y + c), tf.int32)
+    sy = tf.cast(tf.floor(d * x + e * y + f), tf.int32)
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    src = tf.stack([tf.clip_by_value(sy, 0, h - 1), tf.clip_by_value(sx, 0, w - 1)], -1)
+    return tf.where(inside[..., None], tf.gather_nd(image, src), 0.0)
+
+  def size(image, axis):
+    return tf.cast(tf.shape(image)[axis], tf.float32)
+
+  def auto_contrast(image, v):
+    """`ImageOps.autocontrast`, as auto_contrast."""
+    del v
+    lo = tf.reduce_min(image, axis=(0, 1), keepdims=True)
+    hi = tf.reduce_max(image, axis=(0, 1), keepdims=True)
+    span = tf.cast(tf.maximum(hi - lo, 1.0), tf.int32)
+    stretched = tf.cast(image - lo, tf.int32) * 255 // span
+    return tf.where(hi > lo, tf.cast(tf.clip_by_value(stretched, 0, 255), tf.float32), image)
+
+  def brightness(image, v):
+    """`ImageEnhance.Brightness(v)`: blend with black."""
+    return blend(tf.zeros_like(image), image, v)
+
+  def color(image, v):
+    """`ImageEnhance.Color(v)`: blend with the grey (L) image."""
+    return blend(tf.broadcast_to(grey(image)[..., None], tf.shape(image)), image, v)
+
+  def contrast(image, v):
+    """`ImageEnhance.Contrast(v)`: blend with a flat image at int(mean(L) + 0.5)."""
+    lum = tf.cast(grey(image), tf.int64)
+    n = tf.size(lum, out_type=tf.int64)
+    mean = tf.cast((2 * tf.reduce_sum(lum) + n) // (2 * n), tf.float32)
+    return blend(tf.fill(tf.shape(image), mean), image, v)
+
+  def equalize(image, v):
+    """`ImageOps.equalize`: PIL's integer LUT per channel, as equalize."""
+    del v
+    x = tf.transpose(tf.cast(image, tf.int32), [2, 0, 1])  # [3, H, W]
+    ids = tf.reshape(x + 256 * tf.range(3)[:, None, None], [-1])
+    hist = tf.reshape(tf.math.unsorted_segment_sum(tf.ones_like(ids), ids, 768), [3, 256])
+    bins = tf.range(256)
+    last = tf.reduce_max(tf.where(hist > 0, bins, -1), axis=1)
+    step = (tf.reduce_sum(hist, axis=1) - tf.gather(hist, last, batch_dims=1)) // 255
+    keep = (tf.reduce_sum(tf.cast(hist > 0, tf.int32), axis=1) <= 1) | (step == 0)
+    safe = tf.maximum(step, 1)[:, None]
+    lut = tf.minimum((safe // 2 + tf.cumsum(hist, axis=1, exclusive=True)) // safe, 255)
+    lut = tf.where(keep[:, None], bins[None, :], lut)
+    return tf.cast(tf.transpose(tf.gather(lut, x, batch_dims=1), [1, 2, 0]), tf.float32)
+
+  def identity(image, v):
+    """Unchanged."""
+    del v
+    return image
+
+  def posterize(image, v):
+    """`ImageOps.posterize(max(1, int(v)))`: keep the top bits."""
+    bits = tf.maximum(1, tf.cast(v, tf.int32))  # the cast truncates toward zero, as int()
+    mask = 255 - (tf.bitwise.left_shift(1, 8 - bits) - 1)
+    return tf.cast(tf.bitwise.bitwise_and(tf.cast(image, tf.int32), mask), tf.float32)
+
+  def rotate(image, v):
+    """`Image.rotate(v)`: v degrees counter-clockwise about the centre, nearest, fill 0."""
+    angle = -(v * (math.pi / 180.0))
+    a, b = tf.cos(angle), tf.sin(angle)
+    d, e = -b, a
+    cx, cy = size(image, 1) / 2.0, size(image, 0) / 2.0
+    return affine(image, a, b, cx - (a * cx + b * cy), d, e, cy - (d * cx + e * cy))
+
+  def sharpness(image, v):
+    """`ImageEnhance.Sharpness(v)`: blend with `ImageFilter.SMOOTH` (rounded), border kept."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    x = tf.cast(image, tf.int32)
+    pad = tf.pad(x, [[1, 1], [1, 1], [0, 0]])
+    total = 4 * x + tf.add_n([pad[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])
+    smooth = tf.cast((2 * total + 13) // 26, tf.float32)
+    rows, cols = tf.range(h)[:, None, None], tf.range(w)[None, :, None]
+    inner = (rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)
+    return blend(tf.where(inner, smooth, image), image, v)
+
+  def shear_x(image, v):
+    """`transform(AFFINE, (1, v, 0, 0, 1, 0))`."""
+    return affine(image, 1.0, v, 0.0, 0.0, 1.0, 0.0)
+
+  def shear_y(image, v):
+    """`transform(AFFINE, (1, 0, 0, v, 1, 0))`."""
+    return affine(image, 1.0, 0.0, 0.0, v, 1.0, 0.0)
+
+  def solarize(image, v):
+    """`ImageOps.solarize(v)`: invert the values >= v."""
+    return tf.where(image < v, image, 255.0 - image)
+
+  def translate_x(image, v):
+    """`transform(AFFINE, (1, 0, v * W, 0, 1, 0))`."""
+    return affine(image, 1.0, 0.0, v * size(image, 1), 0.0, 1.0, 0.0)
+
+  def translate_y(image, v):
+    """`transform(AFFINE, (1, 0, 0, 0, 1, v * H))`."""
+    return affine(image, 1.0, 0.0, 0.0, 0.0, 1.0, v * size(image, 0))
+
+  table = dict(auto_contrast=auto_contrast, brightness=brightness, color=color,
+               contrast=contrast, equalize=equalize, identity=identity, posterize=posterize,
+               rotate=rotate, sharpness=sharpness, shear_x=shear_x, shear_y=shear_y,
+               solarize=solarize, translate_x=translate_x, translate_y=translate_y)
+  return tuple(table[op.name] for op in OPS)
+
+
+def _tf_cutout(image: Any, v: Any, centre_x: Any, centre_y: Any) -> Any:
+  """`cutout` in TF: the reference's `Cutout(v)` with its centre given (float32 [H, W, 3])."""
+  tf = common.import_tf()
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  side = v * tf.cast(w, tf.float32)
+  x0 = tf.floor(tf.maximum(0.0, centre_x - side / 2.0))
+  y0 = tf.floor(tf.maximum(0.0, centre_y - side / 2.0))
+  x1 = tf.floor(tf.minimum(tf.cast(w, tf.float32), x0 + side))
+  y1 = tf.floor(tf.minimum(tf.cast(h, tf.float32), y0 + side))
+  rows = tf.cast(tf.range(h), tf.float32)[:, None, None]
+  cols = tf.cast(tf.range(w), tf.float32)[None, :, None]
+  inside = (rows >= y0) & (rows <= y1) & (cols >= x0) & (cols <= x1) & (side > 0)
+  return tf.where(inside, tf.constant(CUTOUT_FILL, tf.float32), image)
+
+
+def _tf_sample_policy(seed: Any, height: Any, width: Any, num_ops: int = 2) -> Policy:
+  """`sample_policy` in TF from a stateless seed [2]: the same draws, as TF tensors."""
+  tf = common.import_tf()
+  s_ops, s_mag, s_cut, s_x, s_y = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+  uniform = lambda s, shape=(): tf.random.stateless_uniform(shape, seed=s)
+  ops = tf.random.stateless_uniform([num_ops], seed=s_ops, minval=0, maxval=len(OPS),
+                                    dtype=tf.int32)
+  low = tf.gather(tf.constant([op.low for op in OPS], tf.float32), ops)
+  high = tf.gather(tf.constant([op.high for op in OPS], tf.float32), ops)
+  mags = low + (high - low) * uniform(s_mag, [num_ops])
+  width, height = tf.cast(width, tf.float32), tf.cast(height, tf.float32)
+  return Policy(ops, mags, CUTOUT_MAX * uniform(s_cut), width + (1.0 - width) * uniform(s_x),
+                height + (1.0 - height) * uniform(s_y))
+
+
+def tf_strong_view(image: Any, seed: Any) -> Any:
+  """`rand_augment` (2 ops, then Cutout) in TensorFlow, for the streamed pipeline's tf.data map.
+
+  Args:
+    image: uint8 [H, W, 3] (pad-crop-flip already applied).
+    seed: a stateless seed, int32 or int64 [2]; the same seed gives the same image.
+
+  Returns:
+    The augmented image, uint8 [H, W, 3].
+  """
+  tf = common.import_tf()
+  shape = tf.shape(image)
+  policy = _tf_sample_policy(seed, shape[0], shape[1])
+  x = tf.cast(image, tf.float32)
+  for i in range(policy.ops.shape[0]):
+    x = tf.switch_case(policy.ops[i], [functools.partial(fn, x, policy.magnitudes[i])
+                                       for fn in _tf_ops()])
+  x = _tf_cutout(x, policy.cutout_v, policy.centre_x, policy.centre_y)
+  out = tf.cast(x, tf.uint8)
+  out.set_shape(image.shape)
+  return out
+
+
 __all__ = ["OPS", "Op", "Policy", "apply_policy", "cutout", "rand_augment",
-           "rand_augment_batch", "sample_policy"] + [op.name for op in OPS]
+           "rand_augment_batch", "sample_policy", "tf_strong_view"] + [op.name for op in OPS]
 
