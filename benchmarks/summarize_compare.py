@@ -1,8 +1,9 @@
-"""Reads the JSON lines of one compare.sh pair/batch (all rounds) on stdin; prints the ratio line.
+"""Reads the JSON lines of one compare.sh method/pair/batch (all rounds) on stdin; prints the ratio.
 
 Each mode's figure is the median images/s over the rounds: kd_jax online (`impl` jax, no
 teacher table), kd_jax with the table, PyTorch eager and torch.compile (each also channels-last,
-suffix _cl). The best PyTorch mode is the fastest of their medians; `*_over_best_torch` divide by it. `round_ratios` are
+suffix _cl). The best PyTorch mode is the fastest of their medians; `*_over_best_torch` divide
+by it. `round_ratios` are
 kd_jax online over the best PyTorch figure of the same round (the runs nearest in time).
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ def summarize(records: Iterable[dict]) -> dict:
   first = records[0]
   jax_rec = next((r for r in records if r["impl"] == "jax"), first)
   torch_rec = next((r for r in records if r["impl"] != "jax"), first)
-  out = {"kind": "ratio", "teacher": first["teacher"], "student": first["student"],
+  out = {"kind": "ratio", "method": first.get("method", "kd"),
+         "teacher": first["teacher"], "student": first["student"],
          "batch_size": first["batch_size"], "dtype": jax_rec["dtype"],
          "rounds": len(rounds), "runs": jax_rec.get("runs", 1)}
   for m, v in med.items():

@@ -1,4 +1,5 @@
-"""PyTorch reference of one KD training step (mdistiller style), eager or torch.compile'd.
+"""PyTorch reference of one training step (KD mdistiller style; CTKD, MLKD, DIST as their authors'
+code computes them), eager or torch.compile'd.
 
 Prints one JSON line with the same keys as benchmarks/train_step.py; torch is a dev dependency.
 `--compile` wraps the whole step (teacher forward, student forward, loss, backward, SGD update)
@@ -8,6 +9,7 @@ what a PyTorch user tuning for speed does. `impl` names the mode: torch_eager or
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -136,25 +138,75 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
   return ce_weight * F.cross_entropy(student_logits, labels) + kd_weight * temperature ** 2 * kl
 
 
-def make_step(teacher: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer,
-              autocast_dtype: torch.dtype | None = None,
-              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-  """One KD step: frozen teacher forward under no_grad, student forward/backward, SGD.
+def _authors():
+  """tests/torch_losses_b.py: the PyTorch transcriptions of CTKD, MLKD and DIST written the way
+  their authors' code computes them, which the trajectory tests prove equal to kd_jax's steps;
+  the benchmark times those same functions."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "tests"))
+  import torch_losses_b  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  return torch_losses_b
 
-  With `autocast_dtype` (bfloat16) the forward passes and the loss run under torch.autocast,
-  the mixed precision a PyTorch user reaches for; parameters and the update stay float32.
+
+# Views per method: MLKD's step sees a weak and a strong view of each image (both prepared
+# beforehand here, as the authors' DataLoader workers do), the others one.
+NUM_VIEWS = {"kd": 1, "ctkd": 1, "mlkd": 2, "dist": 1}
+
+
+class MethodLoss(nn.Module):
+  """The loss of one step, the authors' way, at kd_jax's CIFAR defaults of each method.
+
+  kd: `kd_loss`. ctkd: 0.1 CE + 0.9 DistillKL(tau), tau = 1 + 20 sigmoid(GRL(raw)) with the
+  global temperature `raw` a parameter of this module (trained by the student's SGD) and the
+  reversal at epoch 1 of the cosine curriculum. dist: CE + 2 DIST(beta=1, gamma=1, tau=4).
+  mlkd: the sum of the means of KD_ours' losses over the two views (T = 4 and the four extra
+  temperatures, CE weight 0.1, KD weight 0.9; the confidence masks from numpy percentiles).
   """
-  def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    with torch.autocast(images.device.type, dtype=autocast_dtype or torch.bfloat16,
+
+  def __init__(self, method: str):
+    super().__init__()
+    self.method = method
+    self.lib = _authors() if method != "kd" else None
+    self.raw = nn.Parameter(torch.ones(1)) if method == "ctkd" else None
+
+  def forward(self, student: nn.Module, teacher: nn.Module, views: Sequence[torch.Tensor],
+              labels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+      teacher_logits = [teacher(v).float() for v in views]
+    if self.method == "mlkd":  # student(weak), then student(strong): BN moves once per view
+      s_weak, s_strong = (student(v).float() for v in views)
+      terms = self.lib.mlkd_losses(s_weak, s_strong, *teacher_logits, labels)
+      return sum(v.mean() for v in terms.values())
+    logits, t_logits = student(views[0]).float(), teacher_logits[0]
+    if self.method == "kd":
+      return kd_loss(logits, t_logits, labels)
+    if self.method == "ctkd":
+      tau = self.lib.global_temperature(self.raw, self.lib.cosine_decay_value(1))
+      return (0.1 * F.cross_entropy(logits, labels)
+              + 0.9 * self.lib.distill_kl(logits, t_logits, tau)).sum()
+    return F.cross_entropy(logits, labels) + 2.0 * self.lib.dist_loss(logits, t_logits,
+                                                                       1.0, 1.0, 4.0)
+
+
+def make_step(teacher: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer,
+              autocast_dtype: torch.dtype | None = None, loss: MethodLoss | None = None,
+              ) -> Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]:
+  """One step: frozen teacher forward under no_grad, student forward/backward, SGD.
+
+  `views`: the step's image batches (one per view of the method). With `autocast_dtype`
+  (bfloat16) the forward passes and the loss run under torch.autocast, the mixed precision a
+  PyTorch user reaches for; parameters and the update stay float32.
+  """
+  loss_fn = loss or MethodLoss("kd")
+
+  def step(views: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(views[0].device.type, dtype=autocast_dtype or torch.bfloat16,
                         enabled=autocast_dtype is not None):
-      with torch.no_grad():
-        teacher_logits = teacher(images)
-      logits = student(images)
-      loss = kd_loss(logits.float(), teacher_logits.float(), labels)
+      value = loss_fn(student, teacher, views, labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    value.backward()
     optimizer.step()
-    return loss
+    return value
   return step
 
 
@@ -173,7 +225,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--teacher", default="resnet32x4", choices=sorted(MODELS))
   p.add_argument("--student", default="resnet8x4", choices=sorted(MODELS))
-  p.add_argument("--method", default="kd", choices=["kd"])
+  p.add_argument("--method", default="kd", choices=sorted(NUM_VIEWS),
+                 help="the loss, written as its authors compute it (MethodLoss)")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first one")
@@ -200,13 +253,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  args = parse_args(argv)
-  for name in ("batch_size", "steps", "repeats", "num_batches"):
-    if getattr(args, name) < 1:
-      sys.exit(f"--{name.replace('_', '-')} must be >= 1")
-  if args.threads:
-    torch.set_num_threads(args.threads)
+@dataclasses.dataclass
+class Setup:
+  """The timed step and what it closes over."""
+  step: Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]
+  student: nn.Module
+  teacher: nn.Module
+  loss: MethodLoss
+  batches: list
+  device: torch.device
+
+
+def build(args: argparse.Namespace) -> Setup:
+  """Seeded models, SGD, the (compiled) step and --num-batches synthetic device batches."""
   torch.manual_seed(args.seed)
   device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                         else ("cpu" if args.device == "auto" else args.device))
@@ -217,19 +276,33 @@ def main(argv: Sequence[str] | None = None) -> dict:
   memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
   teacher = teacher.to(memory_format=memory_format)
   student = student.to(memory_format=memory_format)
-  optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+  loss = MethodLoss(args.method).to(device)
+  # CTKD's temperature is in the student's optimizer, as its authors train it.
+  optimizer = torch.optim.SGD([*student.parameters(), *loss.parameters()], lr=0.05,
+                              momentum=0.9, weight_decay=5e-4)
   step = make_step(teacher, student, optimizer,
-                   torch.bfloat16 if args.dtype == "bfloat16" else None)
+                   torch.bfloat16 if args.dtype == "bfloat16" else None, loss)
   if args.compile:
     step = torch.compile(step, backend=args.compile_backend,
                          mode=None if args.compile_mode == "default" else args.compile_mode)
-
   # Synthetic, already normalized batches resident on the device (no loader, no augmentation).
   gen = torch.Generator().manual_seed(args.seed)
-  batches = [(torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(
-                  device, memory_format=memory_format),
+  batches = [([torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(
+                   device, memory_format=memory_format) for _ in range(NUM_VIEWS[args.method])],
               torch.randint(0, args.num_classes, (args.batch_size,), generator=gen).to(device))
              for _ in range(args.num_batches)]
+  return Setup(step, student, teacher, loss, batches, device)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args = parse_args(argv)
+  for name in ("batch_size", "steps", "repeats", "num_batches"):
+    if getattr(args, name) < 1:
+      sys.exit(f"--{name.replace('_', '-')} must be >= 1")
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  setup = build(args)
+  step, batches, device = setup.step, setup.batches, setup.device
 
   # "compile_s" is the first step: compilation with --compile, else allocations and kernel
   # selection.

@@ -1,9 +1,11 @@
-"""Times the project's real jitted KD train step on synthetic device-resident CIFAR-like data.
+"""Times the real jitted train step of any method on synthetic device-resident CIFAR-like data.
 
-Builds the run exactly as kd_jax/train/loop.py does; prints one JSON line (images/s, step ms).
-With --teacher-cache the step reads the exact teacher-logit table (kd_jax/train/teacher_cache.py)
-of a small synthetic split (--num-examples, default 64) instead of running the teacher; the
-table's build is timed separately (table_build_s). The step's cost does not depend on the
+Builds the run with kd_jax/train/loop.py's own `build_trainer` (student, teacher, optimizer, the
+method's views and loss parameters); prints one JSON line (images/s, step ms). With
+--teacher-cache the step reads the exact teacher-logit tables (kd_jax/train/teacher_cache.py,
+built by the loop's `teacher_tables`) of a small synthetic split (--num-examples, default 64)
+instead of running the teacher on the views that have one; the tables' build is timed
+separately (table_build_s). The step's cost does not depend on the
 split's size: it gathers B rows whatever N is.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -34,7 +37,6 @@ from kd_jax.train import loop  # pylint: disable=wrong-import-position
 from kd_jax.train import state as state_lib  # pylint: disable=wrong-import-position
 from kd_jax.train import step as step_lib  # pylint: disable=wrong-import-position
 from kd_jax.train import sweep  # pylint: disable=wrong-import-position
-from kd_jax.train import teacher_cache  # pylint: disable=wrong-import-position
 
 
 
@@ -75,62 +77,41 @@ class Setup:
 
 
 def build(args: argparse.Namespace) -> Setup:
-  """Config, mesh, synthetic device-resident split, teacher, state and StepSpec, as loop.py."""
+  """Config, mesh, a synthetic device-resident split, then loop.build_trainer's student,
+  teacher, optimizer, state (with the method's loss parameters) and StepSpec, as a run."""
   config = build_config(args)
   mesh = loop.make_mesh(config)
   num_devices = mesh.devices.size
   config_lib.validate(config, model_names=models.names(), num_devices=num_devices)
   repl = NamedSharding(mesh, P())
 
-  # Synthetic CIFAR-shaped split, device-resident and replicated like loop.setup_data.
+  # Synthetic CIFAR-shaped split, device-resident and replicated like the in-memory pipeline.
   rng = np.random.default_rng(args.seed)
   n = max(args.num_examples or (64 if args.teacher_cache else 50000), config.batch_size)
   images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, config.num_classes, size=(n,), dtype=np.int32)
   data = (jax.device_put(images, repl), jax.device_put(labels, repl))
-  spe = n // config.batch_size
-  total_steps = config.num_train_steps
-
-  loss_spec = methods.LossSpec.from_config(config)
-  teacher, teacher_vars = None, {}
-  if loss_spec.needs_teacher:
-    teacher, teacher_vars = loop.load_teacher(config)
-  teacher_vars = jax.device_put(teacher_vars, repl)
-  student = models.create(config.student, config.num_classes,
-                          aux_head=config.aux_head or None, dtype=models.DTYPES[config.dtype])
-  schedule = state_lib.learning_rate_schedule(config, spe, total_steps)
-  tx = state_lib.make_optimizer(config)
-  key = jax.random.PRNGKey(config.seed)
-  names = step_lib.metric_names(loss_spec)
-
-  def init_state(key):
-    variables = loop.student_variables(student, key, 32)
-    return state_lib.create_state(variables["params"], variables.get("batch_stats", {}), tx,
-                                  key, names)
-
+  trainer = loop.build_trainer(config, mesh, steps_per_epoch=n // config.batch_size,
+                               total_steps=config.num_train_steps, in_memory=True,
+                               mean=tuple(data_lib.CIFAR_MEAN), std=tuple(data_lib.CIFAR_STD))
+  spec, teacher_vars = trainer.spec, trainer.teacher_vars
   if args.runs > 1:  # runs with seeds seed, seed+1, ... stacked as by --config.sweep
-    keys = jnp.stack([jax.random.PRNGKey(config.seed + r) for r in range(args.runs)])
-    state = jax.jit(jax.vmap(init_state), out_shardings=repl)(keys)
+    state = jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s), out_shardings=repl)(
+        *[trainer.init_state(seed=config.seed + r) for r in range(args.runs)])
   else:
-    state = jax.jit(init_state, out_shardings=repl)(key)
-  spec = step_lib.StepSpec(
-      student=student, teacher=teacher, tx=tx, schedule=schedule, loss=loss_spec,
-      steps_per_epoch=spe, batch_size=config.batch_size, seed=config.seed, in_memory=True,
-      mean=tuple(data_lib.CIFAR_MEAN), std=tuple(data_lib.CIFAR_STD),
-      max_bad_steps=config.max_bad_steps, mesh=mesh)
+    state = trainer.init_state()
   build_s = 0.0
-  if args.teacher_cache and teacher is not None:
-    t0 = time.perf_counter()
-    if args.table_file and os.path.exists(args.table_file):
-      table = np.load(args.table_file)  # built by an earlier run with the same arguments
-    else:
-      table = teacher_cache.build_table(
-          teacher, teacher_vars, images, num_classes=config.num_classes,
-          augment="pad_crop_flip", mean=spec.mean, std=spec.std, mesh=mesh)
-      if args.table_file:
-        np.save(args.table_file, table)
-    build_s = time.perf_counter() - t0
-    teacher_vars = jax.device_put(table, repl)
+  if args.teacher_cache and spec.teacher is not None:
+    # The loop's own table build (one table per augmentation of the method's views with a
+    # finite view set; MLKD's strong view runs the teacher online), reused from --table-dir.
+    views = tuple(zip([v.name for v in spec.loss.views], data_lib.view_augments(
+        config.augment, [v.augment for v in spec.loss.views], True)))
+    with tempfile.TemporaryDirectory(prefix="kd_jax_bench_table_") as scratch:
+      config.teacher_cache = args.table_dir or scratch
+      t0 = time.perf_counter()
+      teacher_vars = loop.teacher_tables(config, spec, teacher_vars, (images, labels), views,
+                                         mesh)
+      build_s = time.perf_counter() - t0
     spec = dataclasses.replace(spec, teacher_table=True)
   return Setup(config, spec, state, teacher_vars, data, num_devices, build_s)
 
@@ -219,10 +200,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--teacher-cache", action="store_true",
                  help="the step reads a prebuilt exact teacher-logit table (its build is timed "
                       "separately) instead of running the teacher")
-  p.add_argument("--table-file", default="",
-                 help="with --teacher-cache: load the table from this .npy file if it exists, "
-                      "else build it and save it there (repeated runs skip the build; the file "
-                      "is only valid for the same teacher, seed, split size and dtype)")
+  p.add_argument("--table-dir", default="",
+                 help="with --teacher-cache: the tables' directory (config.teacher_cache): a "
+                      "table built there by an earlier run with the same teacher, data and "
+                      "views is loaded (table_build_s is then the load), else built there")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--runs", type=int, default=1,
                  help="N runs (seeds seed..seed+N-1) vmapped in one step, as --config.sweep; "

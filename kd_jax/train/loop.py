@@ -362,14 +362,15 @@ def _checked_low_precision_teacher(config, spec: step_lib.StepSpec, teacher_vars
   return dataclasses.replace(spec, teacher=reference), dev
 
 
-def _teacher_tables(config, spec: step_lib.StepSpec, teacher_vars, data: data_lib.Pipeline,
-                    mesh) -> dict:
+def teacher_tables(config, spec: step_lib.StepSpec, teacher_vars, train: tuple,
+                   views: Sequence[tuple[str, str]], mesh) -> dict:
   """What the step reads for the teacher with config.teacher_cache: {'tables': {augmentation:
-  table}} for each augmentation of the run's views with a finite view set, and 'variables' (the
-  teacher's, {} when every view has a table) for the views that run the teacher online."""
-  images, labels = (np.asarray(jax.device_get(a)) for a in data.train)
+  table}} for each augmentation of the run's `views` ((name, resolved augmentation)) with a
+  finite view set, and 'variables' (the teacher's, {} when every view has a table) for the views
+  that run the teacher online. `train`: the in-memory (images uint8, labels) split."""
+  images, labels = (np.asarray(jax.device_get(a)) for a in train)
   tables = {}
-  for augment in dict.fromkeys(a for _, a in data.views):
+  for augment in dict.fromkeys(a for _, a in views):
     if data_lib.AUGMENTATION_REGISTRY[augment].num_views is None:
       continue
     tables[augment], _ = teacher_cache.load_or_build(
@@ -379,7 +380,7 @@ def _teacher_tables(config, spec: step_lib.StepSpec, teacher_vars, data: data_li
         dataset=config.dataset, split="train", images=images, labels=labels,
         augment=augment, mean=spec.mean, std=spec.std,
         num_classes=config.num_classes, mesh=mesh)
-  online = [n for n, a in data.views if a not in tables]
+  online = [n for n, a in views if a not in tables]
   if online:
     console.info(f"teacher table: view{'s' if len(online) > 1 else ''} {', '.join(online)} "
                  f"run{'' if len(online) > 1 else 's'} the teacher online (an augmentation "
@@ -624,7 +625,7 @@ def _train_runs(runs: Runs, workdir: str, files: _RunFiles) -> list[RunResult]:
   # What the train step reads for the teacher: its variables, or the teacher-logit table.
   step_teacher = teacher_vars
   if teacher is not None and config.teacher_cache:
-    step_teacher = _teacher_tables(config, spec, teacher_vars, data, mesh)
+    step_teacher = teacher_tables(config, spec, teacher_vars, data.train, data.views, mesh)
     spec = dataclasses.replace(spec, teacher_table=True)
 
   schedules = [state_lib.learning_rate_schedule(c, spe, total_steps) for c in run_configs]
