@@ -293,6 +293,12 @@ def test_tf_strong_view_in_tf_data_is_the_jax_policy():
   np.testing.assert_array_equal(out, next(ds.as_numpy_iterator())[0])
   for i in range(len(IMAGES)):  # another seed, another image
     assert len({out[j].tobytes() for j in range(4 * i, 4 * i + 4)}) == 4, i
-  jax_out = jax.jit(jax.vmap(ra.apply_policy))(jnp.asarray(images),
-                                               ra.Policy(*map(jnp.asarray, pol)))
-  np.testing.assert_array_equal(np.asarray(jax_out), out)
+  jax_out = np.asarray(jax.jit(jax.vmap(ra.apply_policy))(jnp.asarray(images),
+                                                          ra.Policy(*map(jnp.asarray, pol))))
+  # Such a boundary moves single pixels (one source pixel, one grey level) and is rare; another
+  # draw (op, magnitude, Cutout box) changes a large part of the image. So the bound is a
+  # handful of pixels per image, not a tolerance on values.
+  differ = np.any(jax_out != out, axis=-1).reshape(len(images), -1).sum(axis=1)
+  assert np.all(differ <= 8), differ
+  other = np.any(out[0::4] != out[1::4], axis=-1).reshape(len(IMAGES), -1).sum(axis=1)
+  assert np.all(other > 10 * 8), other  # these seeds' neighbouring draws, far outside it
