@@ -202,7 +202,7 @@ def run_side(args: argparse.Namespace) -> dict:
                        torch_loss_fb),
       "optimizer": (lambda: jax.block_until_ready(opt(svars["params"], opt_state, grads)),
                     topt.step),
-      "full_step": (jax_full, lambda: step(xt, yt)),
+      "full_step": (jax_full, lambda: step([xt], yt)),
   }
   side = 0 if args.side == "jax" else 1
   key = f"{args.side}_ms"
@@ -235,7 +235,7 @@ def run_side(args: argparse.Namespace) -> dict:
     steps = max(3, args.repeats // 2)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
       for _ in range(steps):
-        step(xt, yt)
+        step([xt], yt)
     table = sorted(((e.key, e.self_cpu_time_total / 1000.0 / steps, e.count // steps)
                     for e in prof.key_averages()), key=lambda t: -t[1])
     result["torch_profiler_self_ms_per_step"] = [

@@ -425,3 +425,22 @@ def test_plot_series_against_runs_groups_by_n_and_averages_repeats():
   (label, pts), = plot.series(recs, x="runs").items()
   assert "batch 64 table" in label and pts == [(1, 10.0), (4, 32.0)]
   assert plot.series(recs)[label.replace(" batch 64 table", "")] == [(64, 74.0 / 3)]
+
+
+def test_profile_step_torch_side_times_every_part_of_the_step():
+  """profile_step.py's PyTorch side (in-process, the smallest sizes): every part timed, the
+  per-shape convolution times summing to the totals, the residual as documented."""
+  import argparse  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import profile_step  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  rec = profile_step.run_side(argparse.Namespace(teacher="resnet8", student="resnet8",
+                                                 batch_size=2, repeats=1, side="torch"))
+  ms = rec["torch_ms"]
+  parts = ("teacher_forward", "student_forward", "student_fwd_bwd", "loss_fwd_bwd", "optimizer",
+           "full_step", "conv_forward", "conv_input_grad", "conv_weight_grad")
+  _positive_finite(ms, *parts)
+  assert rec["student_convolutions"] == 9   # resnet8: stem, 3 blocks of 2, 2 projections
+  for k in ("conv_forward", "conv_weight_grad"):
+    assert ms[k] == pytest.approx(sum(s["count"] * s["torch_ms"][k] for s in rec["conv_by_shape"]))
+  assert ms["other_backward"] == pytest.approx(ms["student_fwd_bwd"] - ms["student_forward"]
+                                               - ms["conv_input_grad"] - ms["conv_weight_grad"])
+  assert rec["torch_profiler_self_ms_per_step"], "the torch.profiler table is empty"
