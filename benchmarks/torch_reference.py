@@ -142,8 +142,9 @@ def _authors():
   """tests/torch_losses_b.py: the PyTorch transcriptions of CTKD, MLKD and DIST written the way
   their authors' code computes them, which the trajectory tests prove equal to kd_jax's steps;
   the benchmark times those same functions."""
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "tests"))
+  tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+  if tests not in sys.path:
+    sys.path.insert(0, tests)
   import torch_losses_b  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   return torch_losses_b
 

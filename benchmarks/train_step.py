@@ -11,6 +11,7 @@ split's size: it gathers B rows whatever N is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,7 +26,6 @@ from typing import Any, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
 
@@ -96,8 +96,7 @@ def build(args: argparse.Namespace) -> Setup:
                                mean=tuple(data_lib.CIFAR_MEAN), std=tuple(data_lib.CIFAR_STD))
   spec, teacher_vars = trainer.spec, trainer.teacher_vars
   if args.runs > 1:  # runs with seeds seed, seed+1, ... stacked as by --config.sweep
-    state = jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s), out_shardings=repl)(
-        *[trainer.init_state(seed=config.seed + r) for r in range(args.runs)])
+    state = sweep.stacked_states(trainer, [config.seed + r for r in range(args.runs)], repl)
   else:
     state = trainer.init_state()
   build_s = 0.0
@@ -106,8 +105,9 @@ def build(args: argparse.Namespace) -> Setup:
     # finite view set; MLKD's strong view runs the teacher online), reused from --table-dir.
     views = tuple(zip([v.name for v in spec.loss.views], data_lib.view_augments(
         config.augment, [v.augment for v in spec.loss.views], True)))
-    with tempfile.TemporaryDirectory(prefix="kd_jax_bench_table_") as scratch:
-      config.teacher_cache = args.table_dir or scratch
+    with (contextlib.nullcontext(args.table_dir) if args.table_dir
+          else tempfile.TemporaryDirectory(prefix="kd_jax_bench_table_")) as directory:
+      config.teacher_cache = directory
       t0 = time.perf_counter()
       teacher_vars = loop.teacher_tables(config, spec, teacher_vars, (images, labels), views,
                                          mesh)

@@ -85,14 +85,19 @@ def test_compare_runs_every_step_and_prints_the_ratio_to_the_best_peer(compare_l
                                       else "torch_compile_cl")
 
 
-def _torch_step_losses(argv: list[str], perturb: float = 0.0, steps: int = 3) -> list[float]:
-  """Losses of `steps` steps of torch_reference's step (resnet8 -> resnet8, batch 8); with
-  `perturb`, every student weight first moved by that relative amount, up or down at random."""
-  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+def _torch_setup(argv: list[str], batch_size: int, num_batches: int):
+  """torch_reference.build of resnet8 -> resnet8 on 10 classes."""
   import torch_reference  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  setup = torch_reference.build(torch_reference.parse_args(
-      ["--teacher", "resnet8", "--student", "resnet8", "--batch-size", "8", "--num-batches",
-       "2", "--num-classes", "10", *argv]))
+  return torch_reference.build(torch_reference.parse_args(
+      ["--teacher", "resnet8", "--student", "resnet8", "--batch-size", str(batch_size),
+       "--num-batches", str(num_batches), "--num-classes", "10", *argv]))
+
+
+def _torch_step_losses(argv: list[str], perturb: float = 0.0, steps: int = 3) -> list[float]:
+  """Losses of `steps` steps of torch_reference's step (batch 8); with `perturb`, every student
+  weight first moved by that relative amount, up or down at random."""
+  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  setup = _torch_setup(argv, 8, 2)
   if perturb:
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -120,15 +125,11 @@ def test_the_compiled_channels_last_step_follows_the_eager_step():
 def test_the_torch_reference_steps_each_method_its_authors_way(method, views):
   """Student and teacher run once per view (MLKD: weak then strong); CTKD's temperature is a
   parameter of the student's optimizer, so one step moves it."""
-  import torch_reference  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  setup = torch_reference.build(torch_reference.parse_args(
-      ["--teacher", "resnet8", "--student", "resnet8", "--batch-size", "4", "--num-batches",
-       "1", "--num-classes", "10", "--method", method]))
+  setup = _torch_setup(["--method", method], 4, 1)
   seen = {"student": [], "teacher": []}
   for name, model in (("student", setup.student), ("teacher", setup.teacher)):
     model.register_forward_hook(lambda m, inp, out, name=name: seen[name].append(inp[0]))
-  loss_module = setup.loss
-  before = [p.detach().clone() for p in loss_module.parameters()]
+  before = [p.detach().clone() for p in setup.loss.parameters()]
   assert len(before) == (1 if method == "ctkd" else 0)
   loss = setup.step(*setup.batches[0])
   assert math.isfinite(float(loss))
@@ -136,7 +137,7 @@ def test_the_torch_reference_steps_each_method_its_authors_way(method, views):
   assert len(images) == views
   for name in seen:
     assert len(seen[name]) == views and all(x is v for x, v in zip(seen[name], images)), name
-  for b, p in zip(before, loss_module.parameters()):
+  for b, p in zip(before, setup.loss.parameters()):
     assert float(b) == 1.0 and float(p) != 1.0
 
 

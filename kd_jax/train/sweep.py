@@ -170,6 +170,12 @@ def runs_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P("runs") if "runs" in mesh.axis_names else P())
 
 
+def stacked_states(trainer: loop.Trainer, seeds, sharding: NamedSharding) -> state_lib.TrainState:
+  """The fresh states of runs with these seeds, stacked on a leading run axis."""
+  return jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s), out_shardings=sharding)(
+      *[trainer.init_state(seed=s) for s in seeds])
+
+
 class Sweep(loop.Runs):
   """The N runs of config.sweep, stacked on a leading axis and advanced by one vmapped step;
   each writes WORKDIR/runs/NAME/. The loop itself is loop.train_runs, as for a run alone."""
@@ -194,9 +200,8 @@ class Sweep(loop.Runs):
                         f"{self.config.dataset!r} is streamed")
 
   def init_state(self, trainer: loop.Trainer, configs) -> state_lib.TrainState:
-    return jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s),
-                   out_shardings=runs_sharding(trainer.spec.mesh))(
-                       *[trainer.init_state(seed=c.seed) for c in configs])
+    return stacked_states(trainer, [c.seed for c in configs],
+                          runs_sharding(trainer.spec.mesh))
 
   def state_sharding(self, mesh) -> NamedSharding:
     return runs_sharding(mesh)
